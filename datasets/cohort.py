@@ -1,0 +1,81 @@
+"""The in-memory cohort: volumes, labels and the asset layout published on a datasite.
+
+A `Cohort` is what a site holds privately. This module converts it to and from
+the plain dict that syft stores as an asset, and describes it in words that
+reveal nothing but schema (modalities, shapes, N). It must never log or print
+pixel values or labels.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+
+import numpy as np
+
+MODALITIES: tuple[str, ...] = ("mri", "pet")
+ASSET_FORMAT = "medsyft-cohort/1"
+
+
+@dataclass
+class Cohort:
+    """Volumes per modality, each (N, D, H, W) float32, and labels (N,) int64."""
+
+    volumes: dict[str, np.ndarray]
+    labels: np.ndarray
+    cohort_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    def __post_init__(self) -> None:
+        if not self.volumes:
+            raise ValueError("a cohort needs at least one modality")
+        n = len(self.labels)
+        for name, vol in self.volumes.items():
+            if name not in MODALITIES:
+                raise ValueError(f"unknown modality {name!r}; expected one of {MODALITIES}")
+            if vol.ndim != 4 or vol.shape[0] != n:
+                raise ValueError(f"{name}: expected shape (N={n}, D, H, W), got {vol.shape}")
+
+    @property
+    def n(self) -> int:
+        return int(len(self.labels))
+
+    @property
+    def volume_shape(self) -> tuple[int, int, int]:
+        first = next(iter(self.volumes.values()))
+        return tuple(int(s) for s in first.shape[1:])  # type: ignore[return-value]
+
+    def stacked(self, modalities: list[str]) -> np.ndarray:
+        """(N, C, D, H, W) float32 with one channel per requested modality."""
+        missing = [m for m in modalities if m not in self.volumes]
+        if missing:
+            raise KeyError(f"cohort has no modality {missing}; it has {sorted(self.volumes)}")
+        return np.stack([self.volumes[m] for m in modalities], axis=1).astype(np.float32)
+
+    def to_asset(self) -> dict:
+        """The plain dict stored as a syft asset (private or mock)."""
+        return {
+            "format": ASSET_FORMAT,
+            "cohort_id": self.cohort_id,
+            "labels": np.ascontiguousarray(self.labels, dtype=np.int64),
+            **{m: np.ascontiguousarray(v, dtype=np.float32) for m, v in self.volumes.items()},
+        }
+
+    @classmethod
+    def from_asset(cls, asset: dict) -> Cohort:
+        if not isinstance(asset, dict) or asset.get("format") != ASSET_FORMAT:
+            raise ValueError("not a medsyft cohort asset")
+        volumes = {m: np.asarray(asset[m], dtype=np.float32) for m in MODALITIES if m in asset}
+        return cls(
+            volumes=volumes,
+            labels=np.asarray(asset["labels"], dtype=np.int64),
+            cohort_id=str(asset["cohort_id"]),
+        )
+
+    def describe(self) -> str:
+        """Schema-only description: modalities, shapes, dtypes and N; no values."""
+        d, h, w = self.volume_shape
+        mods = ", ".join(m.upper() for m in self.volumes)
+        return (
+            f"{self.n} subjects; modalities: {mods}; each volume {d}x{h}x{w} float32 "
+            f"(asset keys: {', '.join(sorted(self.volumes))}, labels int64 0=control 1=disease)."
+        )

@@ -1,0 +1,69 @@
+"""Privacy accounting for DP-SGD, delegated to Opacus's accountants.
+
+The site derives the noise multiplier σ that meets a plan's ε target over all
+its rounds, and reports ε spent for the history of released runs:
+
+* one run is `steps` DP-SGD steps with Poisson sample rate q = B / N and noise
+  σ·C on the clipped gradient sum (C = max grad norm);
+* composition over runs is the accountant's own (RDP: sum of Rényi
+  divergences per order, then converted to (ε, δ); PRV: numerical composition
+  of privacy random variables). ε values are never added.
+
+This module only computes; it never decides whether a run may happen.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+from opacus.accountants import create_accountant
+from opacus.accountants.utils import get_noise_multiplier
+
+
+@dataclass(frozen=True)
+class RunShape:
+    """What one round of a plan costs: sample rate and steps (σ applied separately)."""
+
+    sample_rate: float
+    steps: int
+
+
+def run_shape(n: int, batch_size: int, local_epochs: int) -> RunShape:
+    """Poisson sampling with expected batch B: q = B/N, N/B steps per epoch (at least 1)."""
+    if n < 1:
+        raise ValueError("empty cohort")
+    q = min(1.0, batch_size / n)
+    steps_per_epoch = max(1, round(n / batch_size))
+    return RunShape(sample_rate=q, steps=local_epochs * steps_per_epoch)
+
+
+def derive_noise_multiplier(
+    target_epsilon: float, delta: float, shape: RunShape, rounds: int, accountant: str = "rdp"
+) -> float:
+    """Smallest σ (to Opacus's tolerance) whose ε over `rounds` runs is at most the target."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Opacus's "optimal order" hint is not for users
+        return float(get_noise_multiplier(
+            target_epsilon=target_epsilon,
+            target_delta=delta,
+            sample_rate=shape.sample_rate,
+            steps=shape.steps * rounds,
+            accountant=accountant,
+            epsilon_tolerance=0.01,
+        ))
+
+
+def epsilon_spent(
+    history: list[tuple[float, float, int]], delta: float, accountant: str = "rdp"
+) -> float:
+    """ε after composing every (σ, q, steps) in `history` at the given δ."""
+    if not history:
+        return 0.0
+    acc = create_accountant(mechanism=accountant)
+    acc.history = [(float(s), float(q), int(k)) for s, q, k in history]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        eps = float(acc.get_epsilon(delta=delta))
+    return eps if math.isfinite(eps) else float("inf")

@@ -1,0 +1,154 @@
+"""DP-SGD as the site runtime does it; researcher code only supplies the network.
+
+One step, for a batch drawn by Poisson sampling (each of the N samples kept
+independently with probability q):
+
+    g_i   = ∇_θ ℓ(f_θ(x_i), y_i)                 per-sample gradient (vmap over
+                                                 single samples: a model cannot
+                                                 see another sample of the batch)
+    ḡ_i   = g_i · min(1, C / ‖g_i‖₂)              clip to norm C over all params
+    g̃     = (Σ_i ḡ_i + N(0, σ²C² I)) / (q·N)      noise the sum, divide by the
+                                                 expected batch size
+    θ     ← optimizer(θ, g̃)                       SGD or Adam on the runtime's
+                                                 own copy of θ
+
+The released parameters are the runtime's copy θ, changed only by that update.
+The model's own parameters and buffers are swapped out for fresh copies at
+every step (`torch.func.functional_call`), and its Python attributes are
+restored after each step, so nothing written during forward reaches θ or
+survives into the next step. This module must never print or log tensors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "bce_with_logits": lambda out, y: F.binary_cross_entropy_with_logits(
+        out.reshape(-1), y.reshape(-1).to(out.dtype)),
+    "cross_entropy": lambda out, y: F.cross_entropy(out.reshape(1, -1), y.reshape(-1).long()),
+}
+
+
+@dataclass(frozen=True)
+class DPConfig:
+    sample_rate: float
+    noise_multiplier: float
+    max_grad_norm: float
+    steps: int
+    loss: str = "bce_with_logits"
+    optimizer: str = "sgd"
+    learning_rate: float = 0.1
+    momentum: float = 0.0
+    micro_batch: int = 32
+
+
+class _ModuleState:
+    """Snapshot of every submodule's attribute dicts, restored after each step."""
+
+    _DICTS = ("_parameters", "_buffers", "_modules")
+
+    def __init__(self, model: nn.Module) -> None:
+        self._saved = [(m, self._copy(m.__dict__)) for m in model.modules()]
+
+    @classmethod
+    def _copy(cls, d: dict) -> dict:
+        return {k: (dict(v) if k in cls._DICTS else v) for k, v in d.items()}
+
+    def restore(self) -> None:
+        for module, saved in self._saved:
+            module.__dict__.clear()
+            module.__dict__.update(self._copy(saved))
+
+
+def per_sample_gradients(
+    model: nn.Module,
+    params: dict[str, torch.Tensor],
+    buffers: dict[str, torch.Tensor],
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+) -> dict[str, torch.Tensor]:
+    """{name: (B, *shape)}: each sample's gradient, computed in isolation."""
+
+    def loss_one(p: dict, b: dict, xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
+        out = functional_call(model, (p, b), (xi.unsqueeze(0),))
+        return loss_fn(out, yi.unsqueeze(0))
+
+    fresh = {k: v.detach().clone() for k, v in params.items()}
+    fresh_buffers = {k: v.detach().clone() for k, v in buffers.items()}
+    return vmap(grad(loss_one), in_dims=(None, None, 0, 0), randomness="different")(
+        fresh, fresh_buffers, x, y)
+
+
+def clip_and_sum(grads: dict[str, torch.Tensor], max_norm: float) -> dict[str, torch.Tensor]:
+    """Σ_i g_i·min(1, C/‖g_i‖) with the norm taken over all parameters of sample i."""
+    flat = torch.stack([g.reshape(g.shape[0], -1).norm(2, dim=1) for g in grads.values()], 1)
+    norms = flat.norm(2, dim=1)
+    factor = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+    return {k: torch.einsum("b,b...->...", factor, g) for k, g in grads.items()}
+
+
+def add_noise(summed: dict[str, torch.Tensor], std: float,
+              generator: torch.Generator | None) -> dict[str, torch.Tensor]:
+    return {k: v + torch.normal(0.0, std, v.shape, generator=generator, device=v.device)
+            for k, v in summed.items()}
+
+
+def train(
+    model: nn.Module,
+    start: dict[str, torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: DPConfig,
+    device: torch.device,
+    seed: int,
+    on_step: Callable[[int], None] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Run `cfg.steps` DP-SGD steps from `start`; return the runtime's parameters."""
+    if cfg.loss not in LOSSES:
+        raise ValueError(f"unknown loss {cfg.loss!r}")
+    loss_fn = LOSSES[cfg.loss]
+    model = model.to(device)
+    model.eval()  # no train-mode batch statistics; dropout still samples per example
+    buffers = {k: v.detach().to(device) for k, v in model.named_buffers()}
+    theta = {k: v.detach().to(device=device, dtype=torch.float32).clone()
+             for k, v in start.items()}
+    state = _ModuleState(model)
+    leaves = [theta[k] for k in theta]
+    if cfg.optimizer == "adam":
+        opt: torch.optim.Optimizer = torch.optim.Adam(leaves, lr=cfg.learning_rate)
+    else:
+        opt = torch.optim.SGD(leaves, lr=cfg.learning_rate, momentum=cfg.momentum)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    noise_gen = torch.Generator(device=device).manual_seed(seed + 1)
+    n = x.shape[0]
+    expected_batch = cfg.sample_rate * n
+    noise_std = cfg.noise_multiplier * cfg.max_grad_norm
+    for step in range(cfg.steps):
+        mask = torch.rand(n, generator=gen) < cfg.sample_rate
+        idx = mask.nonzero().flatten()
+        total = {k: torch.zeros_like(v) for k, v in theta.items()}
+        for start_i in range(0, len(idx), cfg.micro_batch):
+            chunk = idx[start_i:start_i + cfg.micro_batch]
+            xb, yb = x[chunk].to(device), y[chunk].to(device)
+            try:
+                g = per_sample_gradients(model, theta, buffers, loss_fn, xb, yb)
+            finally:
+                state.restore()
+            for k, v in clip_and_sum(g, cfg.max_grad_norm).items():
+                total[k] += v
+        noisy = add_noise(total, noise_std, noise_gen)
+        opt.zero_grad(set_to_none=True)
+        for k, p in theta.items():
+            p.grad = noisy[k] / expected_batch
+        opt.step()
+        if on_step:
+            on_step(step + 1)
+    return {k: v.detach().cpu() for k, v in theta.items()}

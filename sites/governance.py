@@ -1,0 +1,235 @@
+"""The site's governance database: datasets, plans, decisions, rounds and audit.
+
+SQLite in the site folder (one file, WAL). This is where approval lives: the
+runtime refuses any execution without an approval record bound to the plan
+hash, whatever syft's own request status says, and counts rounds here (syft
+0.9.5 output policies do not limit executions). Round reservation is atomic
+(`BEGIN IMMEDIATE`). Every decision and execution appends to `audit`.
+
+Never store pixel values, labels or secrets here.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+DB_FILE = "governance.sqlite"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS datasets (
+    name TEXT PRIMARY KEY, cohort_id TEXT NOT NULL UNIQUE, n INTEGER NOT NULL,
+    description TEXT NOT NULL, published_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS decisions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, request_id TEXT NOT NULL, plan_hash TEXT NOT NULL,
+    researcher TEXT NOT NULL, dataset TEXT NOT NULL, decision TEXT NOT NULL,
+    policy_hash TEXT NOT NULL, actor TEXT NOT NULL, note TEXT NOT NULL, method TEXT NOT NULL,
+    plan_json TEXT NOT NULL, decided_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, plan_hash TEXT NOT NULL, round INTEGER NOT NULL,
+    status TEXT NOT NULL, started_at REAL NOT NULL, ended_at REAL,
+    noise_multiplier REAL NOT NULL, sample_rate REAL NOT NULL, steps INTEGER NOT NULL,
+    n_k INTEGER, epsilon REAL, category TEXT);
+CREATE TABLE IF NOT EXISTS audit (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, actor TEXT NOT NULL,
+    event TEXT NOT NULL, subject TEXT NOT NULL, details TEXT NOT NULL);
+"""
+
+RUN_ACTIVE = ("running", "released")
+
+
+class RoundRefused(RuntimeError):
+    """No round may start; the message is safe to show the researcher."""
+
+
+@dataclass(frozen=True)
+class Approval:
+    request_id: str
+    plan_hash: str
+    researcher: str
+    dataset: str
+    policy_hash: str
+    actor: str
+    decided_at: float
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    id: int
+    plan_hash: str
+    round: int
+    status: str
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    n_k: int | None
+    epsilon: float | None
+    started_at: float
+    ended_at: float | None
+
+
+class Governance:
+    def __init__(self, site_dir: str | Path) -> None:
+        self.path = Path(site_dir) / DB_FILE
+        db = sqlite3.connect(self.path, timeout=30)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(SCHEMA)
+        finally:
+            db.close()
+
+    @contextmanager
+    def _connect(self, immediate: bool = False) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        try:
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        finally:
+            db.close()
+
+    # -- audit ---------------------------------------------------------------
+    @staticmethod
+    def _audit(db: sqlite3.Connection, actor: str, event: str, subject: str, **details) -> None:
+        db.execute(
+            "INSERT INTO audit (at, actor, event, subject, details) VALUES (?,?,?,?,?)",
+            (time.time(), actor, event, subject, json.dumps(details, sort_keys=True)),
+        )
+
+    def audit(self, actor: str, event: str, subject: str, **details) -> None:
+        with self._connect() as db:
+            self._audit(db, actor, event, subject, **details)
+
+    def audit_entries(self, since: float = 0.0) -> list[dict]:
+        with self._connect() as db:
+            rows = db.execute("SELECT * FROM audit WHERE at >= ? ORDER BY seq", (since,))
+            return [dict(r) | {"details": json.loads(r["details"])} for r in rows]
+
+    # -- datasets ------------------------------------------------------------
+    def register_dataset(self, name: str, cohort_id: str, n: int, description: str,
+                         actor: str) -> None:
+        with self._connect() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO datasets VALUES (?,?,?,?,?)",
+                (name, cohort_id, n, description, time.time()),
+            )
+            self._audit(db, actor, "dataset.published", name, n=n)
+
+    def dataset(self, name: str) -> dict | None:
+        with self._connect() as db:
+            row = db.execute("SELECT * FROM datasets WHERE name = ?", (name,)).fetchone()
+            return dict(row) if row else None
+
+    def private_cohort_ids(self) -> set[str]:
+        with self._connect() as db:
+            return {r[0] for r in db.execute("SELECT cohort_id FROM datasets")}
+
+    # -- decisions -----------------------------------------------------------
+    def record_decision(self, *, request_id: str, plan_hash: str, researcher: str,
+                        dataset: str, decision: str, policy_hash: str, actor: str,
+                        note: str, method: str, plan_json: str) -> None:
+        if decision not in ("approved", "denied"):
+            raise ValueError(decision)
+        with self._connect(immediate=True) as db:
+            if decision == "approved":
+                other = db.execute(
+                    "SELECT request_id FROM decisions WHERE plan_hash = ? AND request_id != ?"
+                    " AND decision = 'approved'", (plan_hash, request_id)).fetchone()
+                if other:
+                    raise ValueError(
+                        f"plan {plan_hash[:12]} is already bound to request {other[0][:8]}")
+            db.execute(
+                "INSERT INTO decisions (request_id, plan_hash, researcher, dataset, decision,"
+                " policy_hash, actor, note, method, plan_json, decided_at)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (request_id, plan_hash, researcher, dataset, decision, policy_hash, actor, note,
+                 method, plan_json, time.time()),
+            )
+            self._audit(db, actor, f"request.{decision}", request_id, plan_hash=plan_hash,
+                        researcher=researcher, dataset=dataset, policy_hash=policy_hash,
+                        note=note, method=method)
+
+    def approval(self, plan_hash: str) -> Approval | None:
+        """The plan's approval, if its latest decision is an approval."""
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT * FROM decisions WHERE plan_hash = ? ORDER BY id DESC LIMIT 1",
+                (plan_hash,)).fetchone()
+        if row is None or row["decision"] != "approved":
+            return None
+        return Approval(row["request_id"], row["plan_hash"], row["researcher"], row["dataset"],
+                        row["policy_hash"], row["actor"], row["decided_at"])
+
+    def decisions(self) -> list[dict]:
+        with self._connect() as db:
+            return [dict(r) for r in db.execute("SELECT * FROM decisions ORDER BY id")]
+
+    # -- rounds --------------------------------------------------------------
+    def begin_run(self, plan_hash: str, max_rounds: int, noise_multiplier: float,
+                  sample_rate: float, steps: int, actor: str) -> RunRecord:
+        """Atomically reserve the next round of an approved plan, or refuse."""
+        with self._connect(immediate=True) as db:
+            used = db.execute(
+                f"SELECT COUNT(*) FROM runs WHERE plan_hash = ? AND status IN {RUN_ACTIVE}",
+                (plan_hash,)).fetchone()[0]
+            if used >= max_rounds:
+                self._audit(db, actor, "run.refused", plan_hash, reason="rounds exhausted",
+                            rounds=max_rounds)
+                raise RoundRefused(f"all {max_rounds} rounds of this plan have been run")
+            now = time.time()
+            cur = db.execute(
+                "INSERT INTO runs (plan_hash, round, status, started_at, noise_multiplier,"
+                " sample_rate, steps) VALUES (?,?,?,?,?,?,?)",
+                (plan_hash, used + 1, "running", now, noise_multiplier, sample_rate, steps))
+            self._audit(db, actor, "run.started", plan_hash, round=used + 1, run=cur.lastrowid)
+            return RunRecord(cur.lastrowid, plan_hash, used + 1, "running", noise_multiplier,
+                             sample_rate, steps, None, None, now, None)
+
+    def finish_run(self, run_id: int, *, released: bool, actor: str, n_k: int | None = None,
+                   epsilon: float | None = None, category: str | None = None,
+                   weights_sha256: str | None = None) -> None:
+        status = "released" if released else "failed"
+        with self._connect(immediate=True) as db:
+            row = db.execute("SELECT plan_hash, round FROM runs WHERE id = ?",
+                             (run_id,)).fetchone()
+            db.execute(
+                "UPDATE runs SET status = ?, ended_at = ?, n_k = ?, epsilon = ?, category = ?"
+                " WHERE id = ?", (status, time.time(), n_k, epsilon, category, run_id))
+            self._audit(db, actor, f"run.{status}", row["plan_hash"], round=row["round"],
+                        run=run_id, n_k=n_k, epsilon=epsilon, category=category,
+                        weights_sha256=weights_sha256)
+
+    def abort_running(self, actor: str = "site") -> int:
+        """Mark runs left 'running' by a crash as aborted (called at site start)."""
+        with self._connect(immediate=True) as db:
+            rows = db.execute("SELECT id, plan_hash, round FROM runs WHERE status = 'running'")
+            rows = rows.fetchall()
+            for r in rows:
+                db.execute("UPDATE runs SET status = 'aborted', ended_at = ? WHERE id = ?",
+                           (time.time(), r["id"]))
+                self._audit(db, actor, "run.aborted", r["plan_hash"], round=r["round"],
+                            run=r["id"])
+            return len(rows)
+
+    def runs(self, plan_hash: str | None = None) -> list[RunRecord]:
+        q = "SELECT * FROM runs" + (" WHERE plan_hash = ?" if plan_hash else "") + " ORDER BY id"
+        with self._connect() as db:
+            rows = db.execute(q, (plan_hash,) if plan_hash else ()).fetchall()
+        return [RunRecord(r["id"], r["plan_hash"], r["round"], r["status"],
+                          r["noise_multiplier"], r["sample_rate"], r["steps"], r["n_k"],
+                          r["epsilon"], r["started_at"], r["ended_at"]) for r in rows]
+
+    def released_history(self, plan_hash: str) -> list[tuple[float, float, int]]:
+        return [(r.noise_multiplier, r.sample_rate, r.steps)
+                for r in self.runs(plan_hash) if r.status == "released"]

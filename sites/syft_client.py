@@ -1,0 +1,62 @@
+"""Quiet, lazy access to the syft 0.9.5 client.
+
+`import syft` costs seconds and prints banners and progress bars on stdout, so
+every use goes through here: imported only when needed, with TQDM disabled and
+syft's stdout captured. This module never logs credentials.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from collections.abc import Iterator
+from typing import Any
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[io.StringIO]:
+    """Capture what syft prints on stdout (banners, success messages)."""
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        yield buf
+
+
+def syft() -> Any:
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    with quiet():
+        import syft as sy
+    return sy
+
+
+class LoginFailed(RuntimeError):
+    pass
+
+
+def login(host: str, port: int, email: str, password: str) -> Any:
+    """A logged-in syft client; raises LoginFailed with a message naming the site."""
+    sy = syft()
+    try:
+        with quiet():
+            client = sy.login(url=f"http://{host}", port=port, email=email, password=password,
+                              cache=False)
+    except Exception as exc:  # syft raises several types; none carries secrets
+        msg = getattr(exc, "public_message", None) or type(exc).__name__
+        raise LoginFailed(f"login to {host}:{port} as {email} failed: {msg}") from None
+    if client is None or not hasattr(client, "api"):
+        raise LoginFailed(f"login to {host}:{port} as {email} failed")
+    return client
+
+
+def server_metadata(host: str, port: int, timeout: float = 2.0) -> dict | None:
+    """The datasite's public metadata (id, name, version), or None if it does not answer."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/api/v2/metadata",
+                                    timeout=timeout) as resp:
+            return json.loads(resp.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return None

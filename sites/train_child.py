@@ -1,0 +1,112 @@
+"""Entry point of the training child process: `python -m sites.train_child RUN_DIR`.
+
+Started by the runtime with a clean environment (no secrets), cwd = RUN_DIR,
+stdout and stderr going to the site's own log. Reads `input.pt`, builds the
+researcher's model, runs the site's DP-SGD and writes `output.pt` (parameters
+only) and `status.json` (ok, or one short error category). Tracebacks go to
+the site log for the data owner, never into `status.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from pathlib import Path
+
+import torch
+
+from researcher.plan import TrainingPlan
+from sites import dp_sgd
+from sites.model_loader import ModelRefused, build_model, parameter_shapes
+
+# The only error strings a researcher can ever receive from a run.
+CATEGORIES = {
+    "model_load": "model code failed to load",
+    "batchnorm": "model uses BatchNorm, which mixes samples within a batch; use GroupNorm",
+    "weights_mismatch": "weights do not match the model",
+    "forward": "model forward raised",
+    "oom": "out of memory",
+    "timeout": "timed out",
+    "release": "release filter rejected the result",
+    "internal": "internal error",
+}
+
+
+def _status(run_dir: Path, ok: bool, category: str | None = None, device: str = "") -> None:
+    payload = {"ok": ok, "category": category, "device": device}
+    (run_dir / "status.json").write_text(json.dumps(payload))
+
+
+def _device(choice: str) -> torch.device:
+    if choice in ("auto", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda")
+    if choice == "cuda":
+        print("site configured device=cuda but no CUDA device is available; using CPU",
+              file=sys.stderr)
+    return torch.device("cpu")
+
+
+def run(run_dir: Path) -> int:
+    # The model is built before the private tensors are read, and their file is
+    # removed as soon as it is loaded.
+    job = torch.load(run_dir / "job.pt", weights_only=True)
+    plan = TrainingPlan.model_validate_json(job["plan_json"])
+    try:
+        torch.manual_seed(int(job["seed"]))
+        model = build_model(plan.model)
+    except ModelRefused as exc:
+        print(f"model refused: {exc}", file=sys.stderr)
+        _status(run_dir, False, "batchnorm" if "BatchNorm" in str(exc) else "model_load")
+        return 0
+    except Exception:
+        traceback.print_exc()
+        _status(run_dir, False, "model_load")
+        return 0
+    expected = parameter_shapes(model)
+    got = {k: tuple(v.shape) for k, v in job["weights"].items()}
+    if expected != got:
+        print(f"weights mismatch: model has {len(expected)} tensors, weights {len(got)}",
+              file=sys.stderr)
+        _status(run_dir, False, "weights_mismatch")
+        return 0
+    cfg = dp_sgd.DPConfig(
+        sample_rate=float(job["sample_rate"]), noise_multiplier=float(job["noise_multiplier"]),
+        max_grad_norm=plan.dp.max_grad_norm, steps=int(job["steps"]), loss=plan.loss,
+        optimizer=plan.optimizer, learning_rate=plan.learning_rate, momentum=plan.momentum)
+    device = _device(str(job["device"]))
+    private_file = run_dir / "private.pt"
+    private = torch.load(private_file, weights_only=True)
+    private_file.unlink()
+    try:
+        params = dp_sgd.train(model, job["weights"], private["x"], private["y"], cfg, device,
+                              seed=int(job["seed"]))
+    except torch.cuda.OutOfMemoryError:
+        traceback.print_exc()
+        _status(run_dir, False, "oom")
+        return 0
+    except MemoryError:
+        traceback.print_exc()
+        _status(run_dir, False, "oom")
+        return 0
+    except Exception:
+        traceback.print_exc()
+        _status(run_dir, False, "forward")
+        return 0
+    torch.save({"params": params}, run_dir / "output.pt")
+    _status(run_dir, True, device=device.type)
+    return 0
+
+
+def main() -> int:
+    run_dir = Path(sys.argv[1]).resolve()
+    try:
+        return run(run_dir)
+    except Exception:
+        traceback.print_exc()
+        _status(run_dir, False, "internal")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
