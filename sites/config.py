@@ -34,6 +34,8 @@ class SiteConfig(BaseModel):
     admin_email: str
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     training_timeout_s: int = Field(3600, ge=10)
+    train_threads: int = Field(0, ge=0, le=256,
+                               description="CPU threads per training run; 0 = all cores")
 
     def path(self, site_dir: Path, rel: str) -> Path:
         p = Path(rel)

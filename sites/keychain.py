@@ -96,23 +96,67 @@ def generate_password() -> str:
     return secrets.token_urlsafe(18)
 
 
-def use_folder_keyring(folder: Path) -> KeyringBackend:
-    """Select a keyring backend whose store is a file in `folder` (demo/tests only).
+class FolderKeyring(KeyringBackend):
+    """A plaintext keyring file in one folder: demo hospitals and tests only.
 
-    keyrings.alt's plaintext file backend: acceptable for throw-away demo
-    hospitals on loopback, never for a real site.
+    Select it through keyring's own configuration with
+    PYTHON_KEYRING_BACKEND=sites.keychain.FolderKeyring and MEDSYFT_KEYRING_DIR=FOLDER,
+    or from code with `use_folder_keyring`. Never for a real site: the file is
+    only protected by its permissions.
     """
-    from keyrings.alt.file import PlaintextKeyring
 
-    folder.mkdir(parents=True, exist_ok=True)
+    priority = 0.1  # never chosen automatically
 
-    class FolderKeyring(PlaintextKeyring):
-        @property
-        def file_path(self) -> str:  # type: ignore[override]
-            return str(folder / "demo-keyring.cfg")
+    def __init__(self, folder: Path | None = None) -> None:
+        super().__init__()
+        folder = folder or Path(os.environ.get("MEDSYFT_KEYRING_DIR", ".medsyft-keyring"))
+        self.file = Path(folder).resolve() / "keyring.json"
 
+    def _load(self) -> dict:
+        import json
+
+        try:
+            return json.loads(self.file.read_text())
+        except FileNotFoundError:
+            return {}
+
+    def _save(self, data: dict) -> None:
+        import json
+
+        self.file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = self.file.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f)
+        os.replace(tmp, self.file)
+
+    def get_password(self, service: str, username: str) -> str | None:
+        return self._load().get(service, {}).get(username)
+
+    def set_password(self, service: str, username: str, password: str) -> None:
+        data = self._load()
+        data.setdefault(service, {})[username] = password
+        self._save(data)
+
+    def delete_password(self, service: str, username: str) -> None:
+        data = self._load()
+        if username not in data.get(service, {}):
+            raise keyring.errors.PasswordDeleteError(username)
+        del data[service][username]
+        self._save(data)
+
+
+def use_folder_keyring(folder: Path) -> KeyringBackend:
+    """Select a `FolderKeyring` in `folder` for this process (demo/tests only)."""
     global _explicit_backend
-    backend = FolderKeyring()
+    backend = FolderKeyring(folder)
     keyring.set_keyring(backend)
     _explicit_backend = True
     return backend
+
+
+def use_backend(backend: KeyringBackend) -> None:
+    """Select a backend explicitly (tests use an in-memory one)."""
+    global _explicit_backend
+    keyring.set_keyring(backend)
+    _explicit_backend = True

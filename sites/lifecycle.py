@@ -57,7 +57,7 @@ def site_service(name: str) -> str:
 
 def init_site(name: str, site_dir: Path, port: int | None = None, host: str = "127.0.0.1",
               device: str = "auto", policy_file: Path | None = None,
-              admin_email: str | None = None) -> SiteConfig:
+              admin_email: str | None = None, train_threads: int = 0) -> SiteConfig:
     if not valid_site_name(name):
         raise SiteError(f"site name {name!r}: use 2-40 lowercase letters, digits and '-', "
                         "starting with a letter")
@@ -75,7 +75,9 @@ def init_site(name: str, site_dir: Path, port: int | None = None, host: str = "1
     else:
         (site_dir / "policy.yaml").write_text(DEFAULT_POLICY)
     cfg = SiteConfig(name=name, host=host, port=port or free_port(host), device=device,
-                     server_uid=uuid.uuid4().hex, admin_email=admin_email or f"admin@{name}.medsyft.org")
+                     server_uid=uuid.uuid4().hex,
+                     admin_email=admin_email or f"admin@{name}.medsyft.org",
+                     train_threads=train_threads)
     keychain.set_secret(service, "signing-key",
                         SigningKey.generate().encode(encoder=HexEncoder).decode())
     keychain.set_secret(service, "admin-password", keychain.generate_password())

@@ -16,6 +16,7 @@ child printed stay in the site log. It must never print.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import resource
@@ -112,12 +113,15 @@ def _child_env() -> dict[str, str]:
     return {k: os.environ[k] for k in keep if k in os.environ} | {"PYTHONUNBUFFERED": "1"}
 
 
-def _run_child(run_dir: Path, timeout_s: int, log_path: Path) -> dict:
+def _run_child(run_dir: Path, timeout_s: int, log_path: Path, threads: int) -> dict:
+    env = _child_env() | {"HOME": str(run_dir)}
+    if threads:
+        env |= {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     with open(log_path, "ab") as logf:
         try:
             subprocess.run(
                 [sys.executable, "-m", "sites.train_child", str(run_dir)],
-                cwd=run_dir, env=_child_env() | {"HOME": str(run_dir)}, stdin=subprocess.DEVNULL,
+                cwd=run_dir, env=env, stdin=subprocess.DEVNULL,
                 stdout=logf, stderr=logf, timeout=timeout_s, preexec_fn=_child_limits,
                 check=False)
         except subprocess.TimeoutExpired:
@@ -125,8 +129,6 @@ def _run_child(run_dir: Path, timeout_s: int, log_path: Path) -> dict:
     status_file = run_dir / "status.json"
     if not status_file.exists():
         raise Refused(CATEGORIES["internal"])
-    import json
-
     try:
         status = json.loads(status_file.read_text())
     except ValueError:
@@ -190,13 +192,14 @@ def _execute(site_dir: Path, plan_json: str, data: Any, weights: Any) -> dict:
         run_dir.mkdir(parents=True, mode=0o700)
         torch.save({"plan_json": plan.canonical_json(), "weights": start,
                     "sample_rate": shape.sample_rate, "noise_multiplier": sigma,
-                    "steps": shape.steps, "device": cfg.device,
+                    "steps": shape.steps, "device": cfg.device, "threads": cfg.train_threads,
                     "seed": secrets.randbits(62)}, run_dir / "job.pt")
         x = torch.from_numpy(cohort.stacked(list(plan.inputs)))
         y = torch.from_numpy(cohort.labels)
         torch.save({"x": x, "y": y}, run_dir / "private.pt")
         del x, y
-        info = _run_child(run_dir, cfg.training_timeout_s, site_dir / "logs" / "training.log")
+        info = _run_child(run_dir, cfg.training_timeout_s, site_dir / "logs" / "training.log",
+                          cfg.train_threads)
         output = torch.load(run_dir / "output.pt", weights_only=True)
         params = _release_filter(output, start)
         history = gov.released_history(plan.plan_hash) + [(sigma, shape.sample_rate,

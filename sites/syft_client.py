@@ -10,16 +10,63 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import sys
+import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, TextIO
+
+
+class _ThreadRouter(io.TextIOBase):
+    """sys.stdout stand-in: threads inside `quiet()` write to their own buffer.
+
+    `contextlib.redirect_stdout` is not thread-safe (concurrent users restore
+    each other's buffers and can leave stdout swallowed for good); the federated
+    round loop calls syft from one thread per site, so capture is per thread.
+    """
+
+    def __init__(self, target: TextIO) -> None:
+        super().__init__()
+        self.target = target
+        self.local = threading.local()
+
+    def _dest(self) -> TextIO:
+        return getattr(self.local, "buf", None) or self.target
+
+    def write(self, s: str) -> int:
+        return self._dest().write(s)
+
+    def flush(self) -> None:
+        self._dest().flush()
+
+    def isatty(self) -> bool:
+        return self.target.isatty()
+
+    def fileno(self) -> int:
+        return self.target.fileno()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self.target, "encoding", "utf-8")
+
+
+_router_lock = threading.Lock()
 
 
 @contextlib.contextmanager
 def quiet() -> Iterator[io.StringIO]:
-    """Capture what syft prints on stdout (banners, success messages)."""
+    """Capture what syft prints on stdout in this thread (banners, success messages)."""
+    with _router_lock:
+        router = sys.stdout
+        if not isinstance(router, _ThreadRouter):
+            router = _ThreadRouter(sys.stdout)
+            sys.stdout = router
     buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
+    previous = getattr(router.local, "buf", None)
+    router.local.buf = buf
+    try:
         yield buf
+    finally:
+        router.local.buf = previous
 
 
 def syft() -> Any:

@@ -75,6 +75,8 @@ def run(run_dir: Path) -> int:
         max_grad_norm=plan.dp.max_grad_norm, steps=int(job["steps"]), loss=plan.loss,
         optimizer=plan.optimizer, learning_rate=plan.learning_rate, momentum=plan.momentum)
     device = _device(str(job["device"]))
+    if int(job.get("threads", 0)) > 0:
+        torch.set_num_threads(int(job["threads"]))
     private_file = run_dir / "private.pt"
     private = torch.load(private_file, weights_only=True)
     private_file.unlink()

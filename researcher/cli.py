@@ -1,0 +1,151 @@
+"""`medsyft researcher ...`: log in, list datasets, submit a plan, check status, run rounds."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from sites.cli_common import friendly, out, print_json
+
+app = typer.Typer(help="Researcher client: submit training plans and run federated rounds.",
+                  no_args_is_help=True)
+
+FedOpt = typer.Option(Path("federation.yaml"), "--federation", "-f",
+                      help="federation file listing the sites", envvar="MEDSYFT_FEDERATION")
+
+
+def round_table(rr) -> Table:
+    t = Table("site", "n_k", "ε so far", "ε target", "σ", "steps", "seconds", "status",
+              title=f"round {rr.round}" + (f" · global AUC {rr.auc:.3f}" if rr.auc is not None
+                                           else ""))
+    for s in rr.sites:
+        if s.ok:
+            t.add_row(s.site, str(s.n_k), f"{s.epsilon:.3f}", f"{s.target_epsilon:g}",
+                      f"{s.noise_multiplier:.3f}", str(s.steps), f"{s.seconds:.1f}", "ok")
+        else:
+            t.add_row(s.site, "-", "-", "-", "-", "-", "-", f"[red]{s.error}[/]")
+    return t
+
+
+@app.command("login")
+@friendly
+def login_cmd(site: str = typer.Argument(..., help="site name from the federation file"),
+              federation: Path = FedOpt) -> None:
+    """Store your password for SITE in the keyring (read from stdin when piped)."""
+    from researcher.federation import load_federation, store_password
+    from sites.syft_client import login
+
+    cfg = load_federation(federation)
+    entry = next((s for s in cfg.sites if s.name == site), None)
+    if entry is None:
+        raise typer.BadParameter(f"no site {site!r} in {federation}")
+    if sys.stdin.isatty():
+        password = typer.prompt(f"password for {entry.email} at {site}", hide_input=True)
+    else:
+        password = sys.stdin.readline().strip()
+    login(entry.host, entry.port, entry.email, password)  # verify before storing
+    store_password(entry, password)
+    out.print(f"logged in to {site} as {entry.email}; password stored in the keyring")
+
+
+@app.command("datasets")
+@friendly
+def datasets_cmd(federation: Path = FedOpt, json_out: bool = typer.Option(False, "--json")) -> None:
+    """Datasets published by every site (descriptions; mocks via the Python API)."""
+    from researcher.federation import Federation
+
+    data = Federation.from_yaml(federation).connect().datasets()
+    if json_out:
+        print_json(data)
+        return
+    t = Table("site", "dataset", "description")
+    for site, entries in data.items():
+        for d in entries:
+            t.add_row(site, d["name"], d["description"])
+    out.print(t)
+
+
+def _status_table(statuses: dict) -> Table:
+    t = Table("site", "status", "request", "reason")
+    colours = {"approved": "green", "denied": "red", "pending": "yellow"}
+    for s in statuses.values():
+        t.add_row(s.site, f"[{colours.get(s.status, 'white')}]{s.status}[/]",
+                  (s.request_id or "-")[:8], s.reason or "")
+    return t
+
+
+@app.command("submit")
+@friendly
+def submit_cmd(plan_file: Path = typer.Argument(..., help="plan YAML"), federation: Path = FedOpt,
+               json_out: bool = typer.Option(False, "--json")) -> None:
+    """Submit the plan to every site as a code request (idempotent)."""
+    from researcher.federation import Federation
+    from researcher.plan import load_plan
+
+    plan = load_plan(plan_file)
+    statuses = Federation.from_yaml(federation).connect().submit(plan)
+    if json_out:
+        print_json({k: vars(v) for k, v in statuses.items()})
+    else:
+        out.print(_status_table(statuses))
+
+
+@app.command("status")
+@friendly
+def status_cmd(plan_file: Path = typer.Argument(...), federation: Path = FedOpt,
+               json_out: bool = typer.Option(False, "--json")) -> None:
+    """Review status of the plan at every site, with any denial reason."""
+    from researcher.federation import Federation
+    from researcher.plan import load_plan
+
+    statuses = Federation.from_yaml(federation).connect().status(load_plan(plan_file))
+    if json_out:
+        print_json({k: vars(v) for k, v in statuses.items()})
+    else:
+        out.print(_status_table(statuses))
+
+
+@app.command("run")
+@friendly
+def run_cmd(plan_file: Path = typer.Argument(...), federation: Path = FedOpt,
+            validation_n: int = typer.Option(120, "--validation-n",
+                                             help="size of your synthetic validation cohort"),
+            validation_seed: int = typer.Option(2024, "--validation-seed"),
+            fresh: bool = typer.Option(False, "--fresh", help="ignore existing checkpoints"),
+            json_out: bool = typer.Option(False, "--json")) -> None:
+    """Run all remaining rounds (resumes from the last checkpoint), evaluating each round."""
+    from datasets.synthetic import generate_cohort
+    from researcher.federation import Federation
+    from researcher.plan import load_plan
+
+    plan = load_plan(plan_file)
+    fed = Federation.from_yaml(federation).connect()
+    validation = generate_cohort(validation_n, validation_seed)
+    report = run_with_progress(fed, plan, validation, resume=not fresh, quiet=json_out)
+    if json_out:
+        print_json(report.model_dump(mode="json"))
+
+
+def run_with_progress(fed, plan, validation, resume: bool = True, quiet: bool = False):
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                  TextColumn("{task.completed}/{task.total} rounds"), TimeElapsedColumn(),
+                  console=out, transient=True, disable=quiet) as progress:
+        task = progress.add_task(f"training {plan.name}", total=plan.rounds)
+
+        def on_start(done: int, total: int) -> None:
+            progress.update(task, completed=done)
+            if done and not quiet:
+                progress.console.print(f"resuming after round {done} from checkpoint")
+
+        def on_round(rr) -> None:
+            if not quiet:
+                progress.console.print(round_table(rr))
+            progress.update(task, completed=rr.round)
+
+        return fed.run(plan, validation=validation, on_round=on_round, on_start=on_start,
+                       resume=resume)

@@ -1,0 +1,333 @@
+"""The researcher's client: a federation of hospital datasites and the round loop.
+
+`Federation` logs into every site (passwords from the keyring), lists datasets
+and their mocks, submits a plan as the fixed syft template, reports request
+status, and runs all rounds: global weights out to every site concurrently,
+parameters + n_k + ε back, FedAvg, evaluation on the researcher's own
+validation data, a checkpoint per round, resume after a restart. A site that
+fails a round is retried once; the round goes on without it while the quorum
+holds, else the run stops with a clear error.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from datasets.cohort import Cohort
+from researcher.aggregate import FedAvg, Strategy
+from researcher.checkpoint import Checkpoints
+from researcher.evaluate import evaluate, load_params
+from researcher.plan import TrainingPlan
+from researcher.results import RoundReport, RunReport, SiteResult, SiteRoundReport
+from researcher.template import build_function
+from sites import keychain
+from sites.model_loader import build_model
+from sites.syft_client import login, quiet, syft
+
+
+class SiteEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9-]{1,39}$")
+    host: str = "127.0.0.1"
+    port: int = Field(ge=1, le=65535)
+    email: str
+
+
+class FederationConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "federation"
+    sites: list[SiteEntry] = Field(min_length=1)
+    quorum: int | None = Field(None, ge=1, description="sites needed per round; "
+                               "default: a majority")
+    checkpoints: str = "medsyft-runs"
+
+    @model_validator(mode="after")
+    def _check(self) -> FederationConfig:
+        names = [s.name for s in self.sites]
+        if len(set(names)) != len(names):
+            raise ValueError("site names must be unique")
+        if self.quorum is not None and self.quorum > len(self.sites):
+            raise ValueError(f"quorum {self.quorum} exceeds the {len(self.sites)} sites")
+        return self
+
+    @property
+    def effective_quorum(self) -> int:
+        return self.quorum or (len(self.sites) // 2 + 1)
+
+
+class FederationError(RuntimeError):
+    pass
+
+
+def load_federation(path: str | Path) -> FederationConfig:
+    path = Path(path)
+    try:
+        return FederationConfig.model_validate(yaml.safe_load(path.read_text()))
+    except (OSError, yaml.YAMLError) as exc:
+        raise FederationError(f"{path}: cannot read: {exc}") from None
+    except ValidationError as exc:
+        errs = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise FederationError(f"{path}: {errs}") from None
+
+
+def researcher_service(site: str) -> str:
+    return keychain.RESEARCHER_SERVICE.format(site=site)
+
+
+def store_password(site: SiteEntry, password: str) -> None:
+    keychain.set_secret(researcher_service(site.name), site.email, password)
+
+
+@dataclass
+class RequestStatus:
+    site: str
+    status: str  # pending | approved | denied | not submitted
+    request_id: str | None = None
+    reason: str | None = None
+
+
+def initial_weights(plan: TrainingPlan, seed: int = 0) -> dict[str, np.ndarray]:
+    torch.manual_seed(seed)
+    model = build_model(plan.model)
+    return {k: v.detach().numpy().astype(np.float32) for k, v in model.named_parameters()}
+
+
+class Federation:
+    def __init__(self, config: FederationConfig, strategy: Strategy | None = None) -> None:
+        self.config = config
+        self.strategy = strategy or FedAvg()
+        self._clients: dict[str, Any] = {}
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> Federation:
+        return cls(load_federation(path))
+
+    @property
+    def site_names(self) -> list[str]:
+        return [s.name for s in self.config.sites]
+
+    def _entry(self, name: str) -> SiteEntry:
+        for s in self.config.sites:
+            if s.name == name:
+                return s
+        raise FederationError(f"no site {name!r} in the federation")
+
+    # -- connection ----------------------------------------------------------
+    def connect(self) -> Federation:
+        def one(site: SiteEntry) -> Any:
+            password = keychain.get_secret(researcher_service(site.name), site.email)
+            if password is None:
+                raise FederationError(f"no password for {site.email} at {site.name} in the "
+                                      f"keyring; run `medsyft researcher login {site.name}`")
+            return login(site.host, site.port, site.email, password)
+
+        syft()
+        with ThreadPoolExecutor(max_workers=len(self.config.sites)) as pool:
+            futures = {s.name: pool.submit(one, s) for s in self.config.sites}
+            errors = []
+            for name, fut in futures.items():
+                try:
+                    self._clients[name] = fut.result()
+                except Exception as exc:
+                    errors.append(f"{name}: {exc}")
+        if errors:
+            raise FederationError("cannot connect: " + "; ".join(errors))
+        return self
+
+    def client(self, site: str) -> Any:
+        if site not in self._clients:
+            raise FederationError("not connected; call connect() first")
+        return self._clients[site]
+
+    # -- datasets ------------------------------------------------------------
+    def datasets(self) -> dict[str, list[dict]]:
+        out: dict[str, list[dict]] = {}
+        for name in self.site_names:
+            entries = []
+            for ds in self.client(name).datasets.get_all():
+                desc = getattr(ds.description, "text", str(ds.description))
+                entries.append({"name": ds.name, "description": desc})
+            out[name] = entries
+        return out
+
+    def _asset(self, site: str, dataset: str) -> Any:
+        client = self.client(site)
+        try:
+            ds = client.datasets[dataset]
+        except Exception:
+            raise FederationError(f"{site}: no dataset {dataset!r}") from None
+        return ds.assets[0]
+
+    def mock(self, site: str, dataset: str) -> Cohort:
+        """The site's mock cohort (synthetic, same schema as the private one)."""
+        with quiet():
+            return Cohort.from_asset(self._asset(site, dataset).mock)
+
+    # -- requests ------------------------------------------------------------
+    def bind(self, plan: TrainingPlan) -> TrainingPlan:
+        """The plan as submitted: with the researcher's account email filled in."""
+        emails = {s.email for s in self.config.sites}
+        if len(emails) != 1:
+            raise FederationError("one researcher identity per federation is supported; "
+                                  f"found {sorted(emails)}")
+        return plan.model_copy(update={"researcher": emails.pop()})
+
+    def _own_request(self, site: str, plan: TrainingPlan) -> Any | None:
+        for req in self.client(site).requests.get_all():
+            code = getattr(req, "code", None)
+            if code is not None and getattr(code, "service_func_name", "") == plan.function_name:
+                return req
+        return None
+
+    def submit(self, plan: TrainingPlan) -> dict[str, RequestStatus]:
+        plan = self.bind(plan)
+        sy = syft()
+        out: dict[str, RequestStatus] = {}
+        for site in self.site_names:
+            existing = self._own_request(site, plan)
+            if existing is None:
+                client = self.client(site)
+                asset = self._asset(site, plan.dataset)
+                func = build_function(plan)
+                with quiet():
+                    code = sy.syft_function(input_policy=sy.MixedInputPolicy(
+                        client=client, data=asset, weights=dict))(func)
+                    try:
+                        res = client.code.request_code_execution(code)
+                    except Exception as exc:
+                        msg = getattr(exc, "public_message", None) or type(exc).__name__
+                        raise FederationError(f"{site}: submission failed: {msg}") from None
+                if isinstance(res, sy.SyftError):
+                    raise FederationError(f"{site}: submission failed: {res.message}")
+            out[site] = self._status_one(site, plan)
+        return out
+
+    def _status_one(self, site: str, plan: TrainingPlan) -> RequestStatus:
+        req = self._own_request(site, plan)
+        if req is None:
+            return RequestStatus(site, "not submitted")
+        status = getattr(req.status, "name", str(req.status)).lower()
+        status = {"rejected": "denied"}.get(status, status)
+        reason = None
+        if status == "denied":
+            reason = _deny_reason(req)
+        return RequestStatus(site, status, str(req.id).replace("-", ""), reason)
+
+    def status(self, plan: TrainingPlan) -> dict[str, RequestStatus]:
+        plan = self.bind(plan)
+        return {site: self._status_one(site, plan) for site in self.site_names}
+
+    # -- rounds --------------------------------------------------------------
+    def _call_site(self, site: str, plan: TrainingPlan,
+                   weights: dict[str, np.ndarray]) -> SiteResult:
+        client = self.client(site)
+        fn = getattr(client.code, plan.function_name, None)
+        if fn is None:
+            with quiet():
+                client.refresh()
+            fn = getattr(client.code, plan.function_name, None)
+        if fn is None:
+            raise FederationError(f"{site}: plan {plan.function_name} is not available "
+                                  "(not submitted or not approved)")
+        asset = self._asset(site, plan.dataset)
+        with quiet():
+            try:
+                ptr = fn(data=asset, weights=weights)
+                payload = ptr.get() if hasattr(ptr, "get") else ptr
+            except Exception as exc:
+                msg = getattr(exc, "public_message", None) or str(exc) or type(exc).__name__
+                raise FederationError(f"{site}: {msg.strip()[:300]}") from None
+        try:
+            return SiteResult.from_wire(payload, weights)
+        except (ValueError, ValidationError) as exc:
+            raise FederationError(f"{site}: {str(exc)[:300]}") from None
+
+    def run_round(self, plan: TrainingPlan, weights: dict[str, np.ndarray],
+                  retries: int = 1) -> tuple[dict[str, SiteResult], dict[str, str]]:
+        """One round at every site concurrently, each retried `retries` times on failure."""
+        results: dict[str, SiteResult] = {}
+        errors: dict[str, str] = {}
+        pending = list(self.site_names)
+        for _attempt in range(retries + 1):
+            if not pending:
+                break
+            with ThreadPoolExecutor(max_workers=len(pending)) as pool:
+                futures = {s: pool.submit(self._call_site, s, plan, weights) for s in pending}
+            pending = []
+            for site, fut in futures.items():
+                try:
+                    results[site] = fut.result()
+                    errors.pop(site, None)
+                except Exception as exc:
+                    errors[site] = str(exc)
+                    if "rounds of this plan have been run" not in str(exc):
+                        pending.append(site)
+        return results, errors
+
+    def run(self, plan: TrainingPlan, validation: Cohort | None = None,
+            on_round: Callable[[RoundReport], None] | None = None,
+            on_start: Callable[[int, int], None] | None = None,
+            resume: bool = True, seed: int = 0) -> RunReport:
+        """All remaining rounds of `plan`; resumes from the last checkpoint if any."""
+        plan = self.bind(plan)
+        ckpt = Checkpoints(Path(self.config.checkpoints), plan.function_name)
+        latest = ckpt.latest() if resume else None
+        if latest is not None:
+            done, weights, report = latest
+        else:
+            done, weights = 0, initial_weights(plan, seed)
+            report = RunReport(plan=plan.name, plan_hash=plan.plan_hash)
+        model = build_model(plan.model) if validation is not None else None
+        if on_start:
+            on_start(done, plan.rounds)
+        quorum = self.config.effective_quorum
+        for rnd in range(done + 1, plan.rounds + 1):
+            t0 = time.perf_counter()
+            results, errors = self.run_round(plan, weights)
+            if len(results) < quorum:
+                detail = "; ".join(f"{s}: {e}" for s, e in errors.items())
+                raise FederationError(
+                    f"round {rnd}: only {len(results)} of {len(self.site_names)} sites answered, "
+                    f"quorum is {quorum}. {detail}")
+            weights = self.strategy.aggregate([(r.n_k, r.params) for r in results.values()])
+            auc = loss = None
+            if model is not None and validation is not None:
+                auc, loss = evaluate(load_params(model, weights), validation, list(plan.inputs))
+            sites = [SiteRoundReport.from_result(results[s]) if s in results
+                     else SiteRoundReport(site=s, ok=False, error=errors.get(s))
+                     for s in self.site_names]
+            rr = RoundReport(round=rnd, sites=sites, auc=auc, loss=loss,
+                             seconds=round(time.perf_counter() - t0, 3))
+            report.rounds.append(rr)
+            ckpt.save(rnd, weights, report)
+            if on_round:
+                on_round(rr)
+        self.weights = weights
+        return report
+
+
+def _deny_reason(req: Any) -> str | None:
+    """The data owner's reason for a denial, as syft 0.9.5 exposes it to the researcher."""
+    try:
+        status = req.code.status
+        for value in status.status_dict.values():
+            if isinstance(value, tuple) and len(value) == 2 and value[1]:
+                return str(value[1])
+            reason = getattr(value, "reason", None)
+            if reason:
+                return str(reason)
+    except Exception:
+        return None
+    return None

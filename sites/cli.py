@@ -1,0 +1,245 @@
+"""`medsyft site ...` (hospital IT) and `medsyft console ...` (data owner) commands.
+
+Thin typer layers over `lifecycle`, `admin` and `console`; heavy imports
+(syft, torch) happen inside commands so `--help` stays instant.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+from rich.syntax import Syntax
+from rich.table import Table
+
+from sites.cli_common import err, friendly, out, print_json
+
+site_app = typer.Typer(help="Run a hospital datasite: create, start, stop, add researchers, "
+                       "publish cohorts.", no_args_is_help=True)
+console_app = typer.Typer(help="Approval console for the data owner: review, approve and deny "
+                          "training plans.", no_args_is_help=True)
+
+SiteDir = typer.Option(Path("."), "--site", "-s", help="site folder (holds site.yaml)",
+                       envvar="MEDSYFT_SITE")
+
+
+@site_app.command("init")
+@friendly
+def site_init(
+    name: str = typer.Argument(..., help="site name, e.g. st-agnes"),
+    dir: Path = typer.Option(None, "--dir", help="site folder (default: ./NAME)"),
+    port: int = typer.Option(0, "--port", help="port to serve on (default: a free one)"),
+    host: str = typer.Option("127.0.0.1", "--host",
+                             help="address to bind; loopback unless you mean otherwise"),
+    device: str = typer.Option("auto", "--device", help="training device: auto, cpu or cuda"),
+    policy: Path = typer.Option(None, "--policy", exists=True, dir_okay=False,
+                                help="policy file to copy into the site"),
+    admin_email: str = typer.Option(None, "--admin-email", help="data owner's admin login"),
+) -> None:
+    """Create a site folder with site.yaml; its signing key and admin password go to the
+    keyring, never to a file."""
+    from sites.lifecycle import init_site
+
+    site_dir = dir or Path(name)
+    cfg = init_site(name, site_dir, port=port or None, host=host, device=device,
+                    policy_file=policy, admin_email=admin_email)
+    out.print(f"created site [bold]{cfg.name}[/bold] in {site_dir.resolve()} "
+              f"(http://{cfg.host}:{cfg.port}); secrets stored in the keyring")
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        err.print(f"[yellow]note:[/yellow] binding to {host}, not loopback")
+
+
+@site_app.command("up")
+@friendly
+def site_up(site_dir: Path = typer.Argument(Path("."), help="site folder")) -> None:
+    """Start the datasite; returns once it answers with the site's own identity."""
+    from sites.lifecycle import up
+
+    with err.status("starting datasite..."):
+        st = up(site_dir)
+    out.print(f"site [bold]{st.name}[/bold] is up at {st.url} (pid {st.pid})")
+
+
+@site_app.command("down")
+@friendly
+def site_down(site_dir: Path = typer.Argument(Path("."), help="site folder")) -> None:
+    """Stop the datasite and any training it runs."""
+    from sites.lifecycle import down
+
+    out.print("stopped" if down(site_dir) else "was not running")
+
+
+@site_app.command("status")
+@friendly
+def site_status(site_dir: Path = typer.Argument(Path("."), help="site folder"),
+                json_out: bool = typer.Option(False, "--json", help="machine-readable")) -> None:
+    """Whether the datasite runs and answers with its own identity (exit 1 if not)."""
+    from sites.lifecycle import status, status_dict
+
+    st = status(site_dir)
+    if json_out:
+        print_json(status_dict(st))
+    else:
+        state = "[green]running[/green]" if st.running else "[red]not running[/red]"
+        out.print(f"{st.name}: {state} at {st.url} (pid {st.pid}, answering={st.answering}, "
+                  f"identity_ok={st.identity_ok})")
+    raise typer.Exit(0 if st.running else 1)
+
+
+@site_app.command("add-researcher")
+@friendly
+def site_add_researcher(
+    email: str = typer.Argument(..., help="researcher's login email"),
+    name: str = typer.Option(..., "--name", help="full name"),
+    institution: str = typer.Option("", "--institution"),
+    site_dir: Path = SiteDir,
+) -> None:
+    """Create a data-scientist account. The initial password is read from stdin when piped,
+    else generated and shown once."""
+    from sites.admin import add_researcher
+    from sites.keychain import generate_password
+
+    if not sys.stdin.isatty():
+        password = sys.stdin.readline().strip()
+        if len(password) < 8:
+            raise typer.BadParameter("password from stdin must have at least 8 characters")
+        shown = False
+    else:
+        password, shown = generate_password(), True
+    add_researcher(site_dir, email, name, password, institution)
+    out.print(f"created researcher {email}")
+    if shown:
+        out.print(f"initial password (shown once, pass it on securely): {password}")
+
+
+@site_app.command("publish")
+@friendly
+def site_publish(
+    site_dir: Path = typer.Argument(Path("."), help="site folder"),
+    synthetic: int = typer.Option(..., "--synthetic", min=2,
+                                  help="publish a synthetic cohort of N subjects"),
+    seed: int = typer.Option(0, "--seed"),
+    dataset: str = typer.Option("brain-mri-pet", "--dataset", help="dataset name"),
+    profile: str = typer.Option(None, "--profile",
+                                help="site profile (default: the site's name, else neutral)"),
+    size: int = typer.Option(24, "--size", min=8, max=256, help="volume edge length"),
+) -> None:
+    """Publish a cohort: private asset = volumes + labels; mock = synthetic, same schema."""
+    from sites.admin import publish_synthetic
+
+    with err.status("generating and uploading cohort..."):
+        cohort = publish_synthetic(site_dir, dataset, synthetic, seed, profile,
+                                   (size, size, size))
+    out.print(f"published {dataset}: {cohort.describe()}")
+
+
+def _checks_table(view) -> Table:
+    t = Table("rule", "result", "seen", "limit", "why", title="policy checks")
+    colours = {"pass": "green", "fail": "red", "warn": "yellow"}
+    for c in view.checks:
+        t.add_row(c.rule, f"[{colours[c.status]}]{c.status}[/]", c.seen, c.limit, c.message)
+    return t
+
+
+@console_app.command("requests")
+@friendly
+def console_requests(site_dir: Path = SiteDir,
+                     json_out: bool = typer.Option(False, "--json")) -> None:
+    """Pending, approved and denied requests with researcher, dataset, plan, rounds, ε."""
+    from sites.console import list_requests
+
+    views = list_requests(site_dir)
+    if json_out:
+        print_json([v.summary() for v in views])
+        return
+    t = Table("id", "status", "researcher", "dataset", "plan", "rounds", "ε target",
+              "submitted", "checks")
+    for v in views:
+        s = v.summary()
+        checks = "[green]ok[/]" if not s["checks_failed"] else \
+            f"[red]{len(s['checks_failed'])} failing[/]"
+        t.add_row(v.short_id, s["status"], s["researcher"], str(s["dataset"]),
+                  f"{s['plan']} v{s['version']}" if s["plan"] else f"[red]{v.function}[/]",
+                  str(s["rounds"]), str(s["target_epsilon"]), s["submitted_at"], checks)
+    out.print(t)
+
+
+@console_app.command("show")
+@friendly
+def console_show(request_id: str = typer.Argument(..., help="request id (a prefix will do)"),
+                 site_dir: Path = SiteDir, json_out: bool = typer.Option(False, "--json")) -> None:
+    """The whole plan, its model source, template check, projected noise and policy checks."""
+    from sites.console import show
+
+    v = show(site_dir, request_id)
+    if json_out:
+        print_json(v.summary() | {
+            "plan": v.plan.model_dump(mode="json") if v.plan else None,
+            "template_error": v.template_error, "noise_multiplier": v.noise_multiplier,
+            "cohort_n": v.cohort_n, "checks": [c.model_dump() for c in v.checks]})
+        return
+    out.rule(f"request {v.short_id} · {v.status} · {v.researcher}")
+    if v.template_error:
+        out.print(f"[red]NOT the medsyft template:[/red] {v.template_error}")
+    else:
+        out.print("[green]submitted code is exactly the medsyft template[/green]")
+    if v.plan:
+        p = v.plan
+        out.print(f"plan [bold]{p.name}[/bold] v{p.version} on dataset {p.dataset}; inputs "
+                  f"{', '.join(p.inputs)}; loss {p.loss}; {p.optimizer} lr {p.learning_rate}; "
+                  f"batch {p.batch_size}; {p.local_epochs} local epoch(s); {p.rounds} rounds")
+        out.print(f"DP: ε ≤ {p.dp.target_epsilon} at δ {p.dp.delta} over all rounds, "
+                  f"clip {p.dp.max_grad_norm}, accountant {p.dp.accountant}")
+        if v.noise_multiplier is not None:
+            out.print(f"projected noise multiplier σ = {v.noise_multiplier:.3f} "
+                      f"(N = {v.cohort_n})")
+        out.print(f"model class {p.model.class_name}({p.model.kwargs}):")
+        out.print(Syntax(p.model.source, "python", line_numbers=True))
+    out.print(_checks_table(v))
+
+
+@console_app.command("approve")
+@friendly
+def console_approve(request_id: str = typer.Argument(...), site_dir: Path = SiteDir,
+                    note: str = typer.Option("", "--note", help="recorded with the approval"),
+                    reviewer: str = typer.Option(None, "--reviewer",
+                                                 help="who approves (default: OS user)")) -> None:
+    """Approve a plan that passes every check; recorded in the governance DB and audit."""
+    from sites.console import approve
+
+    v = approve(site_dir, request_id, note=note, reviewer=reviewer)
+    out.print(f"approved {v.short_id}: {v.plan.name} v{v.plan.version} for {v.researcher}")
+
+
+@console_app.command("deny")
+@friendly
+def console_deny(request_id: str = typer.Argument(...), site_dir: Path = SiteDir,
+                 reason: str = typer.Option(..., "--reason", help="the researcher reads this"),
+                 reviewer: str = typer.Option(None, "--reviewer")) -> None:
+    """Deny a request with a reason the researcher will see."""
+    from sites.console import deny
+
+    v = deny(site_dir, request_id, reason=reason, reviewer=reviewer)
+    out.print(f"denied {v.short_id}")
+
+
+@console_app.command("audit")
+@friendly
+def console_audit(site_dir: Path = SiteDir, json_out: bool = typer.Option(False, "--json")) -> None:
+    """Every decision and execution recorded at this site, oldest first."""
+    from sites.config import load_site
+    from sites.console import format_time
+    from sites.governance import Governance
+
+    site_dir, _ = load_site(site_dir)
+    entries = Governance(site_dir).audit_entries()
+    if json_out:
+        print_json(entries)
+        return
+    t = Table("#", "time", "actor", "event", "subject", "details")
+    for e in entries:
+        t.add_row(str(e["seq"]), format_time(e["at"]), e["actor"], e["event"],
+                  e["subject"][:16], ", ".join(f"{k}={v}" for k, v in e["details"].items()
+                                               if v not in (None, "")))
+    out.print(t)
