@@ -186,15 +186,20 @@ class Governance:
             if used >= max_rounds:
                 self._audit(db, actor, "run.refused", plan_hash, reason="rounds exhausted",
                             rounds=max_rounds)
-                raise RoundRefused(f"all {max_rounds} rounds of this plan have been run")
-            now = time.time()
-            cur = db.execute(
-                "INSERT INTO runs (plan_hash, round, status, started_at, noise_multiplier,"
-                " sample_rate, steps) VALUES (?,?,?,?,?,?,?)",
-                (plan_hash, used + 1, "running", now, noise_multiplier, sample_rate, steps))
-            self._audit(db, actor, "run.started", plan_hash, round=used + 1, run=cur.lastrowid)
-            return RunRecord(cur.lastrowid, plan_hash, used + 1, "running", noise_multiplier,
-                             sample_rate, steps, None, None, now, None)
+                record = None
+            else:
+                now = time.time()
+                cur = db.execute(
+                    "INSERT INTO runs (plan_hash, round, status, started_at, noise_multiplier,"
+                    " sample_rate, steps) VALUES (?,?,?,?,?,?,?)",
+                    (plan_hash, used + 1, "running", now, noise_multiplier, sample_rate, steps))
+                self._audit(db, actor, "run.started", plan_hash, round=used + 1,
+                            run=cur.lastrowid)
+                record = RunRecord(cur.lastrowid, plan_hash, used + 1, "running",
+                                   noise_multiplier, sample_rate, steps, None, None, now, None)
+        if record is None:
+            raise RoundRefused(f"all {max_rounds} rounds of this plan have been run")
+        return record
 
     def finish_run(self, run_id: int, *, released: bool, actor: str, n_k: int | None = None,
                    epsilon: float | None = None, category: str | None = None,

@@ -1,0 +1,101 @@
+"""Shared fixtures: an in-memory keyring, small site folders, and real datasites.
+
+Integration fixtures start real syft 0.9.5 datasites on loopback through the
+product's own `lifecycle.up` and talk to them with the real syft client.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from keyring.backend import KeyringBackend
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+
+class MemoryKeyring(KeyringBackend):
+    """In-memory keyring backend for tests (the product never uses it)."""
+
+    priority = 0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.store: dict[tuple[str, str], str] = {}
+
+    def get_password(self, service: str, username: str) -> str | None:
+        return self.store.get((service, username))
+
+    def set_password(self, service: str, username: str, password: str) -> None:
+        self.store[(service, username)] = password
+
+    def delete_password(self, service: str, username: str) -> None:
+        self.store.pop((service, username), None)
+
+
+@pytest.fixture(scope="session")
+def memory_keyring() -> MemoryKeyring:
+    from sites import keychain
+
+    backend = MemoryKeyring()
+    keychain.use_backend(backend)
+    return backend
+
+
+@pytest.fixture()
+def site_dir(tmp_path: Path, memory_keyring: MemoryKeyring) -> Path:
+    """An initialised (not started) site with the st-agnes example policy."""
+    from sites import lifecycle
+
+    root = Path(__file__).resolve().parent.parent
+    name = f"unit-{tmp_path.name[-12:].replace('_', '-').lower().strip('-')}"
+    name = "u" + "".join(c for c in name if c.isalnum() or c == "-")[:30]
+    lifecycle.init_site(name, tmp_path / "site", policy_file=root / "policies" / "st-agnes.yaml",
+                        train_threads=1)
+    return tmp_path / "site"
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent
+
+
+def small_model_source() -> str:
+    return '''
+class Tiny(nn.Module):
+    def __init__(self, in_channels=2):
+        super().__init__()
+        self.conv = nn.Conv3d(in_channels, 4, 3, stride=2, padding=1)
+        self.norm = nn.GroupNorm(2, 4)
+        self.head = nn.Linear(4, 1)
+
+    def forward(self, x):
+        x = F.relu(self.norm(self.conv(x)))
+        return self.head(x.mean(dim=(2, 3, 4)))
+'''
+
+
+def make_plan(name: str = "tiny", rounds: int = 2, source: str | None = None,
+              class_name: str = "Tiny", researcher: str = "", version: int = 1,
+              epsilon: float = 8.0, dataset: str = "brain-mri-pet"):
+    from researcher.plan import TrainingPlan
+
+    return TrainingPlan.model_validate({
+        "name": name, "version": version, "dataset": dataset, "researcher": researcher,
+        "model": {"source": source or small_model_source(), "class_name": class_name,
+                  "kwargs": {"in_channels": 2}},
+        "inputs": ["mri", "pet"], "loss": "bce_with_logits", "optimizer": "sgd",
+        "learning_rate": 0.1, "batch_size": 8, "local_epochs": 1, "rounds": rounds,
+        "dp": {"target_epsilon": epsilon, "delta": 1e-5, "max_grad_norm": 1.0},
+    })
+
+
+@pytest.fixture()
+def plan_factory():
+    return make_plan
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run unit tests first, integration (real datasites) last."""
+    items.sort(key=lambda it: 1 if it.get_closest_marker("integration") else 0)

@@ -1,0 +1,165 @@
+"""The trusted runtime, called in-process as the syft template calls it (real child process)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from datasets.synthetic import generate_cohort, generate_mock
+from sites import runtime
+from sites.governance import Governance
+from sites.model_loader import build_model
+from tests.conftest import make_plan
+
+SHAPE = (8, 8, 8)
+RESEARCHER = "ada@lovelace-institute.org"
+
+
+@pytest.fixture()
+def site(site_dir, monkeypatch):
+    monkeypatch.setenv(runtime.SITE_DIR_ENV, str(site_dir))
+    cohort = generate_cohort(32, seed=5, shape=SHAPE)
+    gov = Governance(site_dir)
+    gov.register_dataset("brain-mri-pet", cohort.cohort_id, cohort.n, "test", actor="test")
+    return site_dir, gov, cohort
+
+
+def approve(gov: Governance, plan) -> None:
+    gov.record_decision(request_id="r-" + plan.plan_hash[:8], plan_hash=plan.plan_hash,
+                        researcher=plan.researcher, dataset=plan.dataset, decision="approved",
+                        policy_hash="p", actor="test", note="", method="manual",
+                        plan_json=plan.canonical_json())
+
+
+def weights_for(plan) -> dict[str, np.ndarray]:
+    torch.manual_seed(0)
+    return {k: v.detach().numpy() for k, v in build_model(plan.model).named_parameters()}
+
+
+def test_mock_call_returns_at_once_and_spends_nothing(site):
+    site_dir, gov, cohort = site
+    plan = make_plan(researcher=RESEARCHER)
+    approve(gov, plan)
+    mock = generate_mock(8, SHAPE).to_asset()
+    out = runtime.execute_round(plan.canonical_json(), mock, weights_for(plan))
+    assert out["ok"] is False and out["mock"] is True
+    assert "params" not in out
+    assert gov.runs() == []
+
+
+def test_unapproved_plan_is_refused_without_training(site):
+    site_dir, gov, cohort = site
+    plan = make_plan(researcher=RESEARCHER)
+    out = runtime.execute_round(plan.canonical_json(), cohort.to_asset(), weights_for(plan))
+    assert out == {"medsyft": 1, "ok": False, "error": "plan is not approved at this site"}
+    assert gov.runs() == []
+
+
+def test_approved_plan_runs_its_rounds_then_stops(site):
+    site_dir, gov, cohort = site
+    plan = make_plan(researcher=RESEARCHER, rounds=2)
+    approve(gov, plan)
+    w0 = weights_for(plan)
+    first = runtime.execute_round(plan.canonical_json(), cohort.to_asset(), w0)
+    assert first["ok"], first
+    assert set(first["params"]) == set(w0)
+    assert first["n_k"] == cohort.n and first["round"] == 1
+    second = runtime.execute_round(plan.canonical_json(), cohort.to_asset(), first["params"])
+    assert second["ok"] and second["round"] == 2
+    assert second["accounting"]["epsilon"] > first["accounting"]["epsilon"] > 0
+    assert second["accounting"]["epsilon"] <= plan.dp.target_epsilon
+    assert second["accounting"]["steps"] == 2 * first["accounting"]["steps"]
+    third = runtime.execute_round(plan.canonical_json(), cohort.to_asset(), second["params"])
+    assert third["ok"] is False and "all 2 rounds" in third["error"]
+    assert [r.status for r in gov.runs(plan.plan_hash)] == ["released", "released"]
+    events = [e["event"] for e in gov.audit_entries()]
+    assert events.count("run.released") == 2 and "run.refused" in events
+
+
+LEAKY = '''
+class Leaky(nn.Module):
+    def __init__(self, in_channels=2):
+        super().__init__()
+        self.head = nn.Linear(in_channels, 1)
+
+    def forward(self, x):
+        print("PRIVATE-PRINT", x)
+        raise ValueError(f"PRIVATE-RAISE {x}")
+'''
+
+
+def test_model_errors_reach_the_researcher_only_as_a_category(site):
+    site_dir, gov, cohort = site
+    plan = make_plan(researcher=RESEARCHER, source=LEAKY, class_name="Leaky")
+    approve(gov, plan)
+    out = runtime.execute_round(plan.canonical_json(), cohort.to_asset(), weights_for(plan))
+    assert out == {"medsyft": 1, "ok": False, "error": "model forward raised"}
+    log = (site_dir / "logs" / "training.log").read_text()
+    assert "PRIVATE-RAISE" in log and "PRIVATE-PRINT" in log  # the data owner keeps them
+    assert "PRIVATE" not in str(out)
+    assert [r.status for r in gov.runs(plan.plan_hash)] == ["failed"]  # not counted as a round
+
+
+def test_weights_that_do_not_fit_the_model_are_refused(site):
+    site_dir, gov, cohort = site
+    plan = make_plan(researcher=RESEARCHER)
+    approve(gov, plan)
+    w = weights_for(plan)
+    w["head.weight"] = np.zeros((2, 4), dtype=np.float32)
+    out = runtime.execute_round(plan.canonical_json(), cohort.to_asset(), w)
+    assert out["error"] == "weights do not match the model"
+
+
+def test_non_finite_weights_are_refused_before_training(site):
+    site_dir, gov, cohort = site
+    plan = make_plan(researcher=RESEARCHER)
+    approve(gov, plan)
+    w = weights_for(plan)
+    w["head.bias"] = np.array([np.nan], dtype=np.float32)
+    out = runtime.execute_round(plan.canonical_json(), cohort.to_asset(), w)
+    assert out["ok"] is False and "non-finite" in out["error"]
+    assert gov.runs() == []
+
+
+BATCHNORM = '''
+class WithBN(nn.Module):
+    def __init__(self, in_channels=2):
+        super().__init__()
+        self.bn = nn.BatchNorm3d(in_channels)
+        self.head = nn.Linear(in_channels, 1)
+
+    def forward(self, x):
+        return self.head(self.bn(x).mean(dim=(2, 3, 4)))
+'''
+
+
+def test_batchnorm_is_refused(site):
+    site_dir, gov, cohort = site
+    plan = make_plan(researcher=RESEARCHER, source=BATCHNORM, class_name="WithBN")
+    approve(gov, plan)
+    weights = weights_for(make_plan())  # build_model itself refuses BatchNorm
+    out = runtime.execute_round(plan.canonical_json(), cohort.to_asset(), weights)
+    assert "BatchNorm" in out["error"]
+
+
+def test_plan_approved_for_another_researcher_is_refused(site):
+    site_dir, gov, cohort = site
+    plan = make_plan(researcher=RESEARCHER)
+    approve(gov, plan)
+    other = plan.model_copy(update={"researcher": "eve@lovelace-institute.org"})
+    out = runtime.execute_round(other.canonical_json(), cohort.to_asset(), weights_for(plan))
+    assert out["error"] == "plan is not approved at this site"
+
+
+def test_release_filter_drops_anything_but_the_expected_parameters():
+    start = {"w": torch.zeros(2, 2)}
+    ok = runtime._release_filter({"params": {"w": torch.ones(2, 2)}}, start)
+    assert set(ok) == {"w"}
+    for bad in ({"params": {"w": torch.ones(2, 2)}, "extra": 1},
+                {"params": {"w": torch.ones(2, 2), "buf": torch.ones(1)}},
+                {"params": {"w": torch.ones(3, 2)}},
+                {"params": {"w": torch.ones(2, 2, dtype=torch.float64)}},
+                {"params": {"w": torch.full((2, 2), float("inf"))}}):
+        with pytest.raises(runtime.Refused):
+            runtime._release_filter(bad, start)
