@@ -122,7 +122,7 @@ def run_cmd(plan_file: Path = typer.Argument(...), federation: Path = FedOpt,
     from researcher.plan import load_plan
 
     plan = load_plan(plan_file)
-    fed = Federation.from_yaml(federation).connect()
+    fed = Federation.from_yaml(federation).connect(require_all=False)
     validation = generate_cohort(validation_n, validation_seed)
     report = run_with_progress(fed, plan, validation, resume=not fresh, quiet=json_out)
     if json_out:

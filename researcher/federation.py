@@ -125,30 +125,42 @@ class Federation:
         raise FederationError(f"no site {name!r} in the federation")
 
     # -- connection ----------------------------------------------------------
-    def connect(self) -> Federation:
-        def one(site: SiteEntry) -> Any:
-            password = keychain.get_secret(researcher_service(site.name), site.email)
-            if password is None:
-                raise FederationError(f"no password for {site.email} at {site.name} in the "
-                                      f"keyring; run `medsyft researcher login {site.name}`")
-            return login(site.host, site.port, site.email, password)
+    def _login(self, site: SiteEntry) -> Any:
+        password = keychain.get_secret(researcher_service(site.name), site.email)
+        if password is None:
+            raise FederationError(f"no password for {site.email} at {site.name} in the "
+                                  f"keyring; run `medsyft researcher login {site.name}`")
+        return login(site.host, site.port, site.email, password)
 
+    def connect(self, require_all: bool = True) -> Federation:
+        """Log into every site. With `require_all=False`, go on while the quorum is reachable
+        (unreachable sites are retried at each round)."""
         syft()
         with ThreadPoolExecutor(max_workers=len(self.config.sites)) as pool:
-            futures = {s.name: pool.submit(one, s) for s in self.config.sites}
+            futures = {s.name: pool.submit(self._login, s) for s in self.config.sites}
             errors = []
             for name, fut in futures.items():
                 try:
                     self._clients[name] = fut.result()
                 except Exception as exc:
                     errors.append(f"{name}: {exc}")
-        if errors:
-            raise FederationError("cannot connect: " + "; ".join(errors))
+        quorum = self.config.effective_quorum
+        if errors and (require_all or len(self._clients) < quorum):
+            need = "" if require_all else (f" ({len(self._clients)} reachable, "
+                                           f"quorum is {quorum})")
+            raise FederationError("cannot connect" + need + ": " + "; ".join(errors))
         return self
 
     def client(self, site: str) -> Any:
         if site not in self._clients:
-            raise FederationError("not connected; call connect() first")
+            if not self._clients:
+                raise FederationError("not connected; call connect() first")
+            try:
+                self._clients[site] = self._login(self._entry(site))
+            except FederationError:
+                raise
+            except Exception as exc:
+                raise FederationError(f"{site}: unreachable: {exc}") from None
         return self._clients[site]
 
     # -- datasets ------------------------------------------------------------
@@ -232,7 +244,12 @@ class Federation:
     # -- rounds --------------------------------------------------------------
     def _call_site(self, site: str, plan: TrainingPlan,
                    weights: dict[str, np.ndarray]) -> SiteResult:
-        client = self.client(site)
+        try:
+            client = self.client(site)
+        except FederationError:
+            raise
+        except Exception as exc:
+            raise FederationError(f"{site}: unreachable: {type(exc).__name__}") from None
         fn = getattr(client.code, plan.function_name, None)
         if fn is None:
             with quiet():

@@ -188,6 +188,7 @@ def _execute(site_dir: Path, plan_json: str, data: Any, weights: Any) -> dict:
     t0 = time.perf_counter()
     run_dir = site_dir / "runs" / f"run-{run.id}"
     released = False
+    category = CATEGORIES["internal"]
     try:
         run_dir.mkdir(parents=True, mode=0o700)
         torch.save({"plan_json": plan.canonical_json(), "weights": start,
@@ -225,6 +226,7 @@ def _execute(site_dir: Path, plan_json: str, data: Any, weights: Any) -> dict:
             },
         }
     except Refused as exc:
+        category = str(exc)
         log.warning("run %s failed: %s", run.id, exc)
         raise
     except Exception:
@@ -232,5 +234,5 @@ def _execute(site_dir: Path, plan_json: str, data: Any, weights: Any) -> dict:
         raise Refused(CATEGORIES["internal"]) from None
     finally:
         if not released:
-            gov.finish_run(run.id, released=False, actor=ACTOR, category="failed")
+            gov.finish_run(run.id, released=False, actor=ACTOR, category=category)
         shutil.rmtree(run_dir, ignore_errors=True)

@@ -30,10 +30,25 @@ def _redirect_output(log_file: Path) -> None:
     sys.stderr = os.fdopen(2, "w", buffering=1)
 
 
+def _configure_logging(site_dir: Path, level: str) -> None:
+    """medsyft's own records go to logs/site.log; uvicorn's and syft's to stderr (server.log)."""
+    handler = logging.FileHandler(site_dir / "logs" / "site.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    medsyft = logging.getLogger("medsyft")
+    medsyft.handlers[:] = [handler]
+    medsyft.setLevel(getattr(logging, level.upper()))
+    medsyft.propagate = False
+
+
 def app_factory():  # called by uvicorn
     from syft.server.uvicorn import app_factory as syft_app_factory
 
+    from sites.config import load_site
+    from sites.runtime import SITE_DIR_ENV
+
     app = syft_app_factory()
+    site_dir, cfg = load_site(os.environ[SITE_DIR_ENV])
+    _configure_logging(site_dir, cfg.log_level)  # after syft, which configures logging too
     for key in SECRET_ENV:
         os.environ.pop(key, None)
     import syft.server.server as syft_server
@@ -53,11 +68,7 @@ def main() -> int:
 
     site_dir, cfg = load_site(site_dir)
     _redirect_output(site_dir / "logs" / "server.log")
-    logging.basicConfig(
-        level=getattr(logging, cfg.log_level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        handlers=[logging.FileHandler(site_dir / "logs" / "site.log")],
-    )
+    _configure_logging(site_dir, cfg.log_level)
     aborted = Governance(site_dir).abort_running(actor="site")
     if aborted:
         logging.getLogger("medsyft.site").warning("%d run(s) left by a crash marked aborted",
