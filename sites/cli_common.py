@@ -7,6 +7,7 @@ them. Nothing here prints secrets.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -15,8 +16,9 @@ from typing import Any, TypeVar
 import typer
 from rich.console import Console
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+_width = None if sys.stdout.isatty() else shutil.get_terminal_size((140, 24)).columns
+out = Console(highlight=False, width=_width)
+err = Console(stderr=True, highlight=False, width=_width)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
