@@ -182,9 +182,29 @@ def default_reviewer() -> str:
         return "unknown"
 
 
+def _record_and_apply(site_dir: Path, cfg: SiteConfig, req: Any, view: RequestView,
+                      decision: str, reviewer: str, note: str, method: str) -> RequestView:
+    """Write the decision to the governance DB (and audit), then apply it in syft."""
+    Governance(site_dir).record_decision(
+        request_id=view.id,
+        plan_hash=view.plan.plan_hash if view.plan else f"unparsed:{view.function}",
+        researcher=view.researcher,
+        dataset=view.plan.dataset if view.plan else str(view.input_dataset),
+        decision=decision, policy_hash=view.policy_hash,
+        actor=f"{reviewer} via {cfg.admin_email}", note=note, method=method,
+        plan_json=view.plan.canonical_json() if view.plan else "")
+    with quiet():
+        res = req.approve(disable_warnings=True) if decision == "approved" \
+            else req.deny(reason=note)
+    if type(res).__name__ == "SyftError":
+        raise ConsoleError(f"syft refused the decision ({decision}): {res.message}")
+    view.status = decision
+    return view
+
+
 def approve(site_dir: Path, request_id: str, note: str = "", reviewer: str | None = None,
             method: str = "manual") -> RequestView:
-    reviewer = reviewer or default_reviewer()
+    """Approve a request whose every check passes; the governance record comes first."""
     with admin_client(site_dir) as (site_dir, cfg, client):
         req = _find(client, request_id)
         view = _review(site_dir, cfg, req, _asset_index(client))
@@ -196,39 +216,19 @@ def approve(site_dir: Path, request_id: str, note: str = "", reviewer: str | Non
             raise ConsoleError(f"request {view.short_id} fails policy checks: {rules}")
         if view.status == "approved":
             raise ConsoleError(f"request {view.short_id} is already approved")
-        Governance(site_dir).record_decision(
-            request_id=view.id, plan_hash=view.plan.plan_hash, researcher=view.researcher,
-            dataset=view.plan.dataset, decision="approved", policy_hash=view.policy_hash,
-            actor=f"{reviewer} via {cfg.admin_email}", note=note, method=method,
-            plan_json=view.plan.canonical_json())
-        with quiet():
-            res = req.approve(disable_warnings=True)
-        if type(res).__name__ == "SyftError":
-            raise ConsoleError(f"syft refused the approval: {res.message}")
-        view.status = "approved"
-        return view
+        return _record_and_apply(site_dir, cfg, req, view, "approved",
+                                 reviewer or default_reviewer(), note, method)
 
 
 def deny(site_dir: Path, request_id: str, reason: str, reviewer: str | None = None) -> RequestView:
+    """Deny (or revoke) a request; the researcher reads `reason`."""
     if not reason.strip():
         raise ConsoleError("a denial needs a reason; the researcher will read it")
-    reviewer = reviewer or default_reviewer()
     with admin_client(site_dir) as (site_dir, cfg, client):
         req = _find(client, request_id)
         view = _review(site_dir, cfg, req, _asset_index(client))
-        plan_hash = view.plan.plan_hash if view.plan else f"unparsed:{view.function}"
-        Governance(site_dir).record_decision(
-            request_id=view.id, plan_hash=plan_hash, researcher=view.researcher,
-            dataset=view.plan.dataset if view.plan else str(view.input_dataset),
-            decision="denied", policy_hash=view.policy_hash,
-            actor=f"{reviewer} via {cfg.admin_email}", note=reason, method="manual",
-            plan_json=view.plan.canonical_json() if view.plan else "")
-        with quiet():
-            res = req.deny(reason=reason)
-        if type(res).__name__ == "SyftError":
-            raise ConsoleError(f"syft refused the denial: {res.message}")
-        view.status = "denied"
-        return view
+        return _record_and_apply(site_dir, cfg, req, view, "denied",
+                                 reviewer or default_reviewer(), reason, "manual")
 
 
 def format_time(ts: float) -> str:
