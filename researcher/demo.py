@@ -49,8 +49,9 @@ def run_demo(workdir: Path, report_path: Path, rounds: int | None = None,
     from researcher.cli import run_with_progress
     from sites import admin, keychain, lifecycle
     from sites import console as site_console
+    from sites.cli_common import out
 
-    con = console or Console(highlight=False)
+    con = console or out
     t_start = time.perf_counter()
     workdir = workdir.resolve()
     if workdir.exists():  # a previous demo: stop anything it left running, then start over

@@ -109,6 +109,7 @@ class Federation:
         self.config = config
         self.strategy = strategy or FedAvg()
         self._clients: dict[str, Any] = {}
+        self.weights: dict[str, np.ndarray] | None = None  # global weights after `run`
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> Federation:

@@ -177,6 +177,9 @@ def _execute(site_dir: Path, plan_json: str, data: Any, weights: Any) -> dict:
 
     start = _validate_weights(weights)
     cohort = Cohort.from_asset(data)
+    missing = [m for m in plan.inputs if m not in cohort.volumes]
+    if missing:
+        raise Refused(f"dataset {plan.dataset} has no {', '.join(missing)} images")
     shape = accounting.run_shape(cohort.n, plan.batch_size, plan.local_epochs)
     sigma = accounting.derive_noise_multiplier(
         plan.dp.target_epsilon, plan.dp.delta, shape, plan.rounds, plan.dp.accountant)
