@@ -28,6 +28,22 @@ def validate(files: list[Path] = typer.Argument(..., help="policy YAML files")) 
     raise typer.Exit(1 if bad else 0)
 
 
+@app.command("explain")
+def explain_cmd(file: Path = typer.Argument(..., help="policy YAML file")) -> None:
+    """Print what the policy allows, in plain words for a data steward."""
+    from policies.explain import explain
+    from policies.schema import PolicyError, load_policy
+
+    try:
+        policy, digest = load_policy(file)
+    except PolicyError as exc:
+        err.print(f"[red]{exc}[/red]", markup=True, soft_wrap=True)
+        raise typer.Exit(1) from None
+    out.print(f"[bold]{file}[/bold] (sha256 {digest[:12]})")
+    for line in explain(policy):
+        out.print(line, markup=False)
+
+
 @app.command("schema")
 def schema() -> None:
     """Print the policy file's JSON Schema."""

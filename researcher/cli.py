@@ -129,12 +129,14 @@ def run_cmd(plan_file: Path = typer.Argument(...), federation: Path = FedOpt,
         print_json(report.model_dump(mode="json"))
 
 
-def run_with_progress(fed, plan, validation, resume: bool = True, quiet: bool = False):
+def run_with_progress(fed, plan, validation, resume: bool = True, quiet: bool = False,
+                      console=None):
+    """Run all rounds with a progress bar and a table per round on `console`."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
                   TextColumn("{task.completed}/{task.total} rounds"), TimeElapsedColumn(),
-                  console=out, transient=True, disable=quiet) as progress:
+                  console=console or out, transient=True, disable=quiet) as progress:
         task = progress.add_task(f"training {plan.name}", total=plan.rounds)
 
         def on_start(done: int, total: int) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from rich.console import Console
 
 from datasets.synthetic import generate_cohort
+from policies.schema import load_policy
 from researcher.federation import Federation, FederationConfig, SiteEntry, store_password
 from researcher.plan import load_plan
 from researcher.results import RunReport
@@ -110,17 +111,20 @@ def run_demo(workdir: Path, report_path: Path, rounds: int | None = None,
         for name, _, _ in HOSPITALS:
             views = [v for v in site_console.list_requests(site_dirs[name])
                      if v.status == "pending"]
+            policy, _ = load_policy(site_dirs[name] / "policy.yaml")
             for v in views:
                 passed = sum(c.status == "pass" for c in v.checks)
-                approved = site_console.approve(site_dirs[name], v.id, reviewer=f"{name}-dpo",
-                                                note="demo: reviewed in console")
-                con.print(f"  {name} data owner: approved request {approved.short_id} "
-                          f"({passed}/{len(v.checks)} checks pass, projected σ "
-                          f"{v.noise_multiplier:.3f})")
+                con.print(f"  {name}: request {v.short_id} verdict {passed}/{len(v.checks)} "
+                          f"rules pass, projected σ {v.noise_multiplier:.3f}, "
+                          f"{v.n_parameters:,} parameters")
+                for reviewer in policy.reviewers[:policy.approvals_required]:
+                    done = site_console.approve(site_dirs[name], v.id, reviewer=reviewer,
+                                                note="demo: reviewed in the console")
+                    con.print(f"    {reviewer} approved in the console → {done.status}")
 
         con.rule(f"5. federated DP training, {plan.rounds} rounds")
         validation = generate_cohort(150, seed=2024)
-        report = run_with_progress(fed, plan, validation, resume=False)
+        report = run_with_progress(fed, plan, validation, resume=False, console=con)
         report_path.write_text(_report_json(report, time.perf_counter() - t_start))
         last = report.rounds[-1]
         con.rule("done")

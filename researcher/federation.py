@@ -319,7 +319,11 @@ class Federation:
                 raise FederationError(
                     f"round {rnd}: only {len(results)} of {len(self.site_names)} sites answered, "
                     f"quorum is {quorum}. {detail}")
-            weights = self.strategy.aggregate([(r.n_k, r.params) for r in results.values()])
+            counts = [r.n_k for r in results.values()]
+            if any(c is None for c in counts):  # a site hides n_k: weigh sites equally
+                counts = [1] * len(counts)
+            weights = self.strategy.aggregate(
+                [(c, r.params) for c, r in zip(counts, results.values(), strict=True)])
             auc = loss = None
             if model is not None and validation is not None:
                 auc, loss = evaluate(load_params(model, weights), validation, list(plan.inputs))

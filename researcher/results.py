@@ -34,7 +34,7 @@ class SiteResult(BaseModel):
 
     site: str
     round: int
-    n_k: int = Field(ge=1)
+    n_k: int | None = Field(None, ge=1, description="None when the site's policy hides it")
     seconds: float
     device: str
     weights_sha256: str

@@ -135,10 +135,11 @@ def site_publish(
 
 
 def _checks_table(view) -> Table:
-    t = Table("rule", "result", "seen", "limit", "why", title="policy checks")
+    t = Table("rule", "result", "seen", "limit", "why", "override", title="verdict")
     colours = {"pass": "green", "fail": "red", "warn": "yellow"}
     for c in view.checks:
-        t.add_row(c.rule, f"[{colours[c.status]}]{c.status}[/]", c.seen, c.limit, c.message)
+        t.add_row(c.rule, f"[{colours[c.status]}]{c.status}[/]", c.seen, c.limit, c.message,
+                  "" if c.status == "pass" else ("yes" if c.overridable else "never"))
     return t
 
 
@@ -194,6 +195,10 @@ def console_show(request_id: str = typer.Argument(..., help="request id (a prefi
         if v.noise_multiplier is not None:
             out.print(f"projected noise multiplier σ = {v.noise_multiplier:.3f} "
                       f"(N = {v.cohort_n})")
+        if v.n_parameters is not None:
+            out.print(f"parameters: {v.n_parameters:,} (measured on the meta device)")
+        out.print(f"approvals: {len(v.approvers)} of {v.approvals_required} "
+                  f"({', '.join(v.approvers) or 'none yet'})")
         out.print(f"model class {p.model.class_name}({p.model.kwargs}):")
         out.print(Syntax(p.model.source, "python", line_numbers=True))
     out.print(_checks_table(v))
@@ -201,15 +206,27 @@ def console_show(request_id: str = typer.Argument(..., help="request id (a prefi
 
 @console_app.command("approve")
 @friendly
-def console_approve(request_id: str = typer.Argument(...), site_dir: Path = SiteDir,
-                    note: str = typer.Option("", "--note", help="recorded with the approval"),
-                    reviewer: str = typer.Option(None, "--reviewer",
-                                                 help="who approves (default: OS user)")) -> None:
-    """Approve a plan that passes every check; recorded in the governance DB and audit."""
+def console_approve(
+    request_id: str = typer.Argument(...), site_dir: Path = SiteDir,
+    note: str = typer.Option("", "--note", help="recorded with the approval"),
+    reviewer: str = typer.Option(None, "--reviewer",
+                                 help="who approves, one of the policy's reviewers "
+                                      "(default: OS user)"),
+    override: bool = typer.Option(False, "--override",
+                                  help="approve despite failing policy rules (needs --reason)"),
+    reason: str = typer.Option("", "--reason", help="why the override is justified"),
+) -> None:
+    """Approve a plan that passes every rule; recorded in the governance DB and audit.
+    With two approvals required, the plan runs only after a second, different reviewer."""
     from sites.console import approve
 
-    v = approve(site_dir, request_id, note=note, reviewer=reviewer)
-    out.print(f"approved {v.short_id}: {v.plan.name} v{v.plan.version} for {v.researcher}")
+    v = approve(site_dir, request_id, note=reason or note, reviewer=reviewer, override=override)
+    what = f"{v.short_id}: {v.plan.name} v{v.plan.version} for {v.researcher}"
+    if v.status == "approved":
+        out.print(f"approved {what} (reviewers: {', '.join(v.approvers)})")
+    else:
+        out.print(f"recorded approval 1 of {v.approvals_required} for {what}; a second, "
+                  "different reviewer must approve before it can run")
 
 
 @console_app.command("deny")

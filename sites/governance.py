@@ -27,9 +27,11 @@ CREATE TABLE IF NOT EXISTS datasets (
     description TEXT NOT NULL, published_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS decisions (
     id INTEGER PRIMARY KEY AUTOINCREMENT, request_id TEXT NOT NULL, plan_hash TEXT NOT NULL,
-    researcher TEXT NOT NULL, dataset TEXT NOT NULL, decision TEXT NOT NULL,
-    policy_hash TEXT NOT NULL, actor TEXT NOT NULL, note TEXT NOT NULL, method TEXT NOT NULL,
-    plan_json TEXT NOT NULL, decided_at REAL NOT NULL);
+    researcher TEXT NOT NULL, institution TEXT, dataset TEXT NOT NULL, decision TEXT NOT NULL,
+    policy_hash TEXT NOT NULL, reviewer TEXT NOT NULL, actor TEXT NOT NULL,
+    note TEXT NOT NULL, method TEXT NOT NULL, overridden TEXT NOT NULL DEFAULT '[]',
+    approvals_required INTEGER NOT NULL DEFAULT 1, plan_json TEXT NOT NULL,
+    decided_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY AUTOINCREMENT, plan_hash TEXT NOT NULL, round INTEGER NOT NULL,
     status TEXT NOT NULL, started_at REAL NOT NULL, ended_at REAL,
@@ -49,12 +51,16 @@ class RoundRefused(RuntimeError):
 
 @dataclass(frozen=True)
 class Approval:
+    """A plan that is runnable: enough distinct reviewers approved it since any denial."""
+
     request_id: str
     plan_hash: str
     researcher: str
+    institution: str | None
     dataset: str
     policy_hash: str
-    actor: str
+    reviewers: tuple[str, ...]
+    overridden: tuple[str, ...]
     decided_at: float
 
 
@@ -137,8 +143,12 @@ class Governance:
 
     # -- decisions -----------------------------------------------------------
     def record_decision(self, *, request_id: str, plan_hash: str, researcher: str,
-                        dataset: str, decision: str, policy_hash: str, actor: str,
-                        note: str, method: str, plan_json: str) -> None:
+                        dataset: str, decision: str, policy_hash: str, reviewer: str,
+                        actor: str, note: str, method: str, plan_json: str,
+                        institution: str | None = None, overridden: list[str] | None = None,
+                        approvals_required: int = 1, verdict: list[dict] | None = None) -> None:
+        """Append a decision. An approval by a reviewer who already approved since the
+        last denial, or of a plan bound to another request, is refused."""
         if decision not in ("approved", "denied"):
             raise ValueError(decision)
         with self._connect(immediate=True) as db:
@@ -149,27 +159,75 @@ class Governance:
                 if other:
                     raise ValueError(
                         f"plan {plan_hash[:12]} is already bound to request {other[0][:8]}")
+                if reviewer in self._current_approvers(db, request_id):
+                    raise ValueError(f"{reviewer} already approved this request; a second, "
+                                     "different reviewer must approve")
             db.execute(
-                "INSERT INTO decisions (request_id, plan_hash, researcher, dataset, decision,"
-                " policy_hash, actor, note, method, plan_json, decided_at)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                (request_id, plan_hash, researcher, dataset, decision, policy_hash, actor, note,
-                 method, plan_json, time.time()),
+                "INSERT INTO decisions (request_id, plan_hash, researcher, institution, dataset,"
+                " decision, policy_hash, reviewer, actor, note, method, overridden,"
+                " approvals_required, plan_json, decided_at)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (request_id, plan_hash, researcher, institution, dataset, decision, policy_hash,
+                 reviewer, actor, note, method, json.dumps(overridden or []),
+                 approvals_required, plan_json, time.time()),
             )
-            self._audit(db, actor, f"request.{decision}", request_id, plan_hash=plan_hash,
+            event = f"request.{decision}" if method != "override" else "request.override"
+            self._audit(db, actor, event, request_id, plan_hash=plan_hash,
                         researcher=researcher, dataset=dataset, policy_hash=policy_hash,
-                        note=note, method=method)
+                        reviewer=reviewer, note=note, method=method,
+                        overridden=overridden or [], approvals_required=approvals_required,
+                        failing=[v["rule"] for v in (verdict or []) if v["status"] == "fail"])
+
+    @staticmethod
+    def _current_approvers(db: sqlite3.Connection, request_id: str) -> list[str]:
+        rows = db.execute("SELECT decision, reviewer FROM decisions WHERE request_id = ?"
+                          " ORDER BY id", (request_id,)).fetchall()
+        approvers: list[str] = []
+        for r in rows:
+            if r["decision"] == "denied":
+                approvers = []
+            elif r["reviewer"] not in approvers:
+                approvers.append(r["reviewer"])
+        return approvers
+
+    def approvers(self, request_id: str) -> list[str]:
+        with self._connect() as db:
+            return self._current_approvers(db, request_id)
 
     def approval(self, plan_hash: str) -> Approval | None:
-        """The plan's approval, if its latest decision is an approval."""
+        """The plan's approval if enough distinct reviewers approved it since any denial."""
         with self._connect() as db:
-            row = db.execute(
-                "SELECT * FROM decisions WHERE plan_hash = ? ORDER BY id DESC LIMIT 1",
-                (plan_hash,)).fetchone()
-        if row is None or row["decision"] != "approved":
+            rows = db.execute("SELECT * FROM decisions WHERE plan_hash = ? ORDER BY id",
+                              (plan_hash,)).fetchall()
+            if not rows:
+                return None
+            last = rows[-1]
+            if last["decision"] != "approved":
+                return None
+            approvers = self._current_approvers(db, last["request_id"])
+        if len(approvers) < last["approvals_required"]:
             return None
-        return Approval(row["request_id"], row["plan_hash"], row["researcher"], row["dataset"],
-                        row["policy_hash"], row["actor"], row["decided_at"])
+        overridden = sorted({rule for r in rows if r["decision"] == "approved"
+                             for rule in json.loads(r["overridden"])})
+        return Approval(last["request_id"], plan_hash, last["researcher"], last["institution"],
+                        last["dataset"], last["policy_hash"], tuple(approvers),
+                        tuple(overridden), last["decided_at"])
+
+    def committed_epsilon(self, researcher: str, dataset: str, exclude_plan: str) -> float:
+        """Σ ε targets of the researcher's other approved plans on the dataset."""
+        total = 0.0
+        with self._connect() as db:
+            hashes = {r[0] for r in db.execute(
+                "SELECT plan_hash FROM decisions WHERE researcher = ? AND dataset = ?"
+                " AND plan_hash != ?", (researcher, dataset, exclude_plan))}
+        for h in hashes:
+            appr = self.approval(h)
+            if appr is not None:
+                with self._connect() as db:
+                    row = db.execute("SELECT plan_json FROM decisions WHERE plan_hash = ?"
+                                     " ORDER BY id DESC LIMIT 1", (h,)).fetchone()
+                total += float(json.loads(row["plan_json"])["dp"]["target_epsilon"])
+        return total
 
     def decisions(self) -> list[dict]:
         with self._connect() as db:

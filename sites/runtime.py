@@ -25,6 +25,7 @@ import shutil
 import subprocess
 import sys
 import time
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +34,12 @@ import torch
 from pydantic import ValidationError
 
 from datasets.cohort import ASSET_FORMAT, Cohort
+from policies.schema import DatasetPolicy, PolicyError, Release, load_policy
+from policies.verdict import Facts, review_plan
 from researcher.plan import TrainingPlan
 from sites import accounting
-from sites.config import load_site
-from sites.governance import Governance, RoundRefused
+from sites.config import SiteConfig, load_site
+from sites.governance import Approval, Governance, RoundRefused
 from sites.train_child import CATEGORIES
 
 log = logging.getLogger("medsyft.runtime")
@@ -152,6 +155,50 @@ def execute_round(plan_json: str, data: Any, weights: Any) -> dict:
         return _failure(CATEGORIES["internal"])
 
 
+def released_count(n: int, rule: Release) -> int | None:
+    """n_k as the policy's release rule says: exact, rounded to a multiple, or hidden."""
+    if rule.sample_count == "exact":
+        return n
+    if rule.sample_count == "rounded":
+        return max(rule.round_to, int(round(n / rule.round_to)) * rule.round_to)
+    return None
+
+
+def _recheck_policy(site_dir: Path, cfg: SiteConfig, gov: Governance, plan: TrainingPlan,
+                    approval: Approval, n: int) -> DatasetPolicy:
+    """Re-run the verdict against the current policy file before every round.
+
+    Rules overridden at approval stay overridden only while the policy file is the one
+    approved under; the parameter cap is enforced by the training child itself.
+    """
+    try:
+        policy, policy_hash = load_policy(cfg.path(site_dir, cfg.policy))
+    except PolicyError:
+        log.error("policy file is invalid; refusing every run until it is fixed")
+        raise Refused("the site's policy file is invalid; no run is possible") from None
+    dataset_policy = policy.for_dataset(plan.dataset)
+    if dataset_policy is None:
+        raise Refused(f"policy changed: no rule covers dataset {plan.dataset} any more")
+    changed = policy_hash != approval.policy_hash
+    shape = accounting.run_shape(n, plan.batch_size, plan.local_epochs)
+    facts = Facts(researcher=plan.researcher, institution=approval.institution,
+                  today=date.today(), cohort_n=n, n_parameters=0,
+                  noise_multiplier=accounting.derive_noise_multiplier(
+                      plan.dp.target_epsilon, plan.dp.delta, shape, plan.rounds,
+                      plan.dp.accountant),
+                  epsilon_committed=gov.committed_epsilon(plan.researcher, plan.dataset,
+                                                          plan.plan_hash))
+    waived = set() if changed else set(approval.overridden)
+    for line in review_plan(policy, plan, facts):
+        if line.failed and line.rule not in waived:
+            prefix = "policy changed" if changed else "policy"
+            gov.audit(ACTOR, "run.refused", plan.plan_hash, reason=line.rule,
+                      policy_hash=policy_hash)
+            raise Refused(f"{prefix}: {line.message} ({line.rule}: {line.seen}, "
+                          f"limit {line.limit})")
+    return dataset_policy
+
+
 def _execute(site_dir: Path, plan_json: str, data: Any, weights: Any) -> dict:
     site_dir, cfg = load_site(site_dir)
     try:
@@ -174,6 +221,7 @@ def _execute(site_dir: Path, plan_json: str, data: Any, weights: Any) -> dict:
         raise Refused("plan is not approved at this site")
     if approval.researcher != plan.researcher or approval.dataset != plan.dataset:
         raise Refused("plan is not approved at this site")
+    dataset_policy = _recheck_policy(site_dir, cfg, gov, plan, approval, int(dataset["n"]))
 
     start = _validate_weights(weights)
     cohort = Cohort.from_asset(data)
@@ -196,13 +244,17 @@ def _execute(site_dir: Path, plan_json: str, data: Any, weights: Any) -> dict:
         run_dir.mkdir(parents=True, mode=0o700)
         torch.save({"plan_json": plan.canonical_json(), "weights": start,
                     "sample_rate": shape.sample_rate, "noise_multiplier": sigma,
-                    "steps": shape.steps, "device": cfg.device, "threads": cfg.train_threads,
+                    "steps": shape.steps, "threads": cfg.train_threads,
+                    "device": cfg.device if dataset_policy.training.device == "auto"
+                    else dataset_policy.training.device,
+                    "max_parameters": dataset_policy.training.max_parameters,
                     "seed": secrets.randbits(62)}, run_dir / "job.pt")
         x = torch.from_numpy(cohort.stacked(list(plan.inputs)))
         y = torch.from_numpy(cohort.labels)
         torch.save({"x": x, "y": y}, run_dir / "private.pt")
         del x, y
-        info = _run_child(run_dir, cfg.training_timeout_s, site_dir / "logs" / "training.log",
+        timeout = min(cfg.training_timeout_s, dataset_policy.training.max_wall_time_s)
+        info = _run_child(run_dir, timeout, site_dir / "logs" / "training.log",
                           cfg.train_threads)
         output = torch.load(run_dir / "output.pt", weights_only=True)
         params = _release_filter(output, start)
@@ -218,7 +270,8 @@ def _execute(site_dir: Path, plan_json: str, data: Any, weights: Any) -> dict:
         return {
             "medsyft": WIRE_VERSION, "ok": True, "site": cfg.name, "round": run.round,
             "rounds": plan.rounds, "plan_hash": plan.plan_hash, "params": params,
-            "n_k": cohort.n, "seconds": round(seconds, 3), "device": info["device"],
+            "n_k": released_count(cohort.n, dataset_policy.release),
+            "seconds": round(seconds, 3), "device": info["device"],
             "weights_sha256": digest,
             "accounting": {
                 "sample_rate": shape.sample_rate, "noise_multiplier": sigma,

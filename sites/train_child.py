@@ -25,6 +25,7 @@ CATEGORIES = {
     "model_load": "model code failed to load",
     "batchnorm": "model uses BatchNorm, which mixes samples within a batch; use GroupNorm",
     "weights_mismatch": "weights do not match the model",
+    "too_large": "model has more parameters than the site's policy allows",
     "forward": "model forward raised",
     "oom": "out of memory",
     "timeout": "timed out",
@@ -62,6 +63,12 @@ def run(run_dir: Path) -> int:
     except Exception:
         traceback.print_exc()
         _status(run_dir, False, "model_load")
+        return 0
+    n_params = sum(p.numel() for p in model.parameters())
+    if n_params > int(job.get("max_parameters", n_params)):
+        print(f"model has {n_params} parameters, policy allows {job['max_parameters']}",
+              file=sys.stderr)
+        _status(run_dir, False, "too_large")
         return 0
     expected = parameter_shapes(model)
     got = {k: tuple(v.shape) for k, v in job["weights"].items()}

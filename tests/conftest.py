@@ -14,6 +14,8 @@ from keyring.backend import KeyringBackend
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
+TEST_POLICY = Path(__file__).resolve().parent / "policies" / "integration.yaml"
+
 
 class MemoryKeyring(KeyringBackend):
     """In-memory keyring backend for tests (the product never uses it)."""
@@ -48,11 +50,9 @@ def site_dir(tmp_path: Path, memory_keyring: MemoryKeyring) -> Path:
     """An initialised (not started) site with the st-agnes example policy."""
     from sites import lifecycle
 
-    root = Path(__file__).resolve().parent.parent
     name = f"unit-{tmp_path.name[-12:].replace('_', '-').lower().strip('-')}"
     name = "u" + "".join(c for c in name if c.isalnum() or c == "-")[:30]
-    lifecycle.init_site(name, tmp_path / "site", policy_file=root / "policies" / "st-agnes.yaml",
-                        train_threads=1)
+    lifecycle.init_site(name, tmp_path / "site", policy_file=TEST_POLICY, train_threads=1)
     return tmp_path / "site"
 
 

@@ -42,4 +42,5 @@ def test_demo_trains_across_three_hospitals_and_stops_its_servers(tmp_path, memo
     for site_yaml in (tmp_path / "work" / "sites").glob("*/site.yaml"):
         assert not lifecycle.status(site_yaml.parent).running
     out = (tmp_path / "out.txt").read_text()
-    assert "approved request" in out and "keyring file" in out
+    assert "approved in the console" in out and "keyring file" in out
+    assert "round 2" in out and "global AUC" in out

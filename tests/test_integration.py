@@ -24,7 +24,7 @@ from researcher.federation import (
 from sites import admin, console, lifecycle
 from sites.governance import Governance
 from sites.syft_client import LoginFailed, login, quiet, syft
-from tests.conftest import make_plan
+from tests.conftest import TEST_POLICY, make_plan
 from tests.test_accounting import reference_epsilon
 
 pytestmark = pytest.mark.integration
@@ -39,8 +39,7 @@ def fed_env(tmp_path_factory, memory_keyring, repo_root):
     root = tmp_path_factory.mktemp("fed")
     sites = {"alpha": root / "alpha", "beta": root / "beta"}
     for name, d in sites.items():
-        lifecycle.init_site(name, d, policy_file=repo_root / "policies" / "st-agnes.yaml",
-                            train_threads=1)
+        lifecycle.init_site(name, d, policy_file=TEST_POLICY, train_threads=1)
     with ThreadPoolExecutor(2) as pool:
         list(pool.map(lifecycle.up, sites.values()))
     try:

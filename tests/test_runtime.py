@@ -28,7 +28,7 @@ def site(site_dir, monkeypatch):
 def approve(gov: Governance, plan) -> None:
     gov.record_decision(request_id="r-" + plan.plan_hash[:8], plan_hash=plan.plan_hash,
                         researcher=plan.researcher, dataset=plan.dataset, decision="approved",
-                        policy_hash="p", actor="test", note="", method="manual",
+                        policy_hash="p", reviewer="dpo", actor="test", note="", method="manual",
                         plan_json=plan.canonical_json())
 
 
@@ -88,17 +88,56 @@ class Leaky(nn.Module):
         raise ValueError(f"PRIVATE-RAISE {x}")
 '''
 
+BROKEN = '''
+class Broken(nn.Module):
+    def __init__(self, in_channels=2):
+        super().__init__()
+        self.head = nn.Linear(3, 1)
+
+    def forward(self, x):
+        return self.head(x.mean(dim=(2, 3, 4)))
+'''
+
 
 def test_model_errors_reach_the_researcher_only_as_a_category(site):
+    site_dir, gov, cohort = site
+    plan = make_plan(researcher=RESEARCHER, source=BROKEN, class_name="Broken")
+    approve(gov, plan)
+    out = runtime.execute_round(plan.canonical_json(), cohort.to_asset(), weights_for(plan))
+    assert out == {"medsyft": 1, "ok": False, "error": "model forward raised"}
+    assert "cannot be multiplied" in (site_dir / "logs" / "training.log").read_text()
+    assert [r.status for r in gov.runs(plan.plan_hash)] == ["failed"]  # not counted as a round
+
+
+def test_training_child_keeps_prints_and_tracebacks_in_the_site_log(site, tmp_path):
+    """Even code that escaped review: what it prints or raises never reaches the result."""
+    site_dir, gov, cohort = site
+    plan = make_plan(researcher=RESEARCHER, source=LEAKY, class_name="Leaky")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    torch.save({"plan_json": plan.canonical_json(),
+                "weights": {k: torch.from_numpy(v) for k, v in weights_for(plan).items()},
+                "sample_rate": 0.5, "noise_multiplier": 1.0, "steps": 1, "device": "cpu",
+                "threads": 1, "seed": 1, "max_parameters": 10**6}, run_dir / "job.pt")
+    torch.save({"x": torch.from_numpy(cohort.stacked(["mri", "pet"])),
+                "y": torch.from_numpy(cohort.labels)}, run_dir / "private.pt")
+    log = tmp_path / "training.log"
+    with pytest.raises(runtime.Refused) as exc:
+        runtime._run_child(run_dir, 120, log, threads=1)
+    assert str(exc.value) == "model forward raised"
+    text = log.read_text()
+    assert "PRIVATE-RAISE" in text and "PRIVATE-PRINT" in text  # the data owner keeps them
+    assert not (run_dir / "private.pt").exists()  # removed once loaded
+    assert "PRIVATE" not in (run_dir / "status.json").read_text()
+
+
+def test_code_the_policy_forbids_is_refused_at_run_time_too(site):
     site_dir, gov, cohort = site
     plan = make_plan(researcher=RESEARCHER, source=LEAKY, class_name="Leaky")
     approve(gov, plan)
     out = runtime.execute_round(plan.canonical_json(), cohort.to_asset(), weights_for(plan))
-    assert out == {"medsyft": 1, "ok": False, "error": "model forward raised"}
-    log = (site_dir / "logs" / "training.log").read_text()
-    assert "PRIVATE-RAISE" in log and "PRIVATE-PRINT" in log  # the data owner keeps them
-    assert "PRIVATE" not in str(out)
-    assert [r.status for r in gov.runs(plan.plan_hash)] == ["failed"]  # not counted as a round
+    assert out["ok"] is False and "model_code" in out["error"]
+    assert gov.runs(plan.plan_hash) == []
 
 
 def test_weights_that_do_not_fit_the_model_are_refused(site):
