@@ -77,6 +77,32 @@ def _status_table(statuses: dict) -> Table:
     return t
 
 
+@app.command("check")
+@friendly
+def check_cmd(plan_file: Path = typer.Argument(..., help="plan YAML"), federation: Path = FedOpt,
+              json_out: bool = typer.Option(False, "--json")) -> None:
+    """Check the plan against every site's public policy before submitting (exit 1 if a
+    site would refuse it)."""
+    from researcher.federation import Federation
+    from researcher.plan import load_plan
+
+    results = Federation.from_yaml(federation).connect().check(load_plan(plan_file))
+    failing = {site: [c.rule for c in lines if c.failed] for site, lines in results.items()}
+    if json_out:
+        print_json({site: [c.model_dump() for c in lines] for site, lines in results.items()})
+    else:
+        colours = {"pass": "green", "fail": "red", "warn": "yellow"}
+        for site, lines in results.items():
+            t = Table("rule", "result", "seen", "limit", "why", title=site)
+            for c in lines:
+                if c.status != "pass":
+                    t.add_row(c.rule, f"[{colours[c.status]}]{c.status}[/]", c.seen, c.limit,
+                              c.message)
+            passed = sum(c.status == "pass" for c in lines)
+            out.print(t if t.row_count else f"{site}: all {passed} checked rules pass")
+    raise typer.Exit(1 if any(failing.values()) else 0)
+
+
 @app.command("submit")
 @friendly
 def submit_cmd(plan_file: Path = typer.Argument(..., help="plan YAML"), federation: Path = FedOpt,

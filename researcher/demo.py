@@ -109,14 +109,17 @@ def run_demo(workdir: Path, report_path: Path, rounds: int | None = None,
 
         con.rule("4. each data owner reviews the plan in the approval console")
         for name, _, _ in HOSPITALS:
-            views = [v for v in site_console.list_requests(site_dirs[name])
-                     if v.status == "pending"]
             policy, _ = load_policy(site_dirs[name] / "policy.yaml")
+            views = _wait_for_verdicts(site_console, site_dirs[name], fed.bind(plan))
             for v in views:
                 passed = sum(c.status == "pass" for c in v.checks)
                 con.print(f"  {name}: request {v.short_id} verdict {passed}/{len(v.checks)} "
                           f"rules pass, projected σ {v.noise_multiplier:.3f}, "
                           f"{v.n_parameters:,} parameters")
+                if v.status == "approved":
+                    con.print("    approved automatically: its policy says approval: auto "
+                              "and every rule passes")
+                    continue
                 for reviewer in policy.reviewers[:policy.approvals_required]:
                     done = site_console.approve(site_dirs[name], v.id, reviewer=reviewer,
                                                 note="demo: reviewed in the console")
@@ -141,6 +144,20 @@ def run_demo(workdir: Path, report_path: Path, rounds: int | None = None,
         for d in started:
             lifecycle.down(d)
         con.print(f"[dim]stopped {len(started)} datasite(s)[/dim]")
+
+
+def _wait_for_verdicts(site_console, site_dir: Path, plan, timeout_s: float = 90.0) -> list:
+    """The plan's request at a site once the site steward has reviewed it."""
+    from sites.governance import Governance
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        views = [v for v in site_console.list_requests(site_dir) if v.plan == plan]
+        if views and all(Governance(site_dir).verdict_seen(v.id, v.policy_hash) for v in views):
+            return views
+        if time.monotonic() > deadline:
+            return views
+        time.sleep(1.0)
 
 
 def _report_json(report: RunReport, seconds: float) -> str:

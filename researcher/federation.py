@@ -32,6 +32,7 @@ from researcher.results import RoundReport, RunReport, SiteResult, SiteRoundRepo
 from researcher.template import build_function
 from sites import keychain
 from sites.model_loader import build_model
+from sites.public_policy import ENDPOINT_PATH as POLICY_ENDPOINT
 from sites.syft_client import login, quiet, syft
 
 
@@ -187,6 +188,32 @@ class Federation:
         """The site's mock cohort (synthetic, same schema as the private one)."""
         with quiet():
             return Cohort.from_asset(self._asset(site, dataset).mock)
+
+    # -- public policy and pre-check ----------------------------------------
+    def public_policy(self, site: str) -> dict:
+        """The site's published limits (no list of researchers), via its syft endpoint."""
+        client = self.client(site)
+        with quiet():
+            try:
+                # syft routes custom endpoints through jobs by default; a site runs no job
+                # workers, so call the public function directly
+                doc = client.api.services.api.call_public(POLICY_ENDPOINT)
+            except Exception as exc:
+                raise FederationError(f"{site}: no public policy: "
+                                      f"{getattr(exc, 'public_message', type(exc).__name__)}"
+                                      ) from None
+        doc = getattr(doc, "syft_action_data", doc)
+        if not isinstance(doc, dict) or "datasets" not in doc:
+            raise FederationError(f"{site}: no public policy published")
+        return doc
+
+    def check(self, plan: TrainingPlan) -> dict[str, list]:
+        """Per site, the verdict lines a plan would get from the public part of the policy
+        (access rules are private and shown as not checked)."""
+        from researcher.precheck import precheck
+
+        plan = self.bind(plan)
+        return {site: precheck(self.public_policy(site), plan) for site in self.site_names}
 
     # -- requests ------------------------------------------------------------
     def bind(self, plan: TrainingPlan) -> TrainingPlan:

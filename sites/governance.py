@@ -37,6 +37,9 @@ CREATE TABLE IF NOT EXISTS runs (
     status TEXT NOT NULL, started_at REAL NOT NULL, ended_at REAL,
     noise_multiplier REAL NOT NULL, sample_rate REAL NOT NULL, steps INTEGER NOT NULL,
     n_k INTEGER, epsilon REAL, category TEXT);
+CREATE TABLE IF NOT EXISTS verdicts (
+    request_id TEXT NOT NULL, policy_hash TEXT NOT NULL, plan_hash TEXT NOT NULL,
+    computed_at REAL NOT NULL, report TEXT NOT NULL, PRIMARY KEY (request_id, policy_hash));
 CREATE TABLE IF NOT EXISTS audit (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, actor TEXT NOT NULL,
     event TEXT NOT NULL, subject TEXT NOT NULL, details TEXT NOT NULL);
@@ -232,6 +235,27 @@ class Governance:
     def decisions(self) -> list[dict]:
         with self._connect() as db:
             return [dict(r) for r in db.execute("SELECT * FROM decisions ORDER BY id")]
+
+    # -- verdicts -------------------------------------------------------------
+    def verdict_seen(self, request_id: str, policy_hash: str) -> bool:
+        with self._connect() as db:
+            return db.execute("SELECT 1 FROM verdicts WHERE request_id = ? AND policy_hash = ?",
+                              (request_id, policy_hash)).fetchone() is not None
+
+    def record_verdict(self, request_id: str, plan_hash: str, policy_hash: str,
+                       report: list[dict], researcher: str) -> None:
+        """Store a request's verdict under a policy version; audit its arrival and result."""
+        failing = [r["rule"] for r in report if r["status"] == "fail"]
+        with self._connect(immediate=True) as db:
+            first = db.execute("SELECT 1 FROM verdicts WHERE request_id = ?",
+                               (request_id,)).fetchone() is None
+            db.execute("INSERT OR REPLACE INTO verdicts VALUES (?,?,?,?,?)",
+                       (request_id, policy_hash, plan_hash, time.time(), json.dumps(report)))
+            if first:
+                self._audit(db, "steward", "request.received", request_id,
+                            researcher=researcher, plan_hash=plan_hash)
+            self._audit(db, "steward", "request.verdict", request_id, policy_hash=policy_hash,
+                        result="pass" if not failing else "fail", failing=failing)
 
     # -- rounds --------------------------------------------------------------
     def begin_run(self, plan_hash: str, max_rounds: int, noise_multiplier: float,

@@ -94,6 +94,9 @@ def main() -> int:
         "SYFT_IN_MEMORY_WORKERS": "True",
         "SYFT_ENABLE_WARNINGS": "False",
     })
+    from sites.steward import Steward
+
+    Steward(site_dir, secrets["admin_password"]).start()
     del secrets
     import uvicorn
 

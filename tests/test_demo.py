@@ -43,4 +43,6 @@ def test_demo_trains_across_three_hospitals_and_stops_its_servers(tmp_path, memo
         assert not lifecycle.status(site_yaml.parent).running
     out = (tmp_path / "out.txt").read_text()
     assert "approved in the console" in out and "keyring file" in out
+    assert "awaiting second approval" in out  # st-agnes: four-eyes
+    assert "approved automatically" in out  # northgate: approval: auto
     assert "round 2" in out and "global AUC" in out

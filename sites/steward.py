@@ -1,0 +1,78 @@
+"""The site steward: a thread in the datasite process that watches new requests.
+
+For every request it has not seen under the current policy it computes the
+verdict report and records it (audit: request.received, request.verdict).
+Under `approval: auto` a request whose verdict has no failure is approved at
+once, recorded as automatic; anything else waits for a reviewer. It also keeps
+the public-policy endpoint registered. It holds the admin password in memory
+only (handed over by `server_main`), never logs it, and never reads private
+data.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+from policies.schema import PolicyError, load_policy
+from sites import console, public_policy
+from sites.config import load_site
+from sites.governance import Governance
+from sites.syft_client import login, server_metadata
+
+log = logging.getLogger("medsyft.steward")
+AUTO_REVIEWER = "policy:auto"
+
+
+class Steward(threading.Thread):
+    def __init__(self, site_dir: Path, admin_password: str, interval_s: float = 2.0) -> None:
+        super().__init__(name="medsyft-steward", daemon=True)
+        self.site_dir = site_dir
+        self._password = admin_password
+        self.interval_s = interval_s
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        site_dir, cfg = load_site(self.site_dir)
+        while server_metadata(cfg.host, cfg.port) is None:
+            if self.stop_event.wait(0.5):
+                return
+        client = None
+        while not self.stop_event.is_set():
+            try:
+                if client is None:
+                    client = login(cfg.host, cfg.port, cfg.admin_email, self._password)
+                    public_policy.register(client)
+                self.sweep(client)
+            except Exception:
+                log.exception("steward sweep failed; retrying")
+                client = None
+            self.stop_event.wait(self.interval_s)
+
+    def sweep(self, client) -> None:
+        site_dir, cfg = load_site(self.site_dir)
+        try:
+            policy, policy_hash = load_policy(cfg.path(site_dir, cfg.policy))
+        except PolicyError:
+            log.error("policy file is invalid; requests wait for a valid policy")
+            return
+        gov = Governance(site_dir)
+        pending = [r for r in client.requests.get_all()
+                   if console._status_name(r.status) == "pending"]
+        if not pending:
+            return
+        context = console._context(client)
+        for req in pending:
+            request_id = str(req.id).replace("-", "")
+            if gov.verdict_seen(request_id, policy_hash):
+                continue
+            view = console.review_request(site_dir, cfg, req, *context)
+            gov.record_verdict(request_id, view.plan.plan_hash if view.plan else "",
+                               policy_hash, [c.model_dump() for c in view.checks],
+                               researcher=view.researcher)
+            if policy.approval == "auto" and view.plan is not None and not view.failing:
+                console.approve_view(site_dir, cfg, req, view, AUTO_REVIEWER,
+                                     note="all rules pass; approved automatically by policy",
+                                     method="auto")
+                log.info("request %s approved automatically", request_id[:8])
