@@ -20,6 +20,7 @@ syft with their reason. No private value is read here.
 from __future__ import annotations
 
 import getpass
+import hashlib
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
@@ -174,10 +175,15 @@ def review_request(site_dir: Path, cfg: SiteConfig, req: Any, assets: dict[str, 
         view.checks = checks + [_hard("policy.file", False, "", "valid policy", str(exc))]
         return view
     view.approvals_required = policy.approvals_required
-    try:
-        view.n_parameters, params_error = count_parameters(plan.model.model_dump_json()), None
-    except InspectError as exc:
-        params_error = str(exc)
+    model_json = plan.model.model_dump_json()
+    model_hash = hashlib.sha256(model_json.encode()).hexdigest()
+    view.n_parameters, params_error = gov.cached_parameters(model_hash), None
+    if view.n_parameters is None:
+        try:
+            view.n_parameters = count_parameters(model_json)
+            gov.cache_parameters(model_hash, view.n_parameters)
+        except InspectError as exc:
+            params_error = str(exc)
     facts = site_facts(site_dir, policy, plan, researcher, view.institution,
                        view.n_parameters, params_error)
     view.cohort_n, view.noise_multiplier = facts.cohort_n, facts.noise_multiplier

@@ -40,6 +40,8 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE TABLE IF NOT EXISTS verdicts (
     request_id TEXT NOT NULL, policy_hash TEXT NOT NULL, plan_hash TEXT NOT NULL,
     computed_at REAL NOT NULL, report TEXT NOT NULL, PRIMARY KEY (request_id, policy_hash));
+CREATE TABLE IF NOT EXISTS model_parameters (
+    model_hash TEXT PRIMARY KEY, n INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS audit (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, actor TEXT NOT NULL,
     event TEXT NOT NULL, subject TEXT NOT NULL, details TEXT NOT NULL);
@@ -235,6 +237,17 @@ class Governance:
     def decisions(self) -> list[dict]:
         with self._connect() as db:
             return [dict(r) for r in db.execute("SELECT * FROM decisions ORDER BY id")]
+
+    # -- model facts ----------------------------------------------------------
+    def cached_parameters(self, model_hash: str) -> int | None:
+        with self._connect() as db:
+            row = db.execute("SELECT n FROM model_parameters WHERE model_hash = ?",
+                             (model_hash,)).fetchone()
+            return int(row[0]) if row else None
+
+    def cache_parameters(self, model_hash: str, n: int) -> None:
+        with self._connect() as db:
+            db.execute("INSERT OR REPLACE INTO model_parameters VALUES (?, ?)", (model_hash, n))
 
     # -- verdicts -------------------------------------------------------------
     def verdict_seen(self, request_id: str, policy_hash: str) -> bool:
