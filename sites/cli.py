@@ -6,6 +6,7 @@ Thin typer layers over `lifecycle`, `admin` and `console`; heavy imports
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -241,16 +242,90 @@ def console_deny(request_id: str = typer.Argument(...), site_dir: Path = SiteDir
     out.print(f"denied {v.short_id}")
 
 
+@console_app.command("ledger")
+@friendly
+def console_ledger(site_dir: Path = SiteDir,
+                   researcher: str = typer.Option(None, "--researcher"),
+                   dataset: str = typer.Option(None, "--dataset"),
+                   json_out: bool = typer.Option(False, "--json")) -> None:
+    """Privacy budget per researcher and dataset: spent, reserved, remaining, per plan."""
+    from sites.ledger import ledger
+
+    entries = ledger(site_dir, researcher, dataset)
+    if json_out:
+        print_json([e.model_dump() for e in entries])
+        return
+    t = Table("researcher", "dataset", "spent ε", "reserved ε", "remaining ε", "cap",
+              "per plan", caption="ε composed with the accountant at the policy's δ")
+    for e in entries:
+        t.add_row(e.researcher, e.dataset, f"{e.spent:.3f}", f"{e.reserved:.3f}",
+                  "-" if e.remaining is None else f"{e.remaining:.3f}",
+                  "-" if e.cap is None else f"{e.cap:g}",
+                  "; ".join(f"{p.plan}: {p.epsilon:.3f} ({p.rounds_released} rounds)"
+                            for p in e.plans))
+    out.print(t if entries else "no privacy budget spent yet")
+
+
+@console_app.command("plans")
+@friendly
+def console_plans(site_dir: Path = SiteDir,
+                  json_out: bool = typer.Option(False, "--json")) -> None:
+    """Every plan decided at this site: rounds done and left, ε spent."""
+    from sites.ledger import plans
+
+    rows = plans(site_dir)
+    if json_out:
+        print_json([p.model_dump() for p in rows])
+        return
+    t = Table("plan", "researcher", "dataset", "status", "rounds done", "rounds left",
+              "running", "ε spent")
+    for p in rows:
+        t.add_row(p.plan, p.researcher, p.dataset, p.status, str(p.rounds_done),
+                  str(p.rounds_left), str(p.running),
+                  "-" if p.epsilon is None else f"{p.epsilon:.3f}")
+    out.print(t if rows else "no plans yet")
+
+
 @console_app.command("audit")
 @friendly
-def console_audit(site_dir: Path = SiteDir, json_out: bool = typer.Option(False, "--json")) -> None:
-    """Every decision and execution recorded at this site, oldest first."""
+def console_audit(
+    site_dir: Path = SiteDir,
+    since: str = typer.Option(None, "--since", help="only entries from this time on "
+                              "(ISO date or date-time)"),
+    verify: bool = typer.Option(False, "--verify", help="check the hash chain; exit 1 and "
+                                "name the first broken entry if it is not intact"),
+    export: Path = typer.Option(None, "--export", help="write the entries (with their hashes) "
+                                "as JSON lines for auditors"),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Every decision, budget movement and execution recorded at this site, oldest first."""
+    from datetime import datetime
+
     from sites.config import load_site
     from sites.console import format_time
     from sites.governance import Governance
 
     site_dir, _ = load_site(site_dir)
-    entries = Governance(site_dir).audit_entries()
+    gov = Governance(site_dir)
+    if verify:
+        ok, n, message = gov.verify_audit()
+        if json_out:
+            print_json({"ok": ok, "entries": n, "message": message})
+        else:
+            out.print(("[green]intact:[/green] " if ok else "[red]BROKEN:[/red] ") + message)
+        raise typer.Exit(0 if ok else 1)
+    try:
+        start = datetime.fromisoformat(since).timestamp() if since else 0.0
+    except ValueError:
+        raise typer.BadParameter(f"--since {since!r}: use an ISO date such as 2026-11-23") \
+            from None
+    entries = gov.audit_entries(start)
+    if export:
+        with open(export, "w") as f:
+            for e in entries:
+                f.write(json.dumps(e, sort_keys=True) + "\n")
+        out.print(f"wrote {len(entries)} entries to {export}")
+        return
     if json_out:
         print_json(entries)
         return
@@ -258,5 +333,5 @@ def console_audit(site_dir: Path = SiteDir, json_out: bool = typer.Option(False,
     for e in entries:
         t.add_row(str(e["seq"]), format_time(e["at"]), e["actor"], e["event"],
                   e["subject"][:16], ", ".join(f"{k}={v}" for k, v in e["details"].items()
-                                               if v not in (None, "")))
+                                               if v not in (None, "", [])))
     out.print(t)

@@ -4,17 +4,22 @@ SQLite in the site folder (one file, WAL). This is where approval lives: the
 runtime refuses any execution without an approval record bound to the plan
 hash, whatever syft's own request status says, and counts rounds here (syft
 0.9.5 output policies do not limit executions). Round reservation is atomic
-(`BEGIN IMMEDIATE`). Every decision and execution appends to `audit`.
+(`BEGIN IMMEDIATE`) and charges the researcher's privacy ledger on the dataset
+(composition of every released and reserved run of all their plans there).
+Every decision, reservation, commit, release and execution appends to
+`audit`, an append-only hash chain: each entry holds the previous entry's
+hash, so `verify_audit` finds any altered, removed or reordered entry.
 
 Never store pixel values, labels or secrets here.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +39,7 @@ CREATE TABLE IF NOT EXISTS decisions (
     decided_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY AUTOINCREMENT, plan_hash TEXT NOT NULL, round INTEGER NOT NULL,
+    researcher TEXT NOT NULL DEFAULT '', dataset TEXT NOT NULL DEFAULT '',
     status TEXT NOT NULL, started_at REAL NOT NULL, ended_at REAL,
     noise_multiplier REAL NOT NULL, sample_rate REAL NOT NULL, steps INTEGER NOT NULL,
     n_k INTEGER, epsilon REAL, category TEXT);
@@ -43,11 +49,20 @@ CREATE TABLE IF NOT EXISTS verdicts (
 CREATE TABLE IF NOT EXISTS model_parameters (
     model_hash TEXT PRIMARY KEY, n INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS audit (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, actor TEXT NOT NULL,
-    event TEXT NOT NULL, subject TEXT NOT NULL, details TEXT NOT NULL);
+    seq INTEGER PRIMARY KEY, at REAL NOT NULL, actor TEXT NOT NULL,
+    event TEXT NOT NULL, subject TEXT NOT NULL, details TEXT NOT NULL,
+    prev_hash TEXT NOT NULL, hash TEXT NOT NULL);
 """
 
 RUN_ACTIVE = ("running", "released")
+GENESIS = "0" * 64
+
+
+def entry_hash(seq: int, at: float, actor: str, event: str, subject: str, details: str,
+               prev_hash: str) -> str:
+    payload = json.dumps([seq, repr(at), actor, event, subject, details, prev_hash],
+                         ensure_ascii=False)
+    return hashlib.sha256(payload.encode()).hexdigest()
 
 
 class RoundRefused(RuntimeError):
@@ -67,6 +82,16 @@ class Approval:
     reviewers: tuple[str, ...]
     overridden: tuple[str, ...]
     decided_at: float
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A researcher's privacy ledger on one dataset: cap and how to compose ε."""
+
+    researcher: str
+    dataset: str
+    cap: float
+    epsilon_of: Callable[[list[tuple[float, float, int]]], float]
 
 
 @dataclass(frozen=True)
@@ -95,7 +120,9 @@ class Governance:
             db.close()
 
     @contextmanager
-    def _connect(self, immediate: bool = False) -> Iterator[sqlite3.Connection]:
+    def _connect(self, immediate: bool = True) -> Iterator[sqlite3.Connection]:
+        """One transaction. IMMEDIATE by default: every writer is serialised, so the audit
+        chain never forks and reservations never race."""
         db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         db.row_factory = sqlite3.Row
         try:
@@ -113,17 +140,42 @@ class Governance:
     # -- audit ---------------------------------------------------------------
     @staticmethod
     def _audit(db: sqlite3.Connection, actor: str, event: str, subject: str, **details) -> None:
-        db.execute(
-            "INSERT INTO audit (at, actor, event, subject, details) VALUES (?,?,?,?,?)",
-            (time.time(), actor, event, subject, json.dumps(details, sort_keys=True)),
-        )
+        """Append one hash-chained entry: hash = sha256(seq, time, actor, event, subject,
+        details, previous entry's hash)."""
+        last = db.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+        seq, prev = (last["seq"] + 1, last["hash"]) if last else (1, GENESIS)
+        at = time.time()
+        text = json.dumps(details, sort_keys=True, default=str)
+        db.execute("INSERT INTO audit (seq, at, actor, event, subject, details, prev_hash, hash)"
+                   " VALUES (?,?,?,?,?,?,?,?)",
+                   (seq, at, actor, event, subject, text, prev,
+                    entry_hash(seq, at, actor, event, subject, text, prev)))
 
     def audit(self, actor: str, event: str, subject: str, **details) -> None:
         with self._connect() as db:
             self._audit(db, actor, event, subject, **details)
 
+    def verify_audit(self) -> tuple[bool, int, str]:
+        """(ok, entries checked, message naming the first broken entry)."""
+        with self._connect(immediate=False) as db:
+            rows = db.execute("SELECT * FROM audit ORDER BY seq").fetchall()
+        prev, expected_seq = GENESIS, 1
+        for r in rows:
+            if r["seq"] != expected_seq:
+                return False, len(rows), (f"entry {expected_seq} is missing (next is "
+                                          f"{r['seq']})")
+            if r["prev_hash"] != prev:
+                return False, len(rows), (f"entry {r['seq']} does not follow entry "
+                                          f"{r['seq'] - 1} (previous hash differs)")
+            digest = entry_hash(r["seq"], r["at"], r["actor"], r["event"], r["subject"],
+                                r["details"], r["prev_hash"])
+            if digest != r["hash"]:
+                return False, len(rows), f"entry {r['seq']} was altered (hash differs)"
+            prev, expected_seq = r["hash"], expected_seq + 1
+        return True, len(rows), f"{len(rows)} entries, chain intact, head {prev[:16]}"
+
     def audit_entries(self, since: float = 0.0) -> list[dict]:
-        with self._connect() as db:
+        with self._connect(immediate=False) as db:
             rows = db.execute("SELECT * FROM audit WHERE at >= ? ORDER BY seq", (since,))
             return [dict(r) | {"details": json.loads(r["details"])} for r in rows]
 
@@ -272,8 +324,17 @@ class Governance:
 
     # -- rounds --------------------------------------------------------------
     def begin_run(self, plan_hash: str, max_rounds: int, noise_multiplier: float,
-                  sample_rate: float, steps: int, actor: str) -> RunRecord:
-        """Atomically reserve the next round of an approved plan, or refuse."""
+                  sample_rate: float, steps: int, actor: str,
+                  budget: Budget | None = None) -> RunRecord:
+        """Atomically reserve the next round of an approved plan, or refuse.
+
+        With a `budget`, the reservation is also charged to the researcher's privacy
+        ledger on the dataset: the composition of every released and reserved run of all
+        their plans there, plus this one, must stay within the cap. Both checks and the
+        insert happen in one `BEGIN IMMEDIATE` transaction, so parallel triggers at the
+        budget's edge are serialised and never overspend.
+        """
+        refusal = None
         with self._connect(immediate=True) as db:
             used = db.execute(
                 f"SELECT COUNT(*) FROM runs WHERE plan_hash = ? AND status IN {RUN_ACTIVE}",
@@ -281,20 +342,54 @@ class Governance:
             if used >= max_rounds:
                 self._audit(db, actor, "run.refused", plan_hash, reason="rounds exhausted",
                             rounds=max_rounds)
-                record = None
-            else:
+                refusal = f"all {max_rounds} rounds of this plan have been run"
+            elif budget is not None:
+                rows = db.execute(
+                    f"SELECT noise_multiplier, sample_rate, steps FROM runs WHERE researcher = ?"
+                    f" AND dataset = ? AND status IN {RUN_ACTIVE}",
+                    (budget.researcher, budget.dataset)).fetchall()
+                history = [(r[0], r[1], r[2]) for r in rows]
+                spent = budget.epsilon_of(history)
+                after = budget.epsilon_of(history + [(noise_multiplier, sample_rate, steps)])
+                if after > budget.cap:
+                    self._audit(db, actor, "run.refused", plan_hash, reason="budget exhausted",
+                                spent=spent, cap=budget.cap, would_be=after)
+                    refusal = (f"privacy budget exhausted for {budget.dataset}: spent "
+                               f"{spent:.2f} of {budget.cap:g}; this round would take it to "
+                               f"{after:.2f}")
+            if refusal is None:
                 now = time.time()
                 cur = db.execute(
-                    "INSERT INTO runs (plan_hash, round, status, started_at, noise_multiplier,"
-                    " sample_rate, steps) VALUES (?,?,?,?,?,?,?)",
-                    (plan_hash, used + 1, "running", now, noise_multiplier, sample_rate, steps))
+                    "INSERT INTO runs (plan_hash, round, researcher, dataset, status, started_at,"
+                    " noise_multiplier, sample_rate, steps) VALUES (?,?,?,?,?,?,?,?,?)",
+                    (plan_hash, used + 1, budget.researcher if budget else "",
+                     budget.dataset if budget else "", "running", now, noise_multiplier,
+                     sample_rate, steps))
                 self._audit(db, actor, "run.started", plan_hash, round=used + 1,
                             run=cur.lastrowid)
+                self._audit(db, actor, "budget.reserved", plan_hash, run=cur.lastrowid,
+                            noise_multiplier=noise_multiplier, sample_rate=sample_rate,
+                            steps=steps)
                 record = RunRecord(cur.lastrowid, plan_hash, used + 1, "running",
                                    noise_multiplier, sample_rate, steps, None, None, now, None)
-        if record is None:
-            raise RoundRefused(f"all {max_rounds} rounds of this plan have been run")
+        if refusal is not None:
+            raise RoundRefused(refusal)
         return record
+
+    def ledger_history(self, researcher: str, dataset: str,
+                       statuses: tuple[str, ...] = ("released",)) -> list[RunRecord]:
+        placeholders = ",".join("?" * len(statuses))
+        with self._connect() as db:
+            rows = db.execute(
+                f"SELECT * FROM runs WHERE researcher = ? AND dataset = ? AND status IN"
+                f" ({placeholders}) ORDER BY id", (researcher, dataset, *statuses)).fetchall()
+        return [self._run(r) for r in rows]
+
+    def ledger_keys(self) -> list[tuple[str, str]]:
+        with self._connect() as db:
+            return [(r[0], r[1]) for r in db.execute(
+                "SELECT DISTINCT researcher, dataset FROM runs WHERE researcher != ''"
+                " ORDER BY researcher, dataset")]
 
     def finish_run(self, run_id: int, *, released: bool, actor: str, n_k: int | None = None,
                    epsilon: float | None = None, category: str | None = None,
@@ -306,6 +401,8 @@ class Governance:
             db.execute(
                 "UPDATE runs SET status = ?, ended_at = ?, n_k = ?, epsilon = ?, category = ?"
                 " WHERE id = ?", (status, time.time(), n_k, epsilon, category, run_id))
+            self._audit(db, actor, "budget.committed" if released else "budget.returned",
+                        row["plan_hash"], run=run_id)
             self._audit(db, actor, f"run.{status}", row["plan_hash"], round=row["round"],
                         run=run_id, n_k=n_k, epsilon=epsilon, category=category,
                         weights_sha256=weights_sha256)
@@ -318,6 +415,7 @@ class Governance:
             for r in rows:
                 db.execute("UPDATE runs SET status = 'aborted', ended_at = ? WHERE id = ?",
                            (time.time(), r["id"]))
+                self._audit(db, actor, "budget.returned", r["plan_hash"], run=r["id"])
                 self._audit(db, actor, "run.aborted", r["plan_hash"], round=r["round"],
                             run=r["id"])
             return len(rows)
@@ -326,9 +424,13 @@ class Governance:
         q = "SELECT * FROM runs" + (" WHERE plan_hash = ?" if plan_hash else "") + " ORDER BY id"
         with self._connect() as db:
             rows = db.execute(q, (plan_hash,) if plan_hash else ()).fetchall()
-        return [RunRecord(r["id"], r["plan_hash"], r["round"], r["status"],
-                          r["noise_multiplier"], r["sample_rate"], r["steps"], r["n_k"],
-                          r["epsilon"], r["started_at"], r["ended_at"]) for r in rows]
+        return [self._run(r) for r in rows]
+
+    @staticmethod
+    def _run(r: sqlite3.Row) -> RunRecord:
+        return RunRecord(r["id"], r["plan_hash"], r["round"], r["status"], r["noise_multiplier"],
+                         r["sample_rate"], r["steps"], r["n_k"], r["epsilon"], r["started_at"],
+                         r["ended_at"])
 
     def released_history(self, plan_hash: str) -> list[tuple[float, float, int]]:
         return [(r.noise_multiplier, r.sample_rate, r.steps)

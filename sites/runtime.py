@@ -39,7 +39,7 @@ from policies.verdict import Facts, review_plan
 from researcher.plan import TrainingPlan
 from sites import accounting
 from sites.config import SiteConfig, load_site
-from sites.governance import Approval, Governance, RoundRefused
+from sites.governance import Approval, Budget, Governance, RoundRefused
 from sites.train_child import CATEGORIES
 
 log = logging.getLogger("medsyft.runtime")
@@ -231,8 +231,14 @@ def _execute(site_dir: Path, plan_json: str, data: Any, weights: Any) -> dict:
     shape = accounting.run_shape(cohort.n, plan.batch_size, plan.local_epochs)
     sigma = accounting.derive_noise_multiplier(
         plan.dp.target_epsilon, plan.dp.delta, shape, plan.rounds, plan.dp.accountant)
+    ledger_accountant = dataset_policy.privacy.accountants[0]
+    budget = Budget(
+        researcher=plan.researcher, dataset=plan.dataset,
+        cap=dataset_policy.privacy.epsilon_total,
+        epsilon_of=lambda h: accounting.epsilon_spent(h, dataset_policy.privacy.delta_max,
+                                                      ledger_accountant))
     run = gov.begin_run(plan.plan_hash, plan.rounds, sigma, shape.sample_rate, shape.steps,
-                        ACTOR)
+                        ACTOR, budget=budget)
     log.info("run %s: plan %s round %d/%d started (n=%d, q=%.4f, sigma=%.4f, steps=%d)",
              run.id, plan.plan_hash[:12], run.round, plan.rounds, cohort.n,
              shape.sample_rate, sigma, shape.steps)
