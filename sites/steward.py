@@ -32,6 +32,7 @@ class Steward(threading.Thread):
         self._password = admin_password
         self.interval_s = interval_s
         self.stop_event = threading.Event()
+        self._policy_hash: str | None = None
 
     def run(self) -> None:
         site_dir, cfg = load_site(self.site_dir)
@@ -58,6 +59,12 @@ class Steward(threading.Thread):
             log.error("policy file is invalid; requests wait for a valid policy")
             return
         gov = Governance(site_dir)
+        if policy_hash != self._policy_hash:
+            last = [e for e in gov.audit_entries() if e["event"] == "policy.loaded"]
+            if not last or last[-1]["details"].get("policy_hash") != policy_hash:
+                gov.audit("steward", "policy.loaded", cfg.policy, policy_hash=policy_hash,
+                          previous=last[-1]["details"].get("policy_hash") if last else None)
+            self._policy_hash = policy_hash
         pending = [r for r in client.requests.get_all()
                    if console._status_name(r.status) == "pending"]
         if not pending:
