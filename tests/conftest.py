@@ -7,6 +7,8 @@ product's own `lifecycle.up` and talk to them with the real syft client.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -94,6 +96,29 @@ def make_plan(name: str = "tiny", rounds: int = 2, source: str | None = None,
 @pytest.fixture()
 def plan_factory():
     return make_plan
+
+
+@contextmanager
+def one_site(root: Path, name: str, policy: Path, email: str, password: str, n: int,
+             seed: int, shape: tuple[int, int, int]) -> Iterator[dict]:
+    """A real datasite with one researcher and a published synthetic cohort, stopped after."""
+    from researcher.federation import Federation, FederationConfig, SiteEntry, store_password
+    from sites import admin, lifecycle
+
+    d = root / name
+    lifecycle.init_site(name, d, policy_file=policy, train_threads=1)
+    lifecycle.up(d)
+    try:
+        admin.add_researcher(d, email, "Ada Lovelace", password, "Lovelace Institute")
+        cohort = admin.publish_synthetic(d, "brain-mri-pet", n=n, seed=seed, shape=shape)
+        config = FederationConfig(
+            sites=[SiteEntry(name=name, port=lifecycle.load_site(d)[1].port, email=email)],
+            checkpoints=str(root / "ckpt"))
+        store_password(config.sites[0], password)
+        yield {"dir": d, "config": config, "fed": Federation(config).connect(),
+               "cohort": cohort}
+    finally:
+        lifecycle.down(d)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

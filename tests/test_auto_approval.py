@@ -8,10 +8,9 @@ import time
 import pytest
 
 from policies.schema import load_policy
-from researcher.federation import Federation, FederationConfig, SiteEntry, store_password
-from sites import admin, console, lifecycle
+from sites import console
 from sites.governance import Governance
-from tests.conftest import make_plan
+from tests.conftest import make_plan, one_site
 
 pytestmark = pytest.mark.integration
 
@@ -22,21 +21,10 @@ SHAPE = (8, 8, 8)
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory, memory_keyring, repo_root):
-    root = tmp_path_factory.mktemp("auto")
-    d = root / "gamma"
-    lifecycle.init_site("gamma", d, policy_file=repo_root / "tests" / "policies" / "auto.yaml",
-                        train_threads=1)
-    lifecycle.up(d)
-    try:
-        admin.add_researcher(d, EMAIL, "Ada Lovelace", PASSWORD, "Lovelace Institute")
-        admin.publish_synthetic(d, "brain-mri-pet", n=40, seed=3, shape=SHAPE)
-        config = FederationConfig(sites=[SiteEntry(name="gamma", port=lifecycle.load_site(d)[1]
-                                                   .port, email=EMAIL)],
-                                  checkpoints=str(root / "ckpt"))
-        store_password(config.sites[0], PASSWORD)
-        yield {"dir": d, "fed": Federation(config).connect()}
-    finally:
-        lifecycle.down(d)
+    with one_site(tmp_path_factory.mktemp("auto"), "gamma",
+                  repo_root / "tests" / "policies" / "auto.yaml", EMAIL, PASSWORD, n=40, seed=3,
+                  shape=SHAPE) as env:
+        yield env
 
 
 def wait_for(predicate, timeout_s: float = 60.0):

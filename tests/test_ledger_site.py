@@ -14,15 +14,12 @@ import pytest
 
 from researcher.federation import (
     Federation,
-    FederationConfig,
-    SiteEntry,
     initial_weights,
-    store_password,
 )
-from sites import accounting, admin, console, lifecycle
+from sites import accounting, console, lifecycle
 from sites.governance import Governance
 from sites.syft_client import quiet
-from tests.conftest import make_plan
+from tests.conftest import make_plan, one_site
 
 pytestmark = pytest.mark.integration
 
@@ -44,22 +41,10 @@ class Broken(nn.Module):
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory, memory_keyring, repo_root):
-    root = tmp_path_factory.mktemp("ledger")
-    d = root / "delta"
-    lifecycle.init_site("delta", d, policy_file=repo_root / "tests" / "policies" / "ledger.yaml",
-                        train_threads=1)
-    lifecycle.up(d)
-    try:
-        admin.add_researcher(d, EMAIL, "Ada Lovelace", PASSWORD, "Lovelace Institute")
-        cohort = admin.publish_synthetic(d, "brain-mri-pet", n=32, seed=4, shape=SHAPE)
-        config = FederationConfig(sites=[SiteEntry(name="delta", port=lifecycle.load_site(d)[1]
-                                                   .port, email=EMAIL)],
-                                  checkpoints=str(root / "ckpt"))
-        store_password(config.sites[0], PASSWORD)
-        yield {"dir": d, "config": config, "fed": Federation(config).connect(),
-               "cohort": cohort}
-    finally:
-        lifecycle.down(d)
+    with one_site(tmp_path_factory.mktemp("ledger"), "delta",
+                  repo_root / "tests" / "policies" / "ledger.yaml", EMAIL, PASSWORD, n=32, seed=4,
+                  shape=SHAPE) as env:
+        yield env
 
 
 def approved(fed, plan, timeout_s=60.0) -> None:
