@@ -10,8 +10,14 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from datasets.deid import clean_meta
+
+if TYPE_CHECKING:
+    from policies.schema import Release
 
 MODALITIES: tuple[str, ...] = ("mri", "pet")
 ASSET_FORMAT = "medsyft-cohort/1"
@@ -24,8 +30,10 @@ class Cohort:
     volumes: dict[str, np.ndarray]
     labels: np.ndarray
     cohort_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    meta: dict[str, Any] = field(default_factory=dict)  # allowlisted technical facts only
 
     def __post_init__(self) -> None:
+        self.meta = clean_meta(self.meta)
         if not self.volumes:
             raise ValueError("a cohort needs at least one modality")
         n = len(self.labels)
@@ -57,6 +65,7 @@ class Cohort:
             "format": ASSET_FORMAT,
             "cohort_id": self.cohort_id,
             "labels": np.ascontiguousarray(self.labels, dtype=np.int64),
+            "meta": clean_meta(self.meta),
             **{m: np.ascontiguousarray(v, dtype=np.float32) for m, v in self.volumes.items()},
         }
 
@@ -69,13 +78,36 @@ class Cohort:
             volumes=volumes,
             labels=np.asarray(asset["labels"], dtype=np.int64),
             cohort_id=str(asset["cohort_id"]),
+            meta=dict(asset.get("meta") or {}),
         )
 
-    def describe(self) -> str:
-        """Schema-only description: modalities, shapes, dtypes and N; no values."""
+    def label_counts(self) -> dict[int, int]:
+        values, counts = np.unique(self.labels, return_counts=True)
+        return {int(v): int(c) for v, c in zip(values, counts, strict=True)}
+
+    def describe(self, release: Release | None = None) -> str:
+        """Schema-only description: modalities, shape, spacing, and N and label counts as
+        far as the release rule allows (exact, rounded, or left out when hidden)."""
         d, h, w = self.volume_shape
         mods = ", ".join(m.upper() for m in self.volumes)
+        count = (lambda n: n) if release is None else release.count
+        n = count(self.n)
+        if n is None:
+            who = "subjects (count withheld by policy)"
+        else:
+            approx = "" if release is None or release.sample_count == "exact" else "about "
+            per = ", ".join(f"label {k}: {approx}{count(v)}"
+                            for k, v in self.label_counts().items())
+            who = f"{approx}{n} subjects ({per})"
+        grid = f"each volume {d}x{h}x{w} float32"
+        if self.meta.get("spacing_mm"):
+            sp = "x".join(f"{float(s):g}" for s in self.meta["spacing_mm"])
+            grid += f", {sp} mm voxels, {self.meta.get('orientation', 'RAS')}"
+        units = self.meta.get("units") or {}
+        unit_text = "; ".join(f"{m.upper()} {u}" for m, u in units.items())
         return (
-            f"{self.n} subjects; modalities: {mods}; each volume {d}x{h}x{w} float32 "
-            f"(asset keys: {', '.join(sorted(self.volumes))}, labels int64 0=control 1=disease)."
+            f"{who}; modalities: {mods}; {grid}"
+            + (f"; values: {unit_text}" if unit_text else "")
+            + f" (asset keys: {', '.join(sorted(self.volumes))}, labels int64 0=control "
+            "1=disease)."
         )

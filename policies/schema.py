@@ -129,6 +129,14 @@ class Release(_Strict):
     sample_count: Literal["exact", "rounded", "hidden"] = "exact"
     round_to: int = Field(10, ge=2, le=10_000, description="multiple used when 'rounded'")
 
+    def count(self, n: int) -> int | None:
+        """A count as this rule releases it: exact, rounded to a multiple (never 0), or None."""
+        if self.sample_count == "exact":
+            return n
+        if self.sample_count == "rounded":
+            return max(self.round_to, int(round(n / self.round_to)) * self.round_to)
+        return None
+
 
 class DatasetPolicy(_Strict):
     access: Access

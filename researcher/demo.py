@@ -18,7 +18,9 @@ from pathlib import Path
 
 from rich.console import Console
 
-from datasets.synthetic import generate_cohort
+from datasets.preprocess import Preprocessing, methods_of, normalise_volumes
+from datasets.synthetic import DEMO_PROFILES, generate_cohort
+from datasets.synthetic_files import write_synthetic_cohort
 from policies.schema import load_policy
 from researcher.federation import Federation, FederationConfig, SiteEntry, store_password
 from researcher.plan import load_plan
@@ -32,6 +34,14 @@ HOSPITALS = [  # name, cohort size, seed
     ("riverside", 320, 23),
     ("northgate", 400, 37),
 ]
+#: How each hospital's scanners export (synthetic files written, then ingested for real).
+EXPORTS = {
+    "st-agnes": dict(mri_format="dicom", pet_format="dicom", pet_spacing_mm=12.0),
+    "riverside": dict(mri_format="nifti", pet_format="nifti"),
+    "northgate": dict(mri_format="dicom-multiframe", pet_format="dicom-multiframe",
+                      rotation_deg=12.0),
+}
+GRID = dict(spacing_mm=(8.0, 8.0, 8.0), shape=(24, 24, 24))
 RESEARCHER = ("ada@lovelace-institute.org", "Ada Lovelace", "Lovelace Institute")
 DATASET = "brain-mri-pet"
 
@@ -82,14 +92,23 @@ def run_demo(workdir: Path, report_path: Path, rounds: int | None = None,
                 started.append(site_dirs[name])
                 con.print(f"  {name}: datasite up at {st.url}")
 
-        con.rule("2. each hospital creates the researcher's account and publishes its cohort")
+        con.rule("2. each hospital creates the researcher's account and publishes its scans "
+                 "(DICOM/NIfTI → ingest → private asset + synthetic mock)")
         email, full_name, institution = RESEARCHER
         password = keychain.generate_password()
+        pp = Preprocessing(**GRID)
         for name, n, seed in HOSPITALS:
             admin.add_researcher(site_dirs[name], email, full_name, password, institution)
-            cohort = admin.publish_synthetic(site_dirs[name], DATASET, n=n, seed=seed)
-            con.print(f"  {name}: account {email}; published {DATASET} ({cohort.n} subjects, "
-                      f"{int(cohort.labels.sum())} disease)")
+            exports = workdir / "imaging" / name
+            manifest = write_synthetic_cohort(exports, n=n, seed=seed,
+                                              profile=DEMO_PROFILES[name], **EXPORTS[name])
+            cohort, ingest, _ = admin.publish_manifest(site_dirs[name], DATASET, manifest, pp)
+            kinds = ", ".join(f"{m.upper()} {'/'.join(ingest.sources[m])}"
+                              for m in ingest.modalities)
+            con.print(f"  {name}: account {email}; ingested {cohort.n} subjects ({kinds}"
+                      f"{', PET as SUVbw' if ingest.suv_factor_range else ''}) in "
+                      f"{ingest.seconds:.0f} s; published {DATASET} "
+                      f"({int(cohort.labels.sum())} disease)")
 
         con.rule("3. the researcher logs in and submits a plan")
         config = FederationConfig(
@@ -127,6 +146,7 @@ def run_demo(workdir: Path, report_path: Path, rounds: int | None = None,
 
         con.rule(f"5. federated DP training, {plan.rounds} rounds")
         validation = generate_cohort(150, seed=2024)
+        validation.volumes = normalise_volumes(validation.volumes, methods_of(pp))
         report = run_with_progress(fed, plan, validation, resume=False, console=con)
         report_path.write_text(_report_json(report, time.perf_counter() - t_start))
         last = report.rounds[-1]

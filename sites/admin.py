@@ -14,7 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from datasets.cohort import Cohort
+from datasets.ingest import IngestReport, Progress, ingest_manifest
+from datasets.preprocess import Preprocessing
 from datasets.synthetic import DEMO_PROFILES, NEUTRAL, SiteProfile, generate_cohort, generate_mock
+from policies.schema import PolicyError, Release, load_policy
 from sites import lifecycle
 from sites.config import SiteConfig, load_site
 from sites.governance import Governance
@@ -67,23 +70,37 @@ def add_researcher(site_dir: Path, email: str, name: str, password: str,
                                    role="data_scientist", institution=institution)
 
 
+def _release_rule(site_dir: Path, cfg: SiteConfig, dataset: str) -> Release | None:
+    """The policy's release rule for `dataset` (None when the policy does not cover it)."""
+    try:
+        policy, _ = load_policy(site_dir / cfg.policy)
+    except (PolicyError, OSError):
+        return Release(sample_count="hidden")  # no readable policy: reveal the least
+    rules = policy.for_dataset(dataset)
+    return rules.release if rules else Release(sample_count="hidden")
+
+
 def publish_cohort(site_dir: Path, dataset: str, cohort: Cohort, mock: Cohort,
-                   summary: str) -> None:
+                   summary: str) -> str:
+    """Upload private asset + mock; the description states N and label counts only as far
+    as the policy's release rule allows. Returns the description."""
     if mock.volume_shape != cohort.volume_shape or set(mock.volumes) != set(cohort.volumes):
         raise AdminError("mock schema differs from the private cohort")
     with admin_client(site_dir) as (site_dir, cfg, client):
         sy = syft()
         if any(d.name == dataset for d in client.datasets.get_all()):
             raise AdminError(f"dataset {dataset!r} is already published on {cfg.name}")
-        description = f"{summary} {cohort.describe()} Mock: synthetic, same schema."
+        public = cohort.describe(_release_rule(site_dir, cfg, dataset))
+        description = f"{summary} {public} Mock: synthetic, same schema."
         ds = sy.Dataset(name=dataset, description=description)
         ds.add_asset(sy.Asset(name=ASSET_NAME, data=cohort.to_asset(), mock=mock.to_asset(),
-                              description=cohort.describe()))
+                              description=public))
         with quiet():
             res = client.upload_dataset(ds)
         _ok(res, f"cannot publish {dataset}")
         Governance(site_dir).register_dataset(dataset, cohort.cohort_id, cohort.n,
                                               description, actor=cfg.admin_email)
+    return description
 
 
 def publish_synthetic(site_dir: Path, dataset: str, n: int, seed: int,
@@ -96,3 +113,34 @@ def publish_synthetic(site_dir: Path, dataset: str, n: int, seed: int,
     publish_cohort(site_dir, dataset, cohort, mock,
                    summary=f"Synthetic brain MRI+PET cohort (profile {prof.name}).")
     return cohort
+
+
+def mock_for(cohort: Cohort, seed: int = 0, n: int | None = None) -> Cohort:
+    """A synthetic mock with the cohort's modalities, shape and normalisation.
+
+    Made by the generator from the public neutral profile and then normalised
+    with the same per-volume method as the private data, so a researcher's code
+    sees the same value ranges. Nothing of the private cohort is read but its
+    shape and its meta (which holds only allowlisted technical fields).
+    """
+    from datasets.preprocess import normalise_volumes
+
+    mock = generate_mock(n=n or min(cohort.n, 16), shape=cohort.volume_shape, seed=seed)
+    volumes = normalise_volumes({m: mock.volumes[m] for m in cohort.volumes},
+                                cohort.meta.get("normalisation") or {})
+    return Cohort(volumes=volumes, labels=mock.labels, meta=dict(cohort.meta))
+
+
+def publish_manifest(site_dir: Path, dataset: str, manifest: Path, pp: Preprocessing,
+                     progress: Progress | None = None) -> tuple[Cohort, IngestReport, str]:
+    """Ingest a DICOM/NIfTI cohort from its manifest, then publish it with a synthetic mock."""
+    load_site(site_dir)  # fail on a bad site folder before the long read
+    if not lifecycle.status(site_dir).running:
+        raise AdminError(f"the site in {site_dir} is not running (start it with `medsyft site "
+                         f"up {site_dir}`)")
+    cohort, report = ingest_manifest(manifest, pp, progress=progress)
+    kinds = ", ".join(sorted({k for m in report.sources.values() for k in m}))
+    description = publish_cohort(site_dir, dataset, cohort, mock_for(cohort),
+                                 summary=f"Brain {'+'.join(m.upper() for m in report.modalities)}"
+                                 f" cohort ingested from {kinds}.")
+    return cohort, report, description

@@ -14,6 +14,15 @@ import typer
 from rich.syntax import Syntax
 from rich.table import Table
 
+from datasets.cli import (
+    MRI_NORM,
+    PET_NORM,
+    SHAPE,
+    SPACING,
+    preprocessing_from,
+    print_ingest_report,
+    progress_bar,
+)
 from sites.cli_common import err, friendly, out, print_json
 
 site_app = typer.Typer(help="Run a hospital datasite: create, start, stop, add researchers, "
@@ -118,21 +127,41 @@ def site_add_researcher(
 @friendly
 def site_publish(
     site_dir: Path = typer.Argument(Path("."), help="site folder"),
-    synthetic: int = typer.Option(..., "--synthetic", min=2,
-                                  help="publish a synthetic cohort of N subjects"),
-    seed: int = typer.Option(0, "--seed"),
+    manifest: Path = typer.Option(None, "--manifest", help="cohort manifest CSV (subject_id, "
+                                  "mri, pet, label): DICOM series folders or NIfTI files"),
+    synthetic: int = typer.Option(None, "--synthetic", min=2,
+                                  help="instead: publish a synthetic cohort of N subjects"),
     dataset: str = typer.Option("brain-mri-pet", "--dataset", help="dataset name"),
+    spacing: str = SPACING, shape: str = SHAPE, mri_norm: str = MRI_NORM,
+    pet_norm: str = PET_NORM,
+    seed: int = typer.Option(0, "--seed", help="synthetic: generator seed"),
     profile: str = typer.Option(None, "--profile",
-                                help="site profile (default: the site's name, else neutral)"),
-    size: int = typer.Option(24, "--size", min=8, max=256, help="volume edge length"),
+                                help="synthetic: site profile (default: the site's name)"),
+    size: int = typer.Option(24, "--size", min=8, max=256, help="synthetic: volume edge"),
+    json_out: bool = typer.Option(False, "--json", help="print the ingest report as JSON"),
 ) -> None:
-    """Publish a cohort: private asset = volumes + labels; mock = synthetic, same schema."""
-    from sites.admin import publish_synthetic
+    """Publish a cohort: the private asset holds volumes and labels only (no identifiers);
+    the mock is synthetic with the same schema and never derived from private values."""
+    from sites.admin import publish_manifest, publish_synthetic
 
-    with err.status("generating and uploading cohort..."):
-        cohort = publish_synthetic(site_dir, dataset, synthetic, seed, profile,
-                                   (size, size, size))
-    out.print(f"published {dataset}: {cohort.describe()}")
+    if (manifest is None) == (synthetic is None):
+        raise typer.BadParameter("give exactly one of --manifest FILE or --synthetic N")
+    if synthetic is not None:
+        with err.status("generating and uploading cohort..."):
+            cohort = publish_synthetic(site_dir, dataset, synthetic, seed, profile,
+                                       (size, size, size))
+        out.print(f"published {dataset}: {cohort.describe()}")
+        return
+    pp = preprocessing_from(spacing, shape, mri_norm, pet_norm)
+    with progress_bar("reading subjects", enabled=not json_out) as update:
+        _, report, description = publish_manifest(site_dir, dataset, manifest, pp,
+                                                  progress=update)
+    if json_out:
+        print_json({"dataset": dataset, "description": description,
+                    "report": report.model_dump(mode="json")})
+        return
+    print_ingest_report(report)
+    out.print(f"published {dataset}: {description}")
 
 
 def _checks_table(view) -> Table:

@@ -24,13 +24,14 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def known_errors() -> tuple[type[BaseException], ...]:
+    from datasets.volume import DataError
     from policies.schema import PolicyError
     from researcher.plan import PlanFileError
     from sites.config import SiteConfigError
     from sites.keychain import KeyringUnavailable
 
     errors: list[type[BaseException]] = [PolicyError, PlanFileError, SiteConfigError,
-                                         KeyringUnavailable]
+                                         KeyringUnavailable, DataError]
     for mod, name in (("sites.lifecycle", "SiteError"), ("sites.admin", "AdminError"),
                       ("sites.console", "ConsoleError"), ("sites.syft_client", "LoginFailed"),
                       ("researcher.federation", "FederationError")):

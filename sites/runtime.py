@@ -34,7 +34,7 @@ import torch
 from pydantic import ValidationError
 
 from datasets.cohort import ASSET_FORMAT, Cohort
-from policies.schema import DatasetPolicy, PolicyError, Release, load_policy
+from policies.schema import DatasetPolicy, PolicyError, load_policy
 from policies.verdict import Facts, review_plan
 from researcher.plan import TrainingPlan
 from sites import accounting
@@ -155,15 +155,6 @@ def execute_round(plan_json: str, data: Any, weights: Any) -> dict:
         return _failure(CATEGORIES["internal"])
 
 
-def released_count(n: int, rule: Release) -> int | None:
-    """n_k as the policy's release rule says: exact, rounded to a multiple, or hidden."""
-    if rule.sample_count == "exact":
-        return n
-    if rule.sample_count == "rounded":
-        return max(rule.round_to, int(round(n / rule.round_to)) * rule.round_to)
-    return None
-
-
 def _recheck_policy(site_dir: Path, cfg: SiteConfig, gov: Governance, plan: TrainingPlan,
                     approval: Approval, n: int) -> DatasetPolicy:
     """Re-run the verdict against the current policy file before every round.
@@ -276,7 +267,7 @@ def _execute(site_dir: Path, plan_json: str, data: Any, weights: Any) -> dict:
         return {
             "medsyft": WIRE_VERSION, "ok": True, "site": cfg.name, "round": run.round,
             "rounds": plan.rounds, "plan_hash": plan.plan_hash, "params": params,
-            "n_k": released_count(cohort.n, dataset_policy.release),
+            "n_k": dataset_policy.release.count(cohort.n),
             "seconds": round(seconds, 3), "device": info["device"],
             "weights_sha256": digest,
             "accounting": {

@@ -100,8 +100,12 @@ def plan_factory():
 
 @contextmanager
 def one_site(root: Path, name: str, policy: Path, email: str, password: str, n: int,
-             seed: int, shape: tuple[int, int, int]) -> Iterator[dict]:
-    """A real datasite with one researcher and a published synthetic cohort, stopped after."""
+             seed: int, shape: tuple[int, int, int], manifest: Path | None = None
+             ) -> Iterator[dict]:
+    """A real datasite with one researcher and a published cohort, stopped after.
+
+    The cohort is generated in memory, or ingested from `manifest` (DICOM/NIfTI files)
+    onto a `shape` grid when one is given."""
     from researcher.federation import Federation, FederationConfig, SiteEntry, store_password
     from sites import admin, lifecycle
 
@@ -110,7 +114,13 @@ def one_site(root: Path, name: str, policy: Path, email: str, password: str, n: 
     lifecycle.up(d)
     try:
         admin.add_researcher(d, email, "Ada Lovelace", password, "Lovelace Institute")
-        cohort = admin.publish_synthetic(d, "brain-mri-pet", n=n, seed=seed, shape=shape)
+        if manifest is None:
+            cohort = admin.publish_synthetic(d, "brain-mri-pet", n=n, seed=seed, shape=shape)
+        else:
+            from datasets.preprocess import Preprocessing
+
+            cohort, _, _ = admin.publish_manifest(d, "brain-mri-pet", manifest,
+                                                  Preprocessing(shape=shape))
         config = FederationConfig(
             sites=[SiteEntry(name=name, port=lifecycle.load_site(d)[1].port, email=email)],
             checkpoints=str(root / "ckpt"))
