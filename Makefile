@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CONSTRAINTS := .ci/constraints.txt
 
-.PHONY: demo test lint venv clean
+.PHONY: demo test bench lint venv clean
 
 venv: $(STAMP)
 
@@ -22,6 +22,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# Benchmarks at a size that finishes in a few minutes here; BENCH_ARGS=--full for the big sizes.
+bench: $(STAMP)
+	$(BIN)/python benchmarks/ingest.py $(BENCH_ARGS)
+	$(BIN)/python benchmarks/dp_step.py $(BENCH_ARGS)
+	$(BIN)/python benchmarks/quality.py $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -41,6 +41,10 @@ def preprocessing_from(spacing: str | None, shape: str | None, mri_norm: str,
     """A `Preprocessing` from CLI strings ("2" or "2,2,3"; "96" or "96,112,96")."""
     from datasets.preprocess import Preprocessing
 
+    for opt, value, choices in (("--mri-norm", mri_norm, ("zscore", "minmax", "none")),
+                                ("--pet-norm", pet_norm, ("mean", "zscore", "none"))):
+        if value not in choices:
+            raise typer.BadParameter(f"{opt}: {value!r}; choose one of {', '.join(choices)}")
     return Preprocessing(spacing_mm=_triple(spacing, "--spacing", float),
                          shape=_triple(shape, "--shape", int), mri_norm=mri_norm,
                          pet_norm=pet_norm)

@@ -1,0 +1,186 @@
+"""DP-SGD step cost: the site runtime's DP-SGD against a plain PyTorch step (and Opacus).
+
+Same 3D CNN (researcher/examples/small_cnn3d.py), same input size, same batch:
+
+* plain    - forward, mean loss, backward, SGD step (no privacy);
+* medsyft  - `sites.dp_sgd.train` for one step at sample rate 1 (so the batch is
+             exactly B): per-sample gradients with torch.func.vmap, clipping,
+             Gaussian noise, SGD on the runtime's own copy of the parameters;
+* opacus   - Opacus GradSampleModule + DPOptimizer, the usual reference point.
+
+Step times are measured alternating the three in one process (median of the
+rounds). Peak memory: on CUDA torch.cuda.max_memory_allocated per variant; on
+CPU the growth of peak RSS over the process's baseline, each variant in its own
+subprocess (RSS peaks cannot be reset). Prints ratios to plain and writes JSON.
+
+    python benchmarks/dp_step.py                 # CPU (and CUDA if present), 24^3, B=48
+    python benchmarks/dp_step.py --full          # 48^3 volumes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from sites.dp_sgd import DPConfig, train  # noqa: E402
+
+VARIANTS = ("plain", "medsyft", "opacus")
+
+
+def make_model() -> nn.Module:
+    ns = {"torch": torch, "nn": nn, "F": F}
+    exec(compile((ROOT / "researcher/examples/small_cnn3d.py").read_text(), "small_cnn3d", "exec"),
+         ns)
+    return ns["SmallCNN3D"](in_channels=2)
+
+
+class Runner:
+    """Holds model, data and optimiser state for one variant; `step()` runs one step."""
+
+    def __init__(self, variant: str, size: int, batch: int, device: torch.device) -> None:
+        torch.manual_seed(0)
+        self.variant, self.device = variant, device
+        self.model = make_model().to(device)
+        self.x = torch.randn(batch, 2, size, size, size, device=device)
+        self.y = (torch.rand(batch, device=device) < 0.5).float()
+        if variant == "plain":
+            self.opt = torch.optim.SGD(self.model.parameters(), lr=0.1)
+        elif variant == "opacus":
+            from opacus import GradSampleModule
+            from opacus.optimizers import DPOptimizer
+
+            self.gsm = GradSampleModule(self.model)
+            self.opt = DPOptimizer(torch.optim.SGD(self.gsm.parameters(), lr=0.1),
+                                   noise_multiplier=1.0, max_grad_norm=1.0,
+                                   expected_batch_size=batch)
+        else:
+            self.theta = {k: v.detach().clone() for k, v in self.model.named_parameters()}
+            self.cfg = DPConfig(sample_rate=1.0, noise_multiplier=1.0, max_grad_norm=1.0,
+                                steps=1, micro_batch=batch)
+
+    def step(self) -> None:
+        if self.variant == "plain":
+            self.opt.zero_grad(set_to_none=True)
+            out = self.model(self.x).reshape(-1)
+            F.binary_cross_entropy_with_logits(out, self.y).backward()
+            self.opt.step()
+        elif self.variant == "opacus":
+            self.opt.zero_grad(set_to_none=True)
+            out = self.gsm(self.x).reshape(-1)
+            F.binary_cross_entropy_with_logits(out, self.y).backward()
+            self.opt.step()
+        else:
+            self.theta = train(self.model, self.theta, self.x, self.y, self.cfg, self.device,
+                               seed=0)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+
+def time_steps(size: int, batch: int, device: torch.device, rounds: int, steps: int) -> dict:
+    runners = {v: Runner(v, size, batch, device) for v in VARIANTS}
+    for r in runners.values():  # warm-up (allocator, kernels, vmap tracing)
+        r.step()
+        r.step()
+    times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    for _ in range(rounds):
+        for v, r in runners.items():
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                r.step()
+            times[v].append((time.perf_counter() - t0) / steps)
+    return {v: statistics.median(t) for v, t in times.items()}
+
+
+def peak_memory_cuda(variant: str, size: int, batch: int) -> float:
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    r = Runner(variant, size, batch, torch.device("cuda"))
+    for _ in range(3):
+        r.step()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def peak_memory_cpu_child(variant: str, size: int, batch: int) -> float:
+    """Run in a fresh process: peak RSS growth (MiB) from just before the runner exists."""
+    torch.set_num_threads(torch.get_num_threads())
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    r = Runner(variant, size, batch, torch.device("cpu"))
+    for _ in range(3):
+        r.step()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
+
+
+def peak_memory_cpu(variant: str, size: int, batch: int) -> float:
+    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); "
+            "from benchmarks.dp_step import peak_memory_cpu_child as f; "
+            f"print(f({variant!r}, {size}, {batch}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def measure(device: torch.device, size: int, batch: int, rounds: int, steps: int) -> dict:
+    t = time_steps(size, batch, device, rounds, steps)
+    if device.type == "cuda":
+        mem = {v: peak_memory_cuda(v, size, batch) for v in VARIANTS}
+    else:
+        mem = {v: peak_memory_cpu(v, size, batch) for v in VARIANTS}
+    name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor()
+    return {
+        "device": device.type, "device_name": name or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "step_ms": {v: round(t[v] * 1e3, 2) for v in VARIANTS},
+        "peak_mib": {v: round(mem[v], 1) for v in VARIANTS},
+        "time_ratio": {v: round(t[v] / t["plain"], 3) for v in VARIANTS},
+        "memory_ratio": {v: round(mem[v] / max(mem["plain"], 1e-9), 3) for v in VARIANTS},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--full", action="store_true", help="48^3 volumes, more rounds")
+    ap.add_argument("--batch", type=int, default=48)
+    ap.add_argument("--cpu-only", action="store_true")
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "dp_step.json")
+    args = ap.parse_args(argv)
+    size, rounds, steps = (48, 7, 3) if args.full else (24, 5, 3)
+    devices = [torch.device("cpu")]
+    if torch.cuda.is_available() and not args.cpu_only:
+        devices.append(torch.device("cuda"))
+    results = [measure(d, size, args.batch, rounds, steps) for d in devices]
+    print(f"dp_step: SmallCNN3D, input 2x{size}^3, batch {args.batch}")
+    print(f"{'device':8} {'variant':8} {'ms/step':>9} {'x plain':>8} "
+          f"{'peak MiB':>9} {'x plain':>8}")
+    for r in results:
+        for v in VARIANTS:
+            print(f"{r['device']:8} {v:8} {r['step_ms'][v]:>9.2f} {r['time_ratio'][v]:>8.3f} "
+                  f"{r['peak_mib'][v]:>9.1f} {r['memory_ratio'][v]:>8.3f}")
+    doc = {"benchmark": "dp_step", "date": datetime.now(timezone.utc).isoformat(),
+           "machine": {"platform": platform.platform(), "python": platform.python_version(),
+                       "torch": torch.__version__},
+           "input": [2, size, size, size], "batch": args.batch,
+           "goals": {"time_ratio": 1.15, "memory_ratio": 1.3}, "results": results}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
