@@ -20,13 +20,14 @@ subprocess (RSS peaks cannot be reset). Prints ratios to plain and writes JSON.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import platform
-import resource
 import statistics
 import subprocess
 import sys
 import time
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -71,7 +72,7 @@ class Runner:
         else:
             self.theta = {k: v.detach().clone() for k, v in self.model.named_parameters()}
             self.cfg = DPConfig(sample_rate=1.0, noise_multiplier=1.0, max_grad_norm=1.0,
-                                steps=1, micro_batch=batch)
+                                steps=1)  # the runtime's own micro-batch (32)
 
     def step(self) -> None:
         if self.variant == "plain":
@@ -116,18 +117,31 @@ def peak_memory_cuda(variant: str, size: int, batch: int) -> float:
     return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
 def peak_memory_cpu_child(variant: str, size: int, batch: int) -> float:
-    """Run in a fresh process: peak RSS growth (MiB) from just before the runner exists."""
-    torch.set_num_threads(torch.get_num_threads())
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    """Run in a fresh process: peak RSS (MiB) of three steps above the RSS just before them.
+
+    Linux lets a process reset its peak RSS (VmHWM) by writing 5 to
+    /proc/self/clear_refs, so import-time peaks do not hide the step's own.
+    """
     r = Runner(variant, size, batch, torch.device("cpu"))
+    gc.collect()
+    Path("/proc/self/clear_refs").write_text("5")
+    base = _status_kib("VmRSS")
     for _ in range(3):
         r.step()
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
+    return (_status_kib("VmHWM") - base) / 1024
 
 
 def peak_memory_cpu(variant: str, size: int, batch: int) -> float:
     code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); "
+            "import warnings; warnings.filterwarnings('ignore'); "
             "from benchmarks.dp_step import peak_memory_cpu_child as f; "
             f"print(f({variant!r}, {size}, {batch}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -153,6 +167,7 @@ def measure(device: torch.device, size: int, batch: int, rounds: int, steps: int
 
 
 def main(argv: list[str] | None = None) -> int:
+    warnings.filterwarnings("ignore", message="Full backward hook")  # Opacus with frozen inputs
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--full", action="store_true", help="48^3 volumes, more rounds")
     ap.add_argument("--batch", type=int, default=48)

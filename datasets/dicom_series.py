@@ -26,7 +26,9 @@ from typing import Any
 
 import numpy as np
 import pydicom
+from pydicom.datadict import tag_for_keyword
 from pydicom.errors import InvalidDicomError
+from pydicom.tag import BaseTag
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
@@ -81,9 +83,26 @@ _FORMAT_TAGS = ("Rows", "Columns", "BitsAllocated", "BitsStored", "PixelRepresen
                 "NumberOfFrames", "SOPClassUID")
 
 
+_TAG = {k: BaseTag(tag_for_keyword(k)) for k in (
+    *_FORMAT_TAGS, "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing",
+    "RescaleSlope", "RescaleIntercept")}
+
+
+def _element(ds: Any, keyword: str) -> Any:
+    """The element as stored (raw while pydicom has not converted it), or None.
+
+    Reads pydicom's element dict directly for the hot tags (a keyword lookup per
+    call costs as much as the read itself); falls back to the public API.
+    """
+    store = getattr(ds, "_dict", None)
+    if store is not None and keyword in _TAG:
+        return store.get(_TAG[keyword])
+    return ds.get_item(keyword)
+
+
 def _raw(ds: Any, keyword: str) -> Any:
     """An element's undecoded value (bytes) when pydicom has not converted it yet."""
-    elem = ds.get_item(keyword)
+    elem = _element(ds, keyword)
     if elem is None:
         return None
     value = elem.value
@@ -93,7 +112,7 @@ def _raw(ds: Any, keyword: str) -> Any:
 def _raw_floats(ds: Any, keyword: str) -> list[float] | None:
     """A numeric (DS/IS/FD) element as floats, parsed from its raw text without pydicom's
     per-value objects; None when absent or empty."""
-    elem = ds.get_item(keyword)
+    elem = _element(ds, keyword)
     if elem is None or elem.value in (None, b"", ""):
         return None
     value = elem.value
