@@ -154,6 +154,7 @@ def plot(summary: dict[str, dict], path: Path) -> None:
     ax.axhline(local, linestyle="-.", color="grey", label="single site (mean, no DP)")
     ax.set_xscale("log")
     ax.set_xticks(eps, [f"{e:g}" for e in eps])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("ε per site for the whole plan (δ = 1e-5)")
     ax.set_ylabel("AUC on pooled test set")
     ax.legend(loc="lower right", fontsize=8)
