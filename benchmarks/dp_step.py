@@ -21,14 +21,12 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import platform
 import statistics
 import subprocess
 import sys
 import time
 import warnings
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -38,6 +36,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._report import write_result  # noqa: E402
 from sites.dp_sgd import DPConfig, train  # noqa: E402
 
 VARIANTS = ("plain", "medsyft", "opacus")
@@ -186,13 +185,9 @@ def main(argv: list[str] | None = None) -> int:
         for v in VARIANTS:
             print(f"{r['device']:8} {v:8} {r['step_ms'][v]:>9.2f} {r['time_ratio'][v]:>8.3f} "
                   f"{r['peak_mib'][v]:>9.1f} {r['memory_ratio'][v]:>8.3f}")
-    doc = {"benchmark": "dp_step", "date": datetime.now(timezone.utc).isoformat(),
-           "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                       "torch": torch.__version__},
-           "input": [2, size, size, size], "batch": args.batch,
-           "goals": {"time_ratio": 1.15, "memory_ratio": 1.3}, "results": results}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=2) + "\n")
+    write_result("dp_step", {"input": [2, size, size, size], "batch": args.batch,
+                             "goals": {"time_ratio": 1.15, "memory_ratio": 1.3},
+                             "results": results}, args.out)
     print(f"wrote {args.out}")
     return 0
 

@@ -15,13 +15,10 @@ writes JSON (default benchmarks/results/ingest.json).
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import nibabel as nib
@@ -30,6 +27,7 @@ import pydicom
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks._report import write_result  # noqa: E402
 from datasets.ingest import ingest_manifest  # noqa: E402
 from datasets.manifest import load_manifest  # noqa: E402
 from datasets.preprocess import Preprocessing  # noqa: E402
@@ -103,12 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['format']:8} {r['raw_volumes_per_s']:>10.1f} {r['read_volumes_per_s']:>11.1f} "
               f"{r['read_ratio']:>6.3f} {r['ingest_volumes_per_s']:>13.1f} "
               f"{r['ingest_ratio']:>6.3f}")
-    doc = {"benchmark": "ingest", "date": datetime.now(timezone.utc).isoformat(),
-           "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                       "processor": platform.processor() or platform.machine()},
-           "subjects": n, "shape": list(shape), "goal_read_ratio": 0.9, "results": results}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=2) + "\n")
+    write_result("ingest", {"subjects": n, "shape": list(shape), "goal_read_ratio": 0.9,
+                            "results": results}, args.out)
     print(f"wrote {args.out}")
     return 0
 

@@ -26,12 +26,9 @@ same code the sites run; no datasites are started (that is round_overhead.py).
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +39,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._report import write_result  # noqa: E402
 from datasets.cohort import Cohort  # noqa: E402
 from datasets.synthetic import DEMO_PROFILES, generate_cohort  # noqa: E402
 from researcher.aggregate import FedAvg  # noqa: E402
@@ -195,17 +193,14 @@ def main(argv: list[str] | None = None) -> int:
     png = args.out.with_suffix(".png")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     plot(summary, png)
-    doc = {"benchmark": "quality", "date": datetime.now(timezone.utc).isoformat(),
-           "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                       "torch": torch.__version__},
-           "sites": {k: c.n for k, c in sites.items()}, "test_n": test.n, "seeds": seeds,
-           "plan": {"batch_size": plan.batch_size, "local_epochs": plan.local_epochs,
-                    "rounds": plan.rounds, "delta": plan.dp.delta,
-                    "max_grad_norm": plan.dp.max_grad_norm},
-           "goals": {"fedavg": 0.01, "fedavg_dp:8": 0.03},
-           "auc": summary, "gap_to_pooled": gaps, "runs": runs,
-           "seconds": round(time.perf_counter() - t0, 1)}
-    args.out.write_text(json.dumps(doc, indent=2) + "\n")
+    doc = write_result("quality", {
+        "sites": {k: c.n for k, c in sites.items()}, "test_n": test.n, "seeds": seeds,
+        "plan": {"batch_size": plan.batch_size, "local_epochs": plan.local_epochs,
+                 "rounds": plan.rounds, "delta": plan.dp.delta,
+                 "max_grad_norm": plan.dp.max_grad_norm},
+        "goals": {"fedavg": 0.01, "fedavg_dp:8": 0.03},
+        "auc": summary, "gap_to_pooled": gaps, "runs": runs,
+        "seconds": round(time.perf_counter() - t0, 1)}, args.out)
     print(f"wrote {args.out} and {png} ({doc['seconds']:.0f} s)")
     return 0
 

@@ -128,10 +128,11 @@ def methods_of(pp: Preprocessing) -> dict[str, str]:
     return {"mri": pp.mri_norm, "pet": pp.pet_norm}
 
 
-def prepare_subject(volumes: dict[str, Volume], pp: Preprocessing) -> dict[str, np.ndarray]:
-    """Reorient, resample onto the reference grid, pair and normalise one subject's volumes."""
-    ref = volumes.get("mri") or next(iter(volumes.values()))
-    affine, shape = target_grid(ref, pp)
+def prepare_subject(volumes: dict[str, Volume], pp: Preprocessing,
+                    grid: tuple[np.ndarray, tuple] | None = None) -> dict[str, np.ndarray]:
+    """Reorient, resample onto the reference grid (`output_grid` unless given), pair and
+    normalise one subject's volumes."""
+    affine, shape = grid if grid is not None else output_grid(volumes, pp)
     out: dict[str, np.ndarray] = {}
     for name, vol in volumes.items():
         on_grid = resample(reorient_ras(vol), affine, shape, order=pp.interpolation)

@@ -124,11 +124,11 @@ def test_enhanced_multiframe_round_trip(tmp_path):
 def test_rescale_slope_and_intercept_are_applied(tmp_path):
     vol = _vol(seed=5)
     write_dicom(tmp_path / "s", vol)
-    for f in (tmp_path / "s").iterdir():
-        ds = pydicom.dcmread(f)
+    def double(ds):
         ds.RescaleSlope = f"{float(ds.RescaleSlope) * 2:.10g}"
         ds.RescaleIntercept = "-3"
-        ds.save_as(f)
+
+    _edit((tmp_path / "s").iterdir(), double)
     back = read_dicom(tmp_path / "s")
     np.testing.assert_allclose(back.data, vol.data * 2 - 3, atol=1e-3)
 
@@ -137,6 +137,14 @@ def test_rescale_slope_and_intercept_are_applied(tmp_path):
 
 def _series(tmp_path, name="s", seed=0, **kw) -> Path:
     return write_dicom(tmp_path / name, _vol(seed=seed, **kw))
+
+
+def _edit(files, change, save_to=None) -> None:
+    """Apply `change(ds)` to each DICOM file and save it (in place, or to `save_to`)."""
+    for f in files:
+        ds = pydicom.dcmread(f)
+        change(ds)
+        ds.save_as(save_to or f)
 
 
 def _by_position(folder: Path) -> list[Path]:
@@ -160,31 +168,25 @@ def test_mixed_series_are_refused(tmp_path):
 
 def test_inconsistent_orientation_is_refused(tmp_path):
     folder = _series(tmp_path)
-    f = _by_position(folder)[3]
-    ds = pydicom.dcmread(f)
     c, s = np.cos(0.1), np.sin(0.1)
-    ds.ImageOrientationPatient = [c, s, 0, -s, c, 0]
-    ds.save_as(f)
+    _edit([_by_position(folder)[3]],
+          lambda ds: setattr(ds, "ImageOrientationPatient", [c, s, 0, -s, c, 0]))
     with pytest.raises(DataError, match="ImageOrientationPatient differs"):
         read_dicom(folder)
 
 
 def test_inconsistent_pixel_spacing_is_refused(tmp_path):
     folder = _series(tmp_path)
-    f = _by_position(folder)[2]
-    ds = pydicom.dcmread(f)
-    ds.PixelSpacing = [1.0, 1.0]
-    ds.save_as(f)
+    _edit([_by_position(folder)[2]], lambda ds: setattr(ds, "PixelSpacing", [1.0, 1.0]))
     with pytest.raises(DataError, match="PixelSpacing 1x1 differs"):
         read_dicom(folder)
 
 
 def test_duplicate_slice_position_is_refused(tmp_path):
     folder = _series(tmp_path)
-    f = _by_position(folder)[2]
-    ds = pydicom.dcmread(f)
-    ds.SOPInstanceUID = pydicom.uid.generate_uid()
-    ds.save_as(folder / "echo2.dcm")
+    _edit([_by_position(folder)[2]],
+          lambda ds: setattr(ds, "SOPInstanceUID", pydicom.uid.generate_uid()),
+          save_to=folder / "echo2.dcm")
     with pytest.raises(DataError, match="same position"):
         read_dicom(folder)
 
@@ -224,16 +226,10 @@ def test_suv_bw_matches_a_hand_computed_value(tmp_path):
 
 def test_suv_decay_correction_admin_and_none(tmp_path):
     folder = _pet_series(tmp_path, RawBq())
-    for f in folder.iterdir():
-        ds = pydicom.dcmread(f)
-        ds.DecayCorrection = "ADMIN"
-        ds.save_as(f)
+    _edit(list(folder.iterdir()), lambda ds: setattr(ds, "DecayCorrection", "ADMIN"))
     vol = read_dicom(folder)
     np.testing.assert_allclose(vol.data, 5000 * 80_000 / 370e6, rtol=1e-4)  # 1.081081
-    for f in folder.iterdir():
-        ds = pydicom.dcmread(f)
-        ds.DecayCorrection = "NONE"
-        ds.save_as(f)
+    _edit(list(folder.iterdir()), lambda ds: setattr(ds, "DecayCorrection", "NONE"))
     vol = read_dicom(folder)  # each slice k acquired 3600 + 5 k s after injection
     for k in range(vol.shape[2]):
         expected = 5000 * 80_000 / (370e6 * 2 ** (-(3600 + 5 * k) / 6586.2))
@@ -249,20 +245,14 @@ def test_suv_decay_correction_admin_and_none(tmp_path):
 ])
 def test_pet_without_what_suv_needs_is_refused(tmp_path, edit, message):
     folder = _pet_series(tmp_path, RawBq())
-    for f in folder.iterdir():
-        ds = pydicom.dcmread(f)
-        edit(ds)
-        ds.save_as(f)
+    _edit(list(folder.iterdir()), edit)
     with pytest.raises(DataError, match=message):
         read_dicom(folder)
 
 
 def test_units_gml_are_taken_as_suv(tmp_path):
     folder = _pet_series(tmp_path, RawBq(), value=2.5)
-    for f in folder.iterdir():
-        ds = pydicom.dcmread(f)
-        ds.Units = "GML"
-        ds.save_as(f)
+    _edit(list(folder.iterdir()), lambda ds: setattr(ds, "Units", "GML"))
     vol = read_dicom(folder)
     np.testing.assert_allclose(vol.data, 2.5, rtol=1e-4)
     assert vol.suv.scale == [1.0]
