@@ -94,7 +94,7 @@ def ingest_manifest(manifest: Manifest | str | Path, pp: Preprocessing | None = 
             oblique += int(v.oblique)
             if v.suv is not None and v.suv.units_in == "BQML":
                 suv_lo, suv_hi = min(suv_lo, min(v.suv.scale)), max(suv_hi, max(v.suv.scale))
-        prepared = prepare_subject(vols, pp)
+        prepared = prepare_subject(vols, pp, grid=(affine, shape))
         for m in mods:
             arrays[m][i] = prepared[m]
         if progress:
@@ -113,7 +113,7 @@ def ingest_manifest(manifest: Manifest | str | Path, pp: Preprocessing | None = 
         "orientation": "RAS",
         "units": {m: f"{unit_text[m]}, normalised: {norm[m]}" for m in mods},
         "normalisation": {m: norm[m] for m in mods},
-        "sources": {m: dict(sources[m]) for m in mods},
+        "sources": {m: sorted(sources[m]) for m in mods},  # kinds only: counts would give N
         "preprocessing": pp.describe(),
     }
     cohort = Cohort(volumes=arrays, labels=labels, meta=meta)

@@ -24,6 +24,8 @@ from sites.governance import Governance
 from sites.syft_client import login, quiet, syft
 
 ASSET_NAME = "cohort"
+#: Subjects in every mock, whatever the cohort's size: a mock sized after N would reveal N.
+MOCK_SIZE = 16
 
 
 class AdminError(RuntimeError):
@@ -105,17 +107,17 @@ def publish_cohort(site_dir: Path, dataset: str, cohort: Cohort, mock: Cohort,
 
 def publish_synthetic(site_dir: Path, dataset: str, n: int, seed: int,
                       profile: str | None = None, shape: tuple[int, int, int] = (24, 24, 24),
-                      mock_n: int | None = None) -> Cohort:
+                      mock_n: int = MOCK_SIZE) -> Cohort:
     _, cfg = load_site(site_dir)
     prof: SiteProfile = DEMO_PROFILES.get(profile or cfg.name, NEUTRAL)
     cohort = generate_cohort(n=n, seed=seed, profile=prof, shape=shape)
-    mock = generate_mock(n=mock_n or min(n, 16), shape=shape, seed=seed)
+    mock = generate_mock(n=mock_n, shape=shape, seed=seed)
     publish_cohort(site_dir, dataset, cohort, mock,
                    summary=f"Synthetic brain MRI+PET cohort (profile {prof.name}).")
     return cohort
 
 
-def mock_for(cohort: Cohort, seed: int = 0, n: int | None = None) -> Cohort:
+def mock_for(cohort: Cohort, seed: int = 0, n: int = MOCK_SIZE) -> Cohort:
     """A synthetic mock with the cohort's modalities, shape and normalisation.
 
     Made by the generator from the public neutral profile and then normalised
@@ -125,7 +127,7 @@ def mock_for(cohort: Cohort, seed: int = 0, n: int | None = None) -> Cohort:
     """
     from datasets.preprocess import normalise_volumes
 
-    mock = generate_mock(n=n or min(cohort.n, 16), shape=cohort.volume_shape, seed=seed)
+    mock = generate_mock(n=n, shape=cohort.volume_shape, seed=seed)
     volumes = normalise_volumes({m: mock.volumes[m] for m in cohort.volumes},
                                 cohort.meta.get("normalisation") or {})
     return Cohort(volumes=volumes, labels=mock.labels, meta=dict(cohort.meta))

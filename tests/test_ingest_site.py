@@ -107,6 +107,17 @@ def test_mock_is_synthetic_same_schema_and_independent_of_private_values(ingeste
     assert mock.volume_shape == private.volume_shape
     assert set(mock.volumes) == set(private.volumes)
     assert mock.meta["normalisation"] == private.meta["normalisation"]
+    # Neither the mock's size nor any count in its meta gives the cohort's N away.
+    assert mock.n == admin.MOCK_SIZE != private.n
+
+    def ints(value):
+        if isinstance(value, dict):
+            return [i for v in value.values() for i in ints(v)]
+        if isinstance(value, (list, tuple)):
+            return [i for v in value for i in ints(v)]
+        return [value] if isinstance(value, int) and not isinstance(value, bool) else []
+
+    assert private.n not in ints(mock.meta)
     # The same mock comes out for a cohort with other pixel values and labels.
     other = Cohort(volumes={m: np.random.default_rng(1).normal(size=v.shape).astype(np.float32)
                             for m, v in private.volumes.items()},
