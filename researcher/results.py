@@ -35,7 +35,8 @@ class SiteResult(BaseModel):
     site: str
     round: int
     n_k: int | None = Field(None, ge=1, description="None when the site's policy hides it")
-    seconds: float
+    seconds: float = Field(description="the site's runtime for this round, training included")
+    train_seconds: float | None = Field(None, description="DP-SGD training alone")
     device: str
     weights_sha256: str
     accounting: Accounting
@@ -50,6 +51,7 @@ class SiteResult(BaseModel):
             raise ValueError(str(payload.get("error", "site reported a failure"))[:300])
         fields = {k: payload[k] for k in ("site", "round", "n_k", "seconds", "device",
                                           "weights_sha256", "accounting", "params")}
+        fields["train_seconds"] = payload.get("train_seconds")
         params = fields["params"]
         if not isinstance(params, dict) or set(params) != set(expected):
             raise ValueError("returned parameters do not match the model")
@@ -73,6 +75,7 @@ class SiteRoundReport(BaseModel):
     epsilon: float | None = None
     target_epsilon: float | None = None
     seconds: float | None = None
+    train_seconds: float | None = None
     error: str | None = None
 
     @classmethod
@@ -80,7 +83,8 @@ class SiteRoundReport(BaseModel):
         a = r.accounting
         return cls(site=r.site, ok=True, n_k=r.n_k, sample_rate=a.sample_rate,
                    noise_multiplier=a.noise_multiplier, steps=a.steps, delta=a.delta,
-                   epsilon=a.epsilon, target_epsilon=a.target_epsilon, seconds=r.seconds)
+                   epsilon=a.epsilon, target_epsilon=a.target_epsilon, seconds=r.seconds,
+                   train_seconds=r.train_seconds)
 
 
 class RoundReport(BaseModel):

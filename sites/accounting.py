@@ -14,6 +14,7 @@ This module only computes; it never decides whether a run may happen.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from dataclasses import dataclass
@@ -39,10 +40,14 @@ def run_shape(n: int, batch_size: int, local_epochs: int) -> RunShape:
     return RunShape(sample_rate=q, steps=local_epochs * steps_per_epoch)
 
 
+@functools.lru_cache(maxsize=256)
 def derive_noise_multiplier(
     target_epsilon: float, delta: float, shape: RunShape, rounds: int, accountant: str = "rdp"
 ) -> float:
-    """Smallest σ (to Opacus's tolerance) whose ε over `rounds` runs is at most the target."""
+    """Smallest σ (to Opacus's tolerance) whose ε over `rounds` runs is at most the target.
+
+    A pure function of its arguments, cached: the site re-derives σ before every round
+    (policy re-check and run), and Opacus's binary search takes seconds at high q."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Opacus's "optimal order" hint is not for users
         return float(get_noise_multiplier(

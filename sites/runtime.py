@@ -19,11 +19,8 @@ import hashlib
 import json
 import logging
 import os
-import resource
 import secrets
 import shutil
-import subprocess
-import sys
 import time
 from datetime import date
 from pathlib import Path
@@ -37,7 +34,7 @@ from datasets.cohort import ASSET_FORMAT, Cohort
 from policies.schema import DatasetPolicy, PolicyError, load_policy
 from policies.verdict import Facts, review_plan
 from researcher.plan import TrainingPlan
-from sites import accounting
+from sites import accounting, training_process
 from sites.config import SiteConfig, load_site
 from sites.governance import Approval, Budget, Governance, RoundRefused
 from sites.train_child import CATEGORIES
@@ -106,29 +103,13 @@ def weights_digest(params: dict[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
-def _child_limits() -> None:  # runs in the child between fork and exec
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-
-
-def _child_env() -> dict[str, str]:
-    keep = ("PATH", "LANG", "LC_ALL", "CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS",
-            "MKL_NUM_THREADS", "TMPDIR")
-    return {k: os.environ[k] for k in keep if k in os.environ} | {"PYTHONUNBUFFERED": "1"}
-
-
-def _run_child(run_dir: Path, timeout_s: int, log_path: Path, threads: int) -> dict:
-    env = _child_env() | {"HOME": str(run_dir)}
-    if threads:
-        env |= {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    with open(log_path, "ab") as logf:
-        try:
-            subprocess.run(
-                [sys.executable, "-m", "sites.train_child", str(run_dir)],
-                cwd=run_dir, env=env, stdin=subprocess.DEVNULL,
-                stdout=logf, stderr=logf, timeout=timeout_s, preexec_fn=_child_limits,
-                check=False)
-        except subprocess.TimeoutExpired:
-            raise Refused(CATEGORIES["timeout"]) from None
+def _run_child(run_dir: Path, timeout_s: int, site_dir: Path, cfg: SiteConfig) -> dict:
+    procs = training_process.for_site(site_dir / "runs", site_dir / "logs" / "training.log",
+                                      cfg.train_threads, cfg.warm_training_process)
+    try:
+        procs.run(run_dir, timeout_s)
+    except training_process.ChildTimeout:
+        raise Refused(CATEGORIES["timeout"]) from None
     status_file = run_dir / "status.json"
     if not status_file.exists():
         raise Refused(CATEGORIES["internal"])
@@ -138,7 +119,9 @@ def _run_child(run_dir: Path, timeout_s: int, log_path: Path, threads: int) -> d
         raise Refused(CATEGORIES["internal"]) from None
     if not status.get("ok"):
         raise Refused(CATEGORIES.get(str(status.get("category")), CATEGORIES["internal"]))
-    return {"device": "cuda" if status.get("device") == "cuda" else "cpu"}
+    train_s = status.get("train_seconds")
+    return {"device": "cuda" if status.get("device") == "cuda" else "cpu",
+            "train_seconds": float(train_s) if isinstance(train_s, int | float) else None}
 
 
 def execute_round(plan_json: str, data: Any, weights: Any) -> dict:
@@ -251,8 +234,7 @@ def _execute(site_dir: Path, plan_json: str, data: Any, weights: Any) -> dict:
         torch.save({"x": x, "y": y}, run_dir / "private.pt")
         del x, y
         timeout = min(cfg.training_timeout_s, dataset_policy.training.max_wall_time_s)
-        info = _run_child(run_dir, timeout, site_dir / "logs" / "training.log",
-                          cfg.train_threads)
+        info = _run_child(run_dir, timeout, site_dir, cfg)
         output = torch.load(run_dir / "output.pt", weights_only=True)
         params = _release_filter(output, start)
         history = gov.released_history(plan.plan_hash) + [(sigma, shape.sample_rate,
@@ -268,7 +250,8 @@ def _execute(site_dir: Path, plan_json: str, data: Any, weights: Any) -> dict:
             "medsyft": WIRE_VERSION, "ok": True, "site": cfg.name, "round": run.round,
             "rounds": plan.rounds, "plan_hash": plan.plan_hash, "params": params,
             "n_k": dataset_policy.release.count(cohort.n),
-            "seconds": round(seconds, 3), "device": info["device"],
+            "seconds": round(seconds, 3), "train_seconds": info["train_seconds"],
+            "device": info["device"],
             "weights_sha256": digest,
             "accounting": {
                 "sample_rate": shape.sample_rate, "noise_multiplier": sigma,

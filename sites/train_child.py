@@ -1,16 +1,20 @@
-"""Entry point of the training child process: `python -m sites.train_child RUN_DIR`.
+"""Entry point of the training child process: `python -m sites.train_child RUN_DIR|--wait`.
 
-Started by the runtime with a clean environment (no secrets), cwd = RUN_DIR,
-stdout and stderr going to the site's own log. Reads `input.pt`, builds the
-researcher's model, runs the site's DP-SGD and writes `output.pt` (parameters
-only) and `status.json` (ok, or one short error category). Tracebacks go to
-the site log for the data owner, never into `status.json`.
+Started by the runtime with a clean environment (no secrets), stdout and stderr
+going to the site's own log; with `--wait` it is started ahead of its run and
+reads the run folder from stdin (see `training_process`), then cwd = RUN_DIR.
+Reads `job.pt` and `private.pt`, builds the researcher's model, runs the
+site's DP-SGD and writes `output.pt` (parameters only) and `status.json` (ok,
+or one short error category). Tracebacks go to the site log for the data
+owner, never into `status.json`.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -34,8 +38,9 @@ CATEGORIES = {
 }
 
 
-def _status(run_dir: Path, ok: bool, category: str | None = None, device: str = "") -> None:
-    payload = {"ok": ok, "category": category, "device": device}
+def _status(run_dir: Path, ok: bool, category: str | None = None, device: str = "",
+            train_seconds: float | None = None) -> None:
+    payload = {"ok": ok, "category": category, "device": device, "train_seconds": train_seconds}
     (run_dir / "status.json").write_text(json.dumps(payload))
 
 
@@ -87,6 +92,7 @@ def run(run_dir: Path) -> int:
     private_file = run_dir / "private.pt"
     private = torch.load(private_file, weights_only=True)
     private_file.unlink()
+    t0 = time.perf_counter()
     try:
         params = dp_sgd.train(model, job["weights"], private["x"], private["y"], cfg, device,
                               seed=int(job["seed"]))
@@ -102,13 +108,32 @@ def run(run_dir: Path) -> int:
         traceback.print_exc()
         _status(run_dir, False, "forward")
         return 0
+    train_seconds = time.perf_counter() - t0
     torch.save({"params": params}, run_dir / "output.pt")
-    _status(run_dir, True, device=device.type)
+    _status(run_dir, True, device=device.type, train_seconds=round(train_seconds, 3))
     return 0
 
 
+def _wait_for_job() -> Path:
+    """`--wait`: the process was started ahead of its run; the run folder comes on stdin.
+
+    Everything is imported by now; stdin is then closed for good, and HOME and cwd move
+    into the run folder before any researcher code is built."""
+    line = sys.stdin.readline().strip()
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    if not line:  # the server went away without a job: nothing to do
+        raise SystemExit(0)
+    run_dir = Path(line).resolve()
+    os.chdir(run_dir)
+    os.environ["HOME"] = str(run_dir)
+    return run_dir
+
+
 def main() -> int:
-    run_dir = Path(sys.argv[1]).resolve()
+    run_dir = _wait_for_job() if sys.argv[1:] == ["--wait"] else Path(sys.argv[1]).resolve()
+    print(f"training child {os.getpid()} takes run {run_dir.name}", file=sys.stderr)
     try:
         return run(run_dir)
     except Exception:

@@ -49,12 +49,19 @@ def memory_keyring() -> MemoryKeyring:
 
 @pytest.fixture()
 def site_dir(tmp_path: Path, memory_keyring: MemoryKeyring) -> Path:
-    """An initialised (not started) site with the st-agnes example policy."""
+    """An initialised (not started) site with the integration policy.
+
+    In-process runtime tests start each run's training process cold: a waiting
+    process per test would only cost the suite time (tests/test_training_process.py
+    covers the warm path)."""
     from sites import lifecycle
+    from sites.config import load_site, save_site
 
     name = f"unit-{tmp_path.name[-12:].replace('_', '-').lower().strip('-')}"
     name = "u" + "".join(c for c in name if c.isalnum() or c == "-")[:30]
     lifecycle.init_site(name, tmp_path / "site", policy_file=TEST_POLICY, train_threads=1)
+    d, cfg = load_site(tmp_path / "site")
+    save_site(d, cfg.model_copy(update={"warm_training_process": False}))
     return tmp_path / "site"
 
 

@@ -7,6 +7,7 @@ denied plan cannot run → syft-only approval is not enough → restart keeps st
 
 from __future__ import annotations
 
+import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -135,6 +136,14 @@ def test_two_rounds_change_weights_and_grow_epsilon(fed_env):
             assert s.epsilon >= reference_epsilon([(s.noise_multiplier, s.sample_rate,
                                                     s.steps)], s.delta) - 1e-9
     assert all(r.auc is not None for r in report.rounds)
+    for r in report.rounds:  # training time is reported apart from the site's whole runtime
+        for s in r.sites:
+            assert 0 < s.train_seconds <= s.seconds
+    for d in fed_env["sites"].values():
+        assert "syft speed patches: syft.types.syft_object" in (d / "logs/site.log").read_text()
+        log = (d / "logs/training.log").read_text()
+        takers = re.findall(r"training child (\d+) takes run", log)
+        assert len(takers) == 2 and len(set(takers)) == 2  # a fresh process for each round
     ckpts = sorted((Path(fed_env["config"].checkpoints)).glob("*/round-*.pt"))
     assert len(ckpts) == 2
 

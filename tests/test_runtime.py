@@ -8,6 +8,7 @@ import torch
 
 from datasets.synthetic import generate_cohort, generate_mock
 from sites import runtime
+from sites.config import load_site
 from sites.governance import Governance
 from sites.model_loader import build_model
 from tests.conftest import make_plan
@@ -109,23 +110,28 @@ def test_model_errors_reach_the_researcher_only_as_a_category(site):
     assert [r.status for r in gov.runs(plan.plan_hash)] == ["failed"]  # not counted as a round
 
 
+def write_job(run_dir, plan, cohort, steps: int = 1, weights=None) -> None:
+    """A run folder as the runtime prepares it for the training child."""
+    run_dir.mkdir(parents=True)
+    weights = weights_for(plan) if weights is None else weights
+    torch.save({"plan_json": plan.canonical_json(),
+                "weights": {k: torch.from_numpy(v) for k, v in weights.items()},
+                "sample_rate": 0.5, "noise_multiplier": 1.0, "steps": steps, "device": "cpu",
+                "threads": 1, "seed": 1, "max_parameters": 10**6}, run_dir / "job.pt")
+    torch.save({"x": torch.from_numpy(cohort.stacked(["mri", "pet"])),
+                "y": torch.from_numpy(cohort.labels)}, run_dir / "private.pt")
+
+
 def test_training_child_keeps_prints_and_tracebacks_in_the_site_log(site, tmp_path):
     """Even code that escaped review: what it prints or raises never reaches the result."""
     site_dir, gov, cohort = site
     plan = make_plan(researcher=RESEARCHER, source=LEAKY, class_name="Leaky")
     run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    torch.save({"plan_json": plan.canonical_json(),
-                "weights": {k: torch.from_numpy(v) for k, v in weights_for(plan).items()},
-                "sample_rate": 0.5, "noise_multiplier": 1.0, "steps": 1, "device": "cpu",
-                "threads": 1, "seed": 1, "max_parameters": 10**6}, run_dir / "job.pt")
-    torch.save({"x": torch.from_numpy(cohort.stacked(["mri", "pet"])),
-                "y": torch.from_numpy(cohort.labels)}, run_dir / "private.pt")
-    log = tmp_path / "training.log"
+    write_job(run_dir, plan, cohort)
     with pytest.raises(runtime.Refused) as exc:
-        runtime._run_child(run_dir, 120, log, threads=1)
+        runtime._run_child(run_dir, 120, site_dir, load_site(site_dir)[1])
     assert str(exc.value) == "model forward raised"
-    text = log.read_text()
+    text = (site_dir / "logs" / "training.log").read_text()
     assert "PRIVATE-RAISE" in text and "PRIVATE-PRINT" in text  # the data owner keeps them
     assert not (run_dir / "private.pt").exists()  # removed once loaded
     assert "PRIVATE" not in (run_dir / "status.json").read_text()
