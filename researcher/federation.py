@@ -110,6 +110,8 @@ class Federation:
         self.config = config
         self.strategy = strategy or FedAvg()
         self._clients: dict[str, Any] = {}
+        self._assets: dict[tuple[str, str], Any] = {}  # syft looks them up through a full
+        # API refresh (~1.3 s a site); kept per connection, dropped when a call fails
         self.weights: dict[str, np.ndarray] | None = None  # global weights after `run`
 
     @classmethod
@@ -177,11 +179,14 @@ class Federation:
         return out
 
     def _asset(self, site: str, dataset: str) -> Any:
+        if (site, dataset) in self._assets:
+            return self._assets[site, dataset]
         client = self.client(site)
         try:
             ds = client.datasets[dataset]
         except Exception:
             raise FederationError(f"{site}: no dataset {dataset!r}") from None
+        self._assets[site, dataset] = ds.assets[0]
         return ds.assets[0]
 
     def mock(self, site: str, dataset: str) -> Cohort:
@@ -292,6 +297,7 @@ class Federation:
                 ptr = fn(data=asset, weights=weights)
                 payload = ptr.get() if hasattr(ptr, "get") else ptr
             except Exception as exc:
+                self._assets.pop((site, plan.dataset), None)  # the retry looks it up afresh
                 msg = getattr(exc, "public_message", None) or str(exc) or type(exc).__name__
                 raise FederationError(f"{site}: {msg.strip()[:300]}") from None
         try:

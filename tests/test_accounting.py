@@ -42,3 +42,17 @@ def test_derived_noise_meets_the_target_over_all_rounds():
 
 def test_no_history_spends_nothing():
     assert accounting.epsilon_spent([], 1e-5) == 0.0
+
+
+def test_mixed_history_matches_opacus_accountant_object_with_the_cache_warm():
+    """Runs of several plans (different σ, q, steps; some (q, σ) repeated), asked twice."""
+    from opacus.accountants import RDPAccountant
+
+    history = [(1.1, 0.1, 30), (0.9, 0.25, 8), (1.1, 0.1, 30), (2.5, 0.5, 4), (0.9, 0.25, 3)]
+    acc = RDPAccountant()
+    acc.history = list(history)
+    for _ in range(2):
+        assert accounting.epsilon_spent(history, 1e-5) == pytest.approx(
+            acc.get_epsilon(delta=1e-5), rel=1e-12)
+    assert accounting.epsilon_spent(history[:2], 1e-6) == pytest.approx(
+        reference_epsilon(history[:2], 1e-6), rel=1e-12)
