@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/ingest.py $(BENCH_ARGS)
 	$(BIN)/python benchmarks/dp_step.py $(BENCH_ARGS)
 	$(BIN)/python benchmarks/quality.py $(BENCH_ARGS)
+	$(BIN)/python benchmarks/round_overhead.py $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
