@@ -187,7 +187,8 @@ def _report_json(report: RunReport, seconds: float) -> str:
             {"round": r.round, "auc": r.auc, "loss": r.loss, "seconds": r.seconds,
              "sites": [s.model_dump(include={"site", "ok", "n_k", "sample_rate",
                                              "noise_multiplier", "steps", "delta", "epsilon",
-                                             "target_epsilon", "seconds", "error"})
+                                             "target_epsilon", "seconds", "train_seconds",
+                                             "error"})
                        for s in r.sites]}
             for r in report.rounds],
     }

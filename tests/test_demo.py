@@ -14,7 +14,7 @@ from tests.test_accounting import reference_epsilon
 pytestmark = pytest.mark.integration
 
 SITE_FIELDS = {"n_k", "sample_rate", "noise_multiplier", "steps", "delta", "epsilon",
-               "target_epsilon", "seconds"}
+               "target_epsilon", "seconds", "train_seconds"}
 
 
 def test_demo_trains_across_three_hospitals_and_stops_its_servers(tmp_path, memory_keyring):
