@@ -3,24 +3,29 @@
 Same 3D CNN (researcher/examples/small_cnn3d.py), same input size, same batch:
 
 * plain    - forward, mean loss, backward, SGD step (no privacy);
+* plain_micro - the same, in the micro-batches the runtime uses, gradients
+             accumulated: shows how much of a difference is micro-batching alone;
 * medsyft  - `sites.dp_sgd.train` for one step at sample rate 1 (so the batch is
              exactly B): per-sample gradients with torch.func.vmap, clipping,
              Gaussian noise, SGD on the runtime's own copy of the parameters;
 * opacus   - Opacus GradSampleModule + DPOptimizer, the usual reference point.
 
 Step times are measured alternating the three in one process (median of the
-rounds). Peak memory: on CUDA torch.cuda.max_memory_allocated per variant; on
-CPU the growth of peak RSS over the process's baseline, each variant in its own
-subprocess (RSS peaks cannot be reset). Prints ratios to plain and writes JSON.
+rounds). Peak memory is per step, after a first step that pays one-off costs
+(reported apart): on CUDA torch.cuda.max_memory_allocated; on CPU the growth
+of peak RSS, each variant in its own subprocess with a fixed glibc mmap
+threshold so that freed tensors leave RSS. Prints ratios to plain, writes JSON.
 
-    python benchmarks/dp_step.py                 # CPU (and CUDA if present), 24^3, B=48
-    python benchmarks/dp_step.py --full          # 48^3 volumes
+    python benchmarks/dp_step.py            # CPU (and CUDA if present), 24^3 and 48^3, B=48
+    python benchmarks/dp_step.py --full     # also 64^3, more rounds
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import json
+import os
 import platform
 import statistics
 import subprocess
@@ -37,9 +42,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._report import write_result  # noqa: E402
-from sites.dp_sgd import DPConfig, train  # noqa: E402
+from sites.dp_sgd import DPConfig, micro_batch_size, train  # noqa: E402
 
-VARIANTS = ("plain", "medsyft", "opacus")
+VARIANTS = ("plain", "plain_micro", "medsyft", "opacus")
 
 
 def make_model() -> nn.Module:
@@ -58,7 +63,8 @@ class Runner:
         self.model = make_model().to(device)
         self.x = torch.randn(batch, 2, size, size, size, device=device)
         self.y = (torch.rand(batch, device=device) < 0.5).float()
-        if variant == "plain":
+        self.micro = micro_batch_size(self.x[0].numel(), device)
+        if variant in ("plain", "plain_micro"):
             self.opt = torch.optim.SGD(self.model.parameters(), lr=0.1)
         elif variant == "opacus":
             from opacus import GradSampleModule
@@ -71,13 +77,22 @@ class Runner:
         else:
             self.theta = {k: v.detach().clone() for k, v in self.model.named_parameters()}
             self.cfg = DPConfig(sample_rate=1.0, noise_multiplier=1.0, max_grad_norm=1.0,
-                                steps=1)  # the runtime's own micro-batch (32)
+                                steps=1)  # the runtime's own micro-batch choice
 
     def step(self) -> None:
         if self.variant == "plain":
             self.opt.zero_grad(set_to_none=True)
             out = self.model(self.x).reshape(-1)
             F.binary_cross_entropy_with_logits(out, self.y).backward()
+            self.opt.step()
+        elif self.variant == "plain_micro":  # the same micro-batches, gradients accumulated
+            self.opt.zero_grad(set_to_none=True)
+            n = self.x.shape[0]
+            for i in range(0, n, self.micro):
+                out = self.model(self.x[i:i + self.micro]).reshape(-1)
+                loss = F.binary_cross_entropy_with_logits(out, self.y[i:i + self.micro],
+                                                          reduction="sum") / n
+                loss.backward()
             self.opt.step()
         elif self.variant == "opacus":
             self.opt.zero_grad(set_to_none=True)
@@ -106,14 +121,19 @@ def time_steps(size: int, batch: int, device: torch.device, rounds: int, steps: 
     return {v: statistics.median(t) for v, t in times.items()}
 
 
-def peak_memory_cuda(variant: str, size: int, batch: int) -> float:
+def peak_memory_cuda(variant: str, size: int, batch: int) -> dict[str, float]:
+    """Peak tensor memory (MiB) above what is allocated before: first step, then 3 more."""
     torch.cuda.empty_cache()
+    r = Runner(variant, size, batch, torch.device("cuda"))
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
-    r = Runner(variant, size, batch, torch.device("cuda"))
+    r.step()
+    first = (torch.cuda.max_memory_allocated() - base) / 2**20
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
     for _ in range(3):
         r.step()
-    return (torch.cuda.max_memory_allocated() - base) / 2**20
+    return {"first": first, "steady": (torch.cuda.max_memory_allocated() - base) / 2**20}
 
 
 def _status_kib(field: str) -> int:
@@ -123,29 +143,38 @@ def _status_kib(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def peak_memory_cpu_child(variant: str, size: int, batch: int) -> float:
-    """Run in a fresh process: peak RSS (MiB) of three steps above the RSS just before them.
+def peak_memory_cpu_child(variant: str, size: int, batch: int) -> dict[str, float]:
+    """Run in a fresh process: peak RSS growth (MiB) of the first step, then of 3 more.
 
     Linux lets a process reset its peak RSS (VmHWM) by writing 5 to
-    /proc/self/clear_refs, so import-time peaks do not hide the step's own.
+    /proc/self/clear_refs, so import-time peaks do not hide the step's own. The
+    parent starts this process with a fixed glibc mmap threshold, so every
+    tensor is its own mapping and is returned to the kernel when freed: RSS then
+    follows live memory, not what the allocator keeps cached from earlier steps.
+    "first" includes one-off costs (torch.func and Opacus import code on their
+    first call); "steady" is the per-step peak that the goal is about.
     """
     r = Runner(variant, size, batch, torch.device("cpu"))
-    gc.collect()
-    Path("/proc/self/clear_refs").write_text("5")
-    base = _status_kib("VmRSS")
-    for _ in range(3):
-        r.step()
-    return (_status_kib("VmHWM") - base) / 1024
+    out = {}
+    for key, steps in (("first", 1), ("steady", 3)):
+        gc.collect()
+        Path("/proc/self/clear_refs").write_text("5")
+        base = _status_kib("VmRSS")
+        for _ in range(steps):
+            r.step()
+        out[key] = (_status_kib("VmHWM") - base) / 1024
+    return out
 
 
-def peak_memory_cpu(variant: str, size: int, batch: int) -> float:
-    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); "
+def peak_memory_cpu(variant: str, size: int, batch: int) -> dict[str, float]:
+    code = (f"import sys, json; sys.path.insert(0, {str(ROOT)!r}); "
             "import warnings; warnings.filterwarnings('ignore'); "
             "from benchmarks.dp_step import peak_memory_cpu_child as f; "
-            f"print(f({variant!r}, {size}, {batch}))")
+            f"print(json.dumps(f({variant!r}, {size}, {batch})))")
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True)
-    return float(out.stdout.strip().splitlines()[-1])
+                         check=True, env=env)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def measure(device: torch.device, size: int, batch: int, rounds: int, steps: int) -> dict:
@@ -154,38 +183,49 @@ def measure(device: torch.device, size: int, batch: int, rounds: int, steps: int
         mem = {v: peak_memory_cuda(v, size, batch) for v in VARIANTS}
     else:
         mem = {v: peak_memory_cpu(v, size, batch) for v in VARIANTS}
+    steady = {v: mem[v]["steady"] for v in VARIANTS}
     name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor()
     return {
         "device": device.type, "device_name": name or platform.machine(),
-        "threads": torch.get_num_threads(),
+        "threads": torch.get_num_threads(), "input": [2, size, size, size],
+        "micro_batch": micro_batch_size(2 * size ** 3, device),
         "step_ms": {v: round(t[v] * 1e3, 2) for v in VARIANTS},
-        "peak_mib": {v: round(mem[v], 1) for v in VARIANTS},
+        "peak_mib": {v: round(steady[v], 1) for v in VARIANTS},
+        "first_step_peak_mib": {v: round(mem[v]["first"], 1) for v in VARIANTS},
         "time_ratio": {v: round(t[v] / t["plain"], 3) for v in VARIANTS},
-        "memory_ratio": {v: round(mem[v] / max(mem["plain"], 1e-9), 3) for v in VARIANTS},
+        "memory_ratio": {v: round(steady[v] / max(steady["plain"], 1e-9), 3) for v in VARIANTS},
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message="Full backward hook")  # Opacus with frozen inputs
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--full", action="store_true", help="48^3 volumes, more rounds")
+    ap.add_argument("--full", action="store_true", help="also 64^3 volumes, more rounds")
+    ap.add_argument("--sizes", type=lambda v: [int(a) for a in v.split(",")], default=None,
+                    help="comma-separated volume edges (default 24,48; --full 24,48,64)")
     ap.add_argument("--batch", type=int, default=48)
     ap.add_argument("--cpu-only", action="store_true")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "dp_step.json")
     args = ap.parse_args(argv)
-    size, rounds, steps = (48, 7, 3) if args.full else (24, 5, 3)
+    sizes = args.sizes or ([24, 48, 64] if args.full else [24, 48])
+    rounds, steps = (7, 3) if args.full else (5, 3)
     devices = [torch.device("cpu")]
     if torch.cuda.is_available() and not args.cpu_only:
         devices.append(torch.device("cuda"))
-    results = [measure(d, size, args.batch, rounds, steps) for d in devices]
-    print(f"dp_step: SmallCNN3D, input 2x{size}^3, batch {args.batch}")
-    print(f"{'device':8} {'variant':8} {'ms/step':>9} {'x plain':>8} "
-          f"{'peak MiB':>9} {'x plain':>8}")
+    results = []
+    for d in devices:
+        for size in sizes:
+            print(f"measuring {d.type} 2x{size}^3 ...", flush=True)
+            results.append(measure(d, size, args.batch, rounds, steps))
+    print(f"dp_step: SmallCNN3D, batch {args.batch}; peak memory is the steady per-step peak")
+    print(f"{'device':8} {'input':>6} {'micro':>5} {'variant':11} {'ms/step':>9} {'x plain':>8} "
+          f"{'peak MiB':>9} {'x plain':>8} {'1st step MiB':>12}")
     for r in results:
         for v in VARIANTS:
-            print(f"{r['device']:8} {v:8} {r['step_ms'][v]:>9.2f} {r['time_ratio'][v]:>8.3f} "
-                  f"{r['peak_mib'][v]:>9.1f} {r['memory_ratio'][v]:>8.3f}")
-    write_result("dp_step", {"input": [2, size, size, size], "batch": args.batch,
+            print(f"{r['device']:8} {r['input'][1]:>4}^3 {r['micro_batch']:>5} {v:11} "
+                  f"{r['step_ms'][v]:>9.2f} {r['time_ratio'][v]:>8.3f} {r['peak_mib'][v]:>9.1f} "
+                  f"{r['memory_ratio'][v]:>8.3f} {r['first_step_peak_mib'][v]:>12.1f}")
+    write_result("dp_step", {"batch": args.batch,
                              "goals": {"time_ratio": 1.15, "memory_ratio": 1.3},
                              "results": results}, args.out)
     print(f"wrote {args.out}")

@@ -145,3 +145,33 @@ def test_smuggling_input_through_parameter_data_fails_the_run():
     for k in start:
         assert torch.equal(out[k], start[k])
         assert not torch.any(out[k] == 123.0)
+
+
+def test_micro_batch_shrinks_as_volumes_grow_and_bounds_the_input_per_pass():
+    cpu = torch.device("cpu")
+    sizes = [dp_sgd.micro_batch_size(2 * s ** 3, cpu) for s in (16, 24, 48, 64, 128, 256)]
+    assert sizes == sorted(sizes, reverse=True)
+    assert sizes[0] == dp_sgd.MICRO_BATCH_MAX and sizes[-1] == 1
+    for s, mb in zip((16, 24, 48, 64, 128), sizes, strict=False):
+        numel = 2 * s ** 3
+        fits = mb * numel <= dp_sgd.MICRO_BATCH_INPUT_ELEMENTS
+        assert fits or mb == 1
+        assert mb == dp_sgd.MICRO_BATCH_MAX or 2 * mb * numel > dp_sgd.MICRO_BATCH_INPUT_ELEMENTS
+    assert dp_sgd.micro_batch_size(2 * 64 ** 3, torch.device("meta")) == dp_sgd.MICRO_BATCH_MAX
+
+
+def test_micro_batching_does_not_change_the_update():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv3d(2, 3, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(3 * 4 ** 3, 1))
+    start = {k: v.detach().clone() for k, v in model.named_parameters()}
+    x, y = torch.randn(30, 2, 4, 4, 4), (torch.rand(30) > 0.5).float()
+    outs = []
+    for micro in (1, 7, None):
+        cfg = dp_sgd.DPConfig(sample_rate=0.6, noise_multiplier=1.0, max_grad_norm=0.5, steps=3,
+                              learning_rate=0.5, micro_batch=micro)
+        outs.append(dp_sgd.train(model, start, x, y, cfg, torch.device("cpu"), seed=5))
+    for other in outs[1:]:
+        for k in start:
+            torch.testing.assert_close(other[k], outs[0][k], rtol=1e-5, atol=1e-6)
+    assert any(not torch.equal(outs[0][k], start[k]) for k in start)
