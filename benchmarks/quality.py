@@ -21,6 +21,8 @@ same code the sites run; no datasites are started (that is round_overhead.py).
 
     python benchmarks/quality.py            # 1 seed
     python benchmarks/quality.py --full     # 3 seeds, mean and spread
+    python benchmarks/quality.py --full --scale 4 --out benchmarks/results/quality_x4.json
+                                            # each site's cohort 4 times larger
 """
 
 from __future__ import annotations
@@ -83,7 +85,8 @@ def train_dp(model: nn.Module, start: Params, x, y, plan, sigma: float, seed: in
     shape = run_shape(len(x), plan.batch_size, plan.local_epochs)
     cfg = DPConfig(sample_rate=shape.sample_rate, noise_multiplier=sigma,
                    max_grad_norm=plan.dp.max_grad_norm, steps=shape.steps,
-                   learning_rate=plan.learning_rate, micro_batch=64)
+                   optimizer=plan.optimizer, learning_rate=plan.learning_rate,
+                   momentum=plan.momentum, micro_batch=64)
     out = train(model, {k: torch.from_numpy(v) for k, v in start.items()}, x, y, cfg,
                 torch.device("cpu"), seed=seed)
     return {k: v.numpy() for k, v in out.items()}
@@ -165,12 +168,17 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--full", action="store_true", help="3 seeds instead of 1")
     ap.add_argument("--test-n", type=int, default=120, help="test subjects per site profile")
+    ap.add_argument("--scale", type=int, default=1,
+                    help="multiply each site's cohort size (same profiles): how the DP gap "
+                         "shrinks with more subjects per site")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "quality.json")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     plan = load_plan(ROOT / "researcher/examples/plan.yaml")
-    sites = {name: generate_cohort(n, seed=seed, profile=DEMO_PROFILES[name])
+    if args.scale < 1:
+        ap.error("--scale must be at least 1")
+    sites = {name: generate_cohort(n * args.scale, seed=seed, profile=DEMO_PROFILES[name])
              for name, n, seed in HOSPITALS}
     parts = [generate_cohort(args.test_n, seed=seed + 1000, profile=DEMO_PROFILES[name])
              for name, _, seed in HOSPITALS]
@@ -194,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     plot(summary, png)
     doc = write_result("quality", {
-        "sites": {k: c.n for k, c in sites.items()}, "test_n": test.n, "seeds": seeds,
+        "sites": {k: c.n for k, c in sites.items()}, "scale": args.scale, "test_n": test.n,
+        "seeds": seeds,
         "plan": {"batch_size": plan.batch_size, "local_epochs": plan.local_epochs,
                  "rounds": plan.rounds, "delta": plan.dp.delta,
                  "max_grad_norm": plan.dp.max_grad_norm},
