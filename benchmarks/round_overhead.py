@@ -216,11 +216,23 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--full", action="store_true", help="add 200 MB weights and 8 sites")
     ap.add_argument("--rounds", type=int, default=2, help="measured rounds per configuration")
+    ap.add_argument("--weights-mb", type=lambda v: [float(a) for a in v.split(",") if a],
+                    help="comma-separated weight sizes to measure at 2 sites (overrides the "
+                         "default 1,40 and --full's 1,40,200; empty string for none)")
+    ap.add_argument("--site-counts", type=lambda v: [int(a) for a in v.split(",") if a],
+                    help="comma-separated site counts for the tiny model (overrides 2,4 and "
+                         "--full's 2,4,8)")
     ap.add_argument("--out", type=Path,
                     default=Path(__file__).parent / "results" / "round_overhead.json")
     args = ap.parse_args(argv)
     sizes = [1.0, 40.0, 200.0] if args.full else [1.0, 40.0]
     counts = [2, 4, 8] if args.full else [2, 4]
+    if args.weights_mb is not None:
+        sizes = args.weights_mb
+    if args.site_counts is not None:
+        counts = args.site_counts
+    if min(counts, default=2) < 1 or (sizes and min(sizes) <= 0):
+        ap.error("site counts and weight sizes must be positive")
     t_start = time.perf_counter()
     root = Path(tempfile.mkdtemp(prefix="medsyft-bench-"))
 
@@ -230,8 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     size_rows, count_rows = [], []
     sites = None
     try:
-        log(f"starting {max(counts)} datasites on loopback in {root} ...")
-        sites = Sites(root, max(counts))
+        n_sites = max([*counts, 2 if sizes else 1])
+        log(f"starting {n_sites} datasites on loopback in {root} ...")
+        sites = Sites(root, n_sites)
         log(f"  up in {time.perf_counter() - t_start:.0f} s")
         fed = sites.federation(2)
         for mb in sizes:
@@ -240,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
             log(f"  weights {weights_mb(plan):.1f} MB at 2 sites:")
             size_rows.append(measure(fed, plan, args.rounds, log))
         tiny = plan_for("tiny", (args.rounds + 1) * len(counts), 4, 0)
-        sites.approve(sites.federation(max(counts)), tiny)
+        if counts:
+            sites.approve(sites.federation(max(counts)), tiny)
         for count in counts:
             log(f"  {count} sites, tiny model ({weights_mb(tiny) * 2**20 / 4:,.0f} weights):")
             count_rows.append(measure(sites.federation(count), tiny, args.rounds, log))
