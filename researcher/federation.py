@@ -30,7 +30,7 @@ from researcher.evaluate import evaluate, load_params
 from researcher.plan import TrainingPlan
 from researcher.results import RoundReport, RunReport, SiteResult, SiteRoundReport
 from researcher.template import build_function
-from sites import keychain
+from sites import keychain, syft_patches
 from sites.model_loader import build_model
 from sites.public_policy import ENDPOINT_PATH as POLICY_ENDPOINT
 from sites.syft_client import login, quiet, syft
@@ -140,6 +140,7 @@ class Federation:
         """Log into every site. With `require_all=False`, go on while the quorum is reachable
         (unreachable sites are retried at each round)."""
         syft()
+        syft_patches.apply()  # the weights upload serialises once, not twice; see the module
         with ThreadPoolExecutor(max_workers=len(self.config.sites)) as pool:
             futures = {s.name: pool.submit(self._login, s) for s in self.config.sites}
             errors = []

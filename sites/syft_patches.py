@@ -1,4 +1,4 @@
-"""Behaviour-preserving speed fixes to syft 0.9.5 internals, for the site's server process.
+"""Behaviour-preserving speed fixes to syft 0.9.5 internals, for sites and researchers.
 
 syft 0.9.5 walks every service result to stamp the server id and caller key on
 each syft object inside it (`attach_attribute_to_syft_object`). The walk treats
@@ -8,16 +8,33 @@ time: 2.5 to 4.6 s per 40 MB read on 2 cores, several reads per round. A byte or
 a character can never be a syft object, so skipping `str`/`bytes` leaves the
 walk's effect exactly as it was.
 
-Applied once, at server start, by `sites.server_main`. A patch here must never
-change what syft authorises, stores or returns; it may only skip work whose
-result is known. Each patch checks that the function it replaces is the one it
-was written against and otherwise leaves syft alone (and says so in the log).
+Two more costs grow with the weights, each found by profiling a 40 MB round:
+
+* `Server.handle_api_call_with_unsigned_result` logs `f"API Call: {api_call}"`
+  whatever the log level, and `SyftAPICall.__repr__` formats every argument:
+  the whole weights payload turned into text on every call (0.4 s per 40 MB).
+  The repr here names the path and the arguments' types only, which also keeps
+  argument values out of any log.
+* Storing an action object in blob storage serialises it twice: once to learn
+  its size (`get_mb_serialized_size`), then again to store it (0.6 s per
+  40 MB). The size check here keeps the bytes it made (per thread, with the
+  object they came from), and `serialize` in syft's action_object module hands
+  them back when asked for the same object next; any other call clears them.
+
+Applied once, at server start, by `sites.server_main`, and in the researcher's
+process by `Federation.connect` (the upload side of the double serialisation).
+A patch here must never change what syft authorises, stores or returns; it may
+only skip work whose result is known. Each patch checks that the function it
+replaces is the one it was written against and otherwise leaves syft alone (and
+says so in the log).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+import sys
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 log = logging.getLogger("medsyft.site")
@@ -51,6 +68,81 @@ def attach_attribute_to_syft_object(result: Any, attr_dict: dict[str, Any]) -> N
                 attach_attribute_to_syft_object(getattr(obj, field), attr_dict)
 
 
+def api_call_repr(self: Any) -> str:
+    """`SyftAPICall` as text without its argument values (syft formats them all)."""
+    args = ", ".join(type(a).__name__ for a in self.args)
+    kwargs = ", ".join(f"{k}: {type(v).__name__}" for k, v in self.kwargs.items())
+    return (f"SyftAPICall(path={self.path}, args=[{args}], kwargs={{{kwargs}}}, "
+            f"blocking={self.blocking})")
+
+
+_last_serialized = threading.local()
+_SERIALIZE_PARAMS = ["obj", "to_proto", "to_bytes", "for_hashing"]
+_MB = 1024 * 1024
+
+
+def get_mb_serialized_size(data: Any) -> float:
+    """syft 0.9.5's size check (util/util.py), keeping the bytes for the store that follows."""
+    from syft.serde.serialize import _serialize
+
+    _last_serialized.pair = None
+    try:
+        serialized = _serialize(data, to_bytes=True)
+    except Exception as e:
+        data_type = type(data)
+        raise TypeError(
+            f"Failed to serialize data of type '{data_type.__module__}.{data_type.__name__}'."
+            f" Data type not supported. Detailed error: {e}") from e
+    _last_serialized.pair = (data, serialized)
+    return sys.getsizeof(serialized) / _MB
+
+
+def _reusing(serialize: Callable[..., Any]) -> Callable[..., Any]:
+    def serialize_reusing_size_check(obj: Any, to_proto: bool = True, to_bytes: bool = False,
+                                     for_hashing: bool = False) -> Any:
+        pair = getattr(_last_serialized, "pair", None)
+        _last_serialized.pair = None
+        if to_bytes and not for_hashing and pair is not None and pair[0] is obj:
+            return pair[1]
+        return serialize(obj, to_proto=to_proto, to_bytes=to_bytes, for_hashing=for_hashing)
+
+    serialize_reusing_size_check.medsyft_wraps = serialize  # type: ignore[attr-defined]
+    return serialize_reusing_size_check
+
+
+def _patch_repr() -> list[str]:
+    from syft.client.api import SyftAPICall
+
+    if SyftAPICall.__repr__ is api_call_repr:
+        return []
+    if SyftAPICall.__repr__.__qualname__ != "SyftAPICall.__repr__":
+        log.warning("SyftAPICall.__repr__ is not the function expected: left alone")
+        return []
+    SyftAPICall.__repr__ = api_call_repr  # type: ignore[method-assign]
+    return ["syft.client.api.SyftAPICall.__repr__"]
+
+
+def _patch_double_serialization() -> list[str]:
+    import inspect
+
+    from syft.service.action import action_object
+    from syft.service.blob_storage import util as blob_util
+
+    current = blob_util.get_mb_serialized_size
+    if current is get_mb_serialized_size:
+        return []
+    serialize = action_object.serialize
+    if (current.__qualname__ != "get_mb_serialized_size"
+            or getattr(serialize, "__qualname__", "") != "_serialize"
+            or list(inspect.signature(serialize).parameters) != _SERIALIZE_PARAMS):
+        log.warning("syft's size check or serialize is not the function expected: left alone")
+        return []
+    blob_util.get_mb_serialized_size = get_mb_serialized_size
+    action_object.serialize = _reusing(serialize)
+    return ["syft.service.blob_storage.util.get_mb_serialized_size",
+            "syft.service.action.action_object.serialize"]
+
+
 #: (module, attribute) pairs that hold syft's walk; the recursion goes through the first.
 _TARGETS = (("syft.types.syft_object", "attach_attribute_to_syft_object"),
             ("syft.service.service", "attach_attribute_to_syft_object"))
@@ -76,4 +168,4 @@ def apply() -> list[str]:
             continue
         setattr(module, attr, attach_attribute_to_syft_object)
         done.append(f"{module_name}.{attr}")
-    return done
+    return done + _patch_repr() + _patch_double_serialization()

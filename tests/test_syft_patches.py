@@ -1,4 +1,4 @@
-"""The syft 0.9.5 speed patches change nothing but the time syft's walk takes."""
+"""The syft 0.9.5 speed patches change nothing but the time syft takes (and its call repr)."""
 
 from __future__ import annotations
 
@@ -75,16 +75,108 @@ def test_syft_walks_bytes_one_by_one_and_the_patch_does_not():
     syft_patches.attach_attribute_to_syft_object(structure, _attrs())
 
 
-def test_apply_installs_once_and_the_recursion_goes_through_the_patch():
+@pytest.fixture
+def patched_syft():
+    """syft with every patch applied, restored afterwards."""
     syft()
+    from syft.client.api import SyftAPICall
+    from syft.service.action import action_object
+    from syft.service.blob_storage import util as blob_util
+
     svc = importlib.import_module("syft.service.service")
     obj = importlib.import_module("syft.types.syft_object")
-    before = (svc.attach_attribute_to_syft_object, obj.attach_attribute_to_syft_object)
+    before = (svc.attach_attribute_to_syft_object, obj.attach_attribute_to_syft_object,
+              SyftAPICall.__repr__, blob_util.get_mb_serialized_size, action_object.serialize)
     try:
-        first = syft_patches.apply()
-        assert svc.attach_attribute_to_syft_object is syft_patches.attach_attribute_to_syft_object
-        assert obj.attach_attribute_to_syft_object is syft_patches.attach_attribute_to_syft_object
-        assert syft_patches.apply() == []  # idempotent
-        assert set(first) <= {f"{m}.{a}" for m, a in syft_patches._TARGETS}
+        syft_patches.apply()
+        yield
     finally:
-        svc.attach_attribute_to_syft_object, obj.attach_attribute_to_syft_object = before
+        (svc.attach_attribute_to_syft_object, obj.attach_attribute_to_syft_object,
+         SyftAPICall.__repr__, blob_util.get_mb_serialized_size,
+         action_object.serialize) = before
+
+
+def _api_call(**kwargs):
+    from syft.client.api import SyftAPICall
+    from syft.types.uid import UID
+
+    return SyftAPICall(server_uid=UID(), path="code.call", args=[], kwargs=kwargs)
+
+
+def test_syft_logs_every_argument_of_an_api_call_and_the_patched_repr_does_not():
+    syft()
+    from syft.client.api import SyftAPICall
+
+    call = _api_call(weights={"w": "SECRET-VALUE-7f3a"}, uid=3)
+    if SyftAPICall.__repr__ is syft_patches.api_call_repr:
+        pytest.skip("patched in this process already")
+    assert "SECRET-VALUE-7f3a" in repr(call)  # syft 0.9.5 logs this f-string at every call
+    text = syft_patches.api_call_repr(call)
+    assert "SECRET-VALUE-7f3a" not in text
+    assert "code.call" in text and "weights: dict" in text and "uid: int" in text
+
+
+def test_size_check_bytes_are_reused_only_for_the_same_object(patched_syft):
+    import numpy as np
+    from syft.serde.serialize import _serialize
+    from syft.service.action import action_object
+    from syft.service.blob_storage import util as blob_util
+
+    data = {"w": np.random.default_rng(1).standard_normal(300_000).astype(np.float32)}
+    mb = blob_util.get_mb_serialized_size(data)
+    kept = syft_patches._last_serialized.pair[1]
+    fresh = _serialize(data, to_bytes=True)
+    reused = action_object.serialize(data, to_bytes=True)
+    assert reused is kept and reused == fresh and mb * 2**20 >= len(fresh) > 1_000_000
+    again = action_object.serialize(data, to_bytes=True)  # the kept bytes are handed out once
+    assert again == fresh and again is not kept
+
+    blob_util.get_mb_serialized_size(data)
+    other = {"w": np.ones(10, dtype=np.float32)}
+    assert action_object.serialize(other, to_bytes=True) == _serialize(other, to_bytes=True)
+    assert syft_patches._last_serialized.pair is None  # cleared by the call above
+
+    blob_util.get_mb_serialized_size(data)
+    data["w"] = np.zeros(3, dtype=np.float32)  # a different object under the same name
+    assert action_object.serialize(data["w"], to_bytes=True) == _serialize(data["w"], to_bytes=True)
+
+
+def test_size_check_errors_as_syft_does(patched_syft):
+    from syft.service.blob_storage import util as blob_util
+
+    with pytest.raises(TypeError, match="Failed to serialize data of type"):
+        blob_util.get_mb_serialized_size(object())
+
+
+def test_blob_stored_object_round_trips_through_a_patched_datasite(patched_syft):
+    import numpy as np
+    import syft as sy
+
+    server = sy.orchestra.launch(name="medsyft-patch-test", reset=True, dev_mode=False)
+    try:
+        client = server.login(email="info@openmined.org", password="changethis")
+        data = {"w": np.random.default_rng(0).standard_normal(600_000).astype(np.float32),
+                "b": np.arange(5, dtype=np.float32)}
+        ptr = sy.ActionObject.from_obj(data).send(client)
+        assert ptr.syft_action_saved_to_blob_store  # the > 1 MB path, size check included
+        got = ptr.get()
+        assert set(got) == set(data)
+        for k in data:
+            np.testing.assert_array_equal(got[k], data[k])
+    finally:
+        server.land()
+
+
+def test_apply_installs_once_and_the_recursion_goes_through_the_patch(patched_syft):
+    from syft.client.api import SyftAPICall
+    from syft.service.action import action_object
+    from syft.service.blob_storage import util as blob_util
+
+    svc = importlib.import_module("syft.service.service")
+    obj = importlib.import_module("syft.types.syft_object")
+    assert svc.attach_attribute_to_syft_object is syft_patches.attach_attribute_to_syft_object
+    assert obj.attach_attribute_to_syft_object is syft_patches.attach_attribute_to_syft_object
+    assert SyftAPICall.__repr__ is syft_patches.api_call_repr
+    assert blob_util.get_mb_serialized_size is syft_patches.get_mb_serialized_size
+    assert action_object.serialize.__name__ == "serialize_reusing_size_check"
+    assert syft_patches.apply() == []  # idempotent: nothing patched twice
