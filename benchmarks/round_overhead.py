@@ -252,8 +252,8 @@ def main(argv: list[str] | None = None) -> int:
             sites.approve(fed, plan)
             log(f"  weights {weights_mb(plan):.1f} MB at 2 sites:")
             size_rows.append(measure(fed, plan, args.rounds, log))
-        tiny = plan_for("tiny", (args.rounds + 1) * len(counts), 4, 0)
         if counts:
+            tiny = plan_for("tiny", (args.rounds + 1) * len(counts), 4, 0)
             sites.approve(sites.federation(max(counts)), tiny)
         for count in counts:
             log(f"  {count} sites, tiny model ({weights_mb(tiny) * 2**20 / 4:,.0f} weights):")
