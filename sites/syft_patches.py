@@ -16,10 +16,11 @@ Two more costs grow with the weights, each found by profiling a 40 MB round:
   The repr here names the path and the arguments' types only, which also keeps
   argument values out of any log.
 * Storing an action object in blob storage serialises it twice: once to learn
-  its size (`get_mb_serialized_size`), then again to store it (0.6 s per
-  40 MB). The size check here keeps the bytes it made (per thread, with the
-  object they came from), and `serialize` in syft's action_object module hands
-  them back when asked for the same object next; any other call clears them.
+  its size (`can_upload_to_blob_storage`), then again to store it (0.6 s per
+  40 MB). The size check here keeps the bytes it made when the object goes to
+  blob storage (per thread, with the object they came from), and `serialize`
+  in syft's action_object module, whose only call is the very next statement,
+  hands them back for that same object; any call clears them.
 
 Applied once, at server start, by `sites.server_main`, and in the researcher's
 process by `Federation.connect` (the upload side of the double serialisation).
@@ -81,20 +82,30 @@ _SERIALIZE_PARAMS = ["obj", "to_proto", "to_bytes", "for_hashing"]
 _MB = 1024 * 1024
 
 
-def get_mb_serialized_size(data: Any) -> float:
-    """syft 0.9.5's size check (util/util.py), keeping the bytes for the store that follows."""
+def can_upload_keeping_bytes(data: Any, metadata: Any) -> bool:
+    """syft 0.9.5's `can_upload_to_blob_storage` (service/blob_storage/util.py), unwrapped.
+
+    Same size rule and same error. When the answer is yes, the caller's very next
+    step is to serialise `data` for the store, so the bytes are kept for it; when
+    it is no, nothing is kept.
+    """
     from syft.serde.serialize import _serialize
+    from syft.service.blob_storage.util import min_size_for_blob_storage_upload
+    from syft.types.errors import SyftException
 
     _last_serialized.pair = None
     try:
         serialized = _serialize(data, to_bytes=True)
     except Exception as e:
         data_type = type(data)
-        raise TypeError(
+        exc = TypeError(
             f"Failed to serialize data of type '{data_type.__module__}.{data_type.__name__}'."
-            f" Data type not supported. Detailed error: {e}") from e
-    _last_serialized.pair = (data, serialized)
-    return sys.getsizeof(serialized) / _MB
+            f" Data type not supported. Detailed error: {e}")
+        raise SyftException.from_exception(exc, public_message=str(exc)) from e
+    big = sys.getsizeof(serialized) / _MB >= min_size_for_blob_storage_upload(metadata)
+    if big:
+        _last_serialized.pair = (data, serialized)
+    return big
 
 
 def _reusing(serialize: Callable[..., Any]) -> Callable[..., Any]:
@@ -126,20 +137,25 @@ def _patch_double_serialization() -> list[str]:
     import inspect
 
     from syft.service.action import action_object
-    from syft.service.blob_storage import util as blob_util
+    from syft.types.result import as_result
 
-    current = blob_util.get_mb_serialized_size
-    if current is get_mb_serialized_size:
+    current = action_object.can_upload_to_blob_storage
+    if getattr(current, "medsyft_patch", False):
         return []
     serialize = action_object.serialize
-    if (current.__qualname__ != "get_mb_serialized_size"
+    if (getattr(current, "__qualname__", "") != "can_upload_to_blob_storage"
             or getattr(serialize, "__qualname__", "") != "_serialize"
             or list(inspect.signature(serialize).parameters) != _SERIALIZE_PARAMS):
-        log.warning("syft's size check or serialize is not the function expected: left alone")
+        log.warning("syft's blob size check or serialize is not the function expected: "
+                    "left alone")
         return []
-    blob_util.get_mb_serialized_size = get_mb_serialized_size
+    from syft.types.errors import SyftException
+
+    patched = as_result(SyftException)(can_upload_keeping_bytes)
+    patched.medsyft_patch = True  # type: ignore[attr-defined]
+    action_object.can_upload_to_blob_storage = patched
     action_object.serialize = _reusing(serialize)
-    return ["syft.service.blob_storage.util.get_mb_serialized_size",
+    return ["syft.service.action.action_object.can_upload_to_blob_storage",
             "syft.service.action.action_object.serialize"]
 
 

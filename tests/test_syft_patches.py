@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import types
 
 import pytest
 
@@ -81,18 +82,18 @@ def patched_syft():
     syft()
     from syft.client.api import SyftAPICall
     from syft.service.action import action_object
-    from syft.service.blob_storage import util as blob_util
 
     svc = importlib.import_module("syft.service.service")
     obj = importlib.import_module("syft.types.syft_object")
     before = (svc.attach_attribute_to_syft_object, obj.attach_attribute_to_syft_object,
-              SyftAPICall.__repr__, blob_util.get_mb_serialized_size, action_object.serialize)
+              SyftAPICall.__repr__, action_object.can_upload_to_blob_storage,
+              action_object.serialize)
     try:
         syft_patches.apply()
         yield
     finally:
         (svc.attach_attribute_to_syft_object, obj.attach_attribute_to_syft_object,
-         SyftAPICall.__repr__, blob_util.get_mb_serialized_size,
+         SyftAPICall.__repr__, action_object.can_upload_to_blob_storage,
          action_object.serialize) = before
 
 
@@ -120,32 +121,53 @@ def test_size_check_bytes_are_reused_only_for_the_same_object(patched_syft):
     import numpy as np
     from syft.serde.serialize import _serialize
     from syft.service.action import action_object
-    from syft.service.blob_storage import util as blob_util
 
+    meta = types.SimpleNamespace(min_size_blob_storage_mb=1)
     data = {"w": np.random.default_rng(1).standard_normal(300_000).astype(np.float32)}
-    mb = blob_util.get_mb_serialized_size(data)
+    assert action_object.can_upload_to_blob_storage(data, meta).unwrap() is True
     kept = syft_patches._last_serialized.pair[1]
     fresh = _serialize(data, to_bytes=True)
     reused = action_object.serialize(data, to_bytes=True)
-    assert reused is kept and reused == fresh and mb * 2**20 >= len(fresh) > 1_000_000
+    assert reused is kept and reused == fresh and len(fresh) > 2**20
     again = action_object.serialize(data, to_bytes=True)  # the kept bytes are handed out once
     assert again == fresh and again is not kept
 
-    blob_util.get_mb_serialized_size(data)
+    action_object.can_upload_to_blob_storage(data, meta)
     other = {"w": np.ones(10, dtype=np.float32)}
     assert action_object.serialize(other, to_bytes=True) == _serialize(other, to_bytes=True)
     assert syft_patches._last_serialized.pair is None  # cleared by the call above
 
-    blob_util.get_mb_serialized_size(data)
-    data["w"] = np.zeros(3, dtype=np.float32)  # a different object under the same name
-    assert action_object.serialize(data["w"], to_bytes=True) == _serialize(data["w"], to_bytes=True)
+
+def test_nothing_is_kept_for_an_object_that_stays_out_of_blob_storage(patched_syft):
+    """Kept bytes could go stale if the object changed before its next store."""
+    import numpy as np
+    from syft.serde.serialize import _serialize
+    from syft.service.action import action_object
+
+    meta = types.SimpleNamespace(min_size_blob_storage_mb=1)
+    small = {"w": np.ones(10, dtype=np.float32)}
+    assert action_object.can_upload_to_blob_storage(small, meta).unwrap() is False
+    assert syft_patches._last_serialized.pair is None
+    small["w"] = np.zeros(3, dtype=np.float32)  # changed in place
+    assert action_object.serialize(small, to_bytes=True) == _serialize(small, to_bytes=True)
 
 
-def test_size_check_errors_as_syft_does(patched_syft):
-    from syft.service.blob_storage import util as blob_util
+def test_size_check_answers_and_errors_as_syft_does(patched_syft):
+    import numpy as np
+    from syft.service.action import action_object
+    from syft.service.blob_storage import util as blob_util  # syft's own, unpatched
+    from syft.types.errors import SyftException
 
-    with pytest.raises(TypeError, match="Failed to serialize data of type"):
-        blob_util.get_mb_serialized_size(object())
+    meta = types.SimpleNamespace(min_size_blob_storage_mb=1)
+    with pytest.raises(SyftException, match="Failed to serialize data of type") as ours:
+        action_object.can_upload_to_blob_storage(object(), meta).unwrap()
+    with pytest.raises(SyftException) as theirs:
+        blob_util.can_upload_to_blob_storage(object(), meta).unwrap()
+    assert ours.value.public_message == theirs.value.public_message
+    for n in (10, 300_000):
+        data = {"w": np.random.default_rng(2).standard_normal(n).astype(np.float32)}
+        assert (action_object.can_upload_to_blob_storage(data, meta).unwrap()
+                == blob_util.can_upload_to_blob_storage(data, meta).unwrap())
 
 
 def test_blob_stored_object_round_trips_through_a_patched_datasite(patched_syft):
@@ -170,13 +192,12 @@ def test_blob_stored_object_round_trips_through_a_patched_datasite(patched_syft)
 def test_apply_installs_once_and_the_recursion_goes_through_the_patch(patched_syft):
     from syft.client.api import SyftAPICall
     from syft.service.action import action_object
-    from syft.service.blob_storage import util as blob_util
 
     svc = importlib.import_module("syft.service.service")
     obj = importlib.import_module("syft.types.syft_object")
     assert svc.attach_attribute_to_syft_object is syft_patches.attach_attribute_to_syft_object
     assert obj.attach_attribute_to_syft_object is syft_patches.attach_attribute_to_syft_object
     assert SyftAPICall.__repr__ is syft_patches.api_call_repr
-    assert blob_util.get_mb_serialized_size is syft_patches.get_mb_serialized_size
+    assert action_object.can_upload_to_blob_storage.medsyft_patch
     assert action_object.serialize.__name__ == "serialize_reusing_size_check"
     assert syft_patches.apply() == []  # idempotent: nothing patched twice
