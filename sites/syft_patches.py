@@ -117,7 +117,6 @@ def _reusing(serialize: Callable[..., Any]) -> Callable[..., Any]:
             return pair[1]
         return serialize(obj, to_proto=to_proto, to_bytes=to_bytes, for_hashing=for_hashing)
 
-    serialize_reusing_size_check.medsyft_wraps = serialize  # type: ignore[attr-defined]
     return serialize_reusing_size_check
 
 
