@@ -1,4 +1,5 @@
-"""What every benchmark writes next to its figures: the machine, the date, the JSON file.
+"""What every benchmark writes next to its figures (machine, date, JSON file), and the
+comma-separated list arguments their command lines share.
 
 Holds no measurement of its own and never reads patient or cohort data.
 """
@@ -10,6 +11,16 @@ import platform
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+
+def int_list(text: str) -> list[int]:
+    """argparse type: "24,48" -> [24, 48]; an empty string is an empty list."""
+    return [int(a) for a in text.split(",") if a.strip()]
+
+
+def float_list(text: str) -> list[float]:
+    """argparse type: "1,40.5" -> [1.0, 40.5]; an empty string is an empty list."""
+    return [float(a) for a in text.split(",") if a.strip()]
 
 
 def machine() -> dict[str, str]:

@@ -41,7 +41,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._report import write_result  # noqa: E402
+from benchmarks._report import int_list, write_result  # noqa: E402
 from sites.dp_sgd import DPConfig, micro_batch_size, train  # noqa: E402
 
 VARIANTS = ("plain", "plain_micro", "medsyft", "opacus")
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message="Full backward hook")  # Opacus with frozen inputs
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--full", action="store_true", help="also 64^3 volumes, more rounds")
-    ap.add_argument("--sizes", type=lambda v: [int(a) for a in v.split(",")], default=None,
+    ap.add_argument("--sizes", type=int_list, default=None,
                     help="comma-separated volume edges (default 24,48; --full 24,48,64)")
     ap.add_argument("--batch", type=int, default=48)
     ap.add_argument("--cpu-only", action="store_true")

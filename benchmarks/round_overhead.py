@@ -43,7 +43,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._report import write_result  # noqa: E402
+from benchmarks._report import float_list, int_list, write_result  # noqa: E402
 from researcher.federation import (  # noqa: E402
     Federation,
     FederationConfig,
@@ -216,10 +216,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--full", action="store_true", help="add 200 MB weights and 8 sites")
     ap.add_argument("--rounds", type=int, default=2, help="measured rounds per configuration")
-    ap.add_argument("--weights-mb", type=lambda v: [float(a) for a in v.split(",") if a],
+    ap.add_argument("--weights-mb", type=float_list,
                     help="comma-separated weight sizes to measure at 2 sites (overrides the "
                          "default 1,40 and --full's 1,40,200; empty string for none)")
-    ap.add_argument("--site-counts", type=lambda v: [int(a) for a in v.split(",") if a],
+    ap.add_argument("--site-counts", type=int_list,
                     help="comma-separated site counts for the tiny model (overrides 2,4 and "
                          "--full's 2,4,8)")
     ap.add_argument("--out", type=Path,
