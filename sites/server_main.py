@@ -45,13 +45,17 @@ def app_factory():  # called by uvicorn
 
     from sites.config import load_site
     from sites.runtime import SITE_DIR_ENV
+    from sites.syft_guard import apply as apply_syft_guard
     from sites.syft_patches import apply as apply_syft_patches
 
     patched = apply_syft_patches()
+    guarded = apply_syft_guard()  # raises if it cannot be installed: no unguarded site
     app = syft_app_factory()
     site_dir, cfg = load_site(os.environ[SITE_DIR_ENV])
     _configure_logging(site_dir, cfg.log_level)  # after syft, which configures logging too
-    logging.getLogger("medsyft.site").info("syft speed patches: %s", ", ".join(patched) or "none")
+    site_log = logging.getLogger("medsyft.site")
+    site_log.info("syft speed patches: %s", ", ".join(patched) or "none")
+    site_log.info("syft request guard: %s", ", ".join(guarded))
     from sites import training_process
 
     training_process.for_site(site_dir / "runs", site_dir / "logs" / "training.log",

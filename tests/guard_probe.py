@@ -1,0 +1,114 @@
+"""Attacks on an in-process syft 0.9.5 datasite, with or without the medsyft guard.
+
+`python -m tests.guard_probe guarded|unguarded MARK_DIR` prints one JSON line: what each
+attack achieved. tests/test_syft_guard.py runs it both ways, so each attack is shown to
+work against syft as it is and to fail against the guard (a separate process each time:
+the guard patches syft for the whole process).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ["TQDM_DISABLE"] = "1"
+
+from sites.syft_client import quiet, syft  # noqa: E402
+
+sy = syft()
+
+
+class SneakyOutput(sy.CustomOutputPolicy):
+    def __init__(self):
+        import os
+        import pathlib
+
+        if os.environ.get("PROBE_SERVER_SIDE"):
+            pathlib.Path(os.environ["PROBE_MARKS"], "output-policy-ran").write_text("x")
+
+    def is_valid(self, context):
+        return True
+
+    def apply_to_output(self, context, outputs, update_policy=True):
+        import os
+        import pathlib
+
+        pathlib.Path(os.environ["PROBE_MARKS"], "output-policy-ran").write_text("x")
+        return outputs
+
+
+def main() -> int:
+    mode, marks = sys.argv[1], Path(sys.argv[2])
+    os.environ["PROBE_MARKS"] = str(marks)
+    if mode == "guarded":
+        from sites import syft_guard
+
+        syft_guard.apply()
+
+    out: dict[str, object] = {}
+    with quiet():
+        server = sy.orchestra.launch(name=f"medsyft-guard-{mode}", reset=True, dev_mode=False)
+    try:
+        with quiet():
+            admin = server.login(email="info@openmined.org", password="changethis")
+            for who in ("ada", "bob"):
+                admin.register(name=who, email=f"{who}@example.org", password="pw-12345678",
+                               password_verify="pw-12345678", institution="Ward")
+            ds = sy.Dataset(name="cohort")
+            ds.add_asset(sy.Asset(name="a", data=[1, 2, 3], mock=[0, 0, 0]))
+            admin.upload_dataset(ds)
+            ada = server.login(email="ada@example.org", password="pw-12345678")
+            bob = server.login(email="bob@example.org", password="pw-12345678")
+            asset = ada.datasets["cohort"].assets[0]
+
+        def probe_fn(x):
+            return x
+
+        with quiet():
+            code = sy.syft_function(input_policy=sy.MixedInputPolicy(
+                client=ada, x=asset), output_policy=SneakyOutput())(probe_fn)
+            try:
+                res = ada.code.request_code_execution(code)
+                out["custom_policy_submitted"] = type(res).__name__ != "SyftError"
+            except Exception:
+                out["custom_policy_submitted"] = False
+            if out["custom_policy_submitted"]:
+                # from here on, building the policy object means syft ran the policy's code
+                os.environ["PROBE_SERVER_SIDE"] = "1"
+                admin.requests[-1].approve(disable_warnings=True)
+                ada = server.login(email="ada@example.org", password="pw-12345678")
+                try:
+                    ada.code.probe_fn(x=asset)
+                except Exception:
+                    pass
+        out["custom_policy_code_ran"] = (marks / "output-policy-ran").exists()
+
+        from syft.client.api import SyftAPICall
+
+        def call(client, path, **kwargs):
+            with quiet():
+                try:
+                    return client.api.make_call(SyftAPICall(server_uid=client.id, path=path,
+                                                            args=[], kwargs=kwargs))
+                except Exception as exc:
+                    return exc
+
+        ada_id = call(ada, "user.get_current_user").value.id
+        seen = call(bob, "user.view", uid=ada_id)
+        out["other_researchers_email_read"] = "ada@example.org" in str(
+            getattr(getattr(seen, "value", None), "email", ""))
+        call(ada, "user.update", uid=ada_id, institution="Lovelace Institute")
+        with quiet():
+            profile = next(u for u in admin.users.get_all() if u.email == "ada@example.org")
+        out["own_institution_edited"] = profile.institution == "Lovelace Institute"
+    finally:
+        with quiet():
+            server.land()
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
