@@ -10,6 +10,12 @@ attribute chains into modules outside the allowlist (`torch.hub`,
 parameters, buffers or class attributes outside `__init__`, `.data`/`.grad`,
 `global`, in-place methods after construction, and reductions that would mix
 samples of a batch. Pure `ast`: the code is never run here.
+
+Review is bounded: a source nested deeper than `MAX_DEPTH` syntax-tree levels
+(no model needs a tenth of that) is one finding and is not walked further, and
+a source the parser itself cannot hold (Python's parser runs out of recursion
+or memory on a few thousand nested operators) is a finding too, never an
+exception that could stop the review of other requests.
 """
 
 from __future__ import annotations
@@ -48,6 +54,41 @@ ESCAPE_METHODS = frozenset({"numpy", "tofile", "tolist", "item", "storage", "unt
 REDUCTIONS = frozenset({"mean", "sum", "amax", "amin", "max", "min", "std", "var", "prod",
                         "norm", "logsumexp", "cumsum", "sort", "argsort", "topk", "median"})
 INIT_ONLY = frozenset({"register_buffer"})
+# nn.Module's own machinery a model must not redefine (what the site counts and trains).
+MODULE_OVERRIDES_FORBIDDEN = MODULE_API_FORBIDDEN | frozenset({
+    "_named_members", "_apply", "_call_impl", "_wrapped_call_impl", "_get_name",
+    "_load_from_state_dict", "_save_to_state_dict", "register_buffer", "register_forward_hook",
+    "register_forward_pre_hook", "register_full_backward_hook", "to", "half", "float",
+    "double", "type", "extra_repr", "_replicate_for_data_parallel"})
+MAX_DEPTH = 100
+
+
+class TooComplex(ValueError):
+    """Source the review will not walk: deeper than MAX_DEPTH or beyond the parser."""
+
+
+def tree_depth(tree: ast.AST, limit: int) -> int:
+    """Depth of a syntax tree, counted without recursion; stops once past `limit`."""
+    deepest, stack = 0, [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if deepest > limit:
+            return deepest
+        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
+    return deepest
+
+
+def bounded_parse(source: str, max_depth: int = MAX_DEPTH) -> ast.Module:
+    """`ast.parse`, but a source too deep to walk safely raises TooComplex (SyntaxError
+    stays SyntaxError)."""
+    try:
+        tree = ast.parse(source)
+    except (RecursionError, MemoryError):
+        raise TooComplex("nested too deeply for Python's parser") from None
+    if tree_depth(tree, max_depth) > max_depth:
+        raise TooComplex(f"nested deeper than {max_depth} levels")
+    return tree
 
 
 @dataclass(frozen=True)
@@ -290,9 +331,11 @@ def review_model_code(source: str, class_name: str, layers: list[str] | frozense
                       functions: list[str] | frozenset[str]) -> list[Finding]:
     """All findings for `source`; an empty list means the code is within the policy."""
     try:
-        tree = ast.parse(source)
+        tree = bounded_parse(source)
     except SyntaxError as exc:
         return [Finding("model_code.syntax", exc.lineno or 0, f"does not parse: {exc.msg}")]
+    except TooComplex as exc:
+        return [Finding("model_code.depth", 1, f"the source is {exc}; it is not reviewed")]
     findings: list[Finding] = []
     layers_set, functions_set = frozenset(layers), frozenset(functions)
     classes = []
@@ -330,6 +373,10 @@ def review_model_code(source: str, class_name: str, layers: list[str] | frozense
             if node.name.startswith("__") and node.name != "__init__":
                 findings.append(Finding("model_code.dunder", node.lineno,
                                         f"method {node.name} is not allowed"))
+            elif node.name in MODULE_OVERRIDES_FORBIDDEN:
+                findings.append(Finding("model_code.override", node.lineno,
+                                        f"method {node.name} would redefine torch.nn.Module's "
+                                        "own"))
             methods[node.name] = node
         else:
             findings.append(Finding("model_code.class_attribute", node.lineno,

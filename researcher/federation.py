@@ -31,7 +31,7 @@ from researcher.plan import TrainingPlan
 from researcher.results import RoundReport, RunReport, SiteResult, SiteRoundReport
 from researcher.template import build_function
 from sites import keychain, syft_patches
-from sites.model_loader import build_model
+from sites.model_loader import build_model, trainable_parameters
 from sites.public_policy import ENDPOINT_PATH as POLICY_ENDPOINT
 from sites.syft_client import login, quiet, syft
 
@@ -102,7 +102,8 @@ class RequestStatus:
 def initial_weights(plan: TrainingPlan, seed: int = 0) -> dict[str, np.ndarray]:
     torch.manual_seed(seed)
     model = build_model(plan.model)
-    return {k: v.detach().numpy().astype(np.float32) for k, v in model.named_parameters()}
+    return {k: v.detach().numpy().astype(np.float32)
+            for k, v in trainable_parameters(model).items()}
 
 
 class Federation:
@@ -223,8 +224,9 @@ class Federation:
 
     # -- requests ------------------------------------------------------------
     def bind(self, plan: TrainingPlan) -> TrainingPlan:
-        """The plan as submitted: with the researcher's account email filled in."""
-        emails = {s.email for s in self.config.sites}
+        """The plan as submitted: with the researcher's account email filled in (lower case,
+        as sites record it)."""
+        emails = {s.email.strip().lower() for s in self.config.sites}
         if len(emails) != 1:
             raise FederationError("one researcher identity per federation is supported; "
                                   f"found {sorted(emails)}")

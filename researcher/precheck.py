@@ -17,7 +17,7 @@ from policies.schema import Access, SitePolicy
 from policies.verdict import CheckResult, Facts, review_plan
 from researcher.plan import TrainingPlan
 from sites import accounting
-from sites.model_loader import build_model
+from sites.model_loader import build_model, parameter_count
 
 
 def _policy_from_public(doc: dict) -> SitePolicy:
@@ -42,7 +42,7 @@ def precheck(doc: dict, plan: TrainingPlan) -> list[CheckResult]:
                                                    shape, plan.rounds, plan.dp.accountant)
     try:
         with torch.device("meta"):
-            n_params = sum(p.numel() for p in build_model(plan.model).parameters())
+            n_params = parameter_count(build_model(plan.model))  # as the site counts
         params_error = None
     except Exception as exc:
         n_params, params_error = None, f"{type(exc).__name__}: {exc}"[:200]

@@ -15,12 +15,17 @@ from collections.abc import Callable
 
 from pydantic import ValidationError
 
+from policies.code_review import TooComplex, bounded_parse
 from researcher.plan import TrainingPlan
 
 TEMPLATE = '''def {func_name}(data, weights):
     from sites.runtime import execute_round
     return execute_round(plan_json={plan_json!r}, data=data, weights=weights)
 '''
+
+
+#: The template's syntax tree is 8 levels deep; nothing deeper can be it.
+TEMPLATE_DEPTH = 16
 
 
 class TemplateMismatch(ValueError):
@@ -48,9 +53,11 @@ def _dump(tree: ast.AST) -> str:
 def extract_plan(source: str) -> TrainingPlan:
     """Parse submitted code, return its plan if and only if it is exactly the template."""
     try:
-        tree = ast.parse(source)
+        tree = bounded_parse(source, max_depth=TEMPLATE_DEPTH)
     except SyntaxError as exc:
         raise TemplateMismatch(f"submitted code does not parse: {exc.msg}") from None
+    except TooComplex as exc:  # the template is a few levels deep: this is not it
+        raise TemplateMismatch(f"submitted code is {exc}, unlike the template") from None
     if len(tree.body) != 1 or not isinstance(tree.body[0], ast.FunctionDef):
         raise TemplateMismatch("submitted code is not a single function definition")
     plan_json = None

@@ -1,7 +1,10 @@
 """Data-owner operations on a running site: researcher accounts and dataset publication.
 
 Logs in as the site admin with the password from the keyring. Researchers can
-only be created here (sign-up stays off). A published dataset's mock is
+only be created here (sign-up stays off), and each one is recorded in the
+site's own registry (`sites.registry`) with the syft account's id and verify
+key: that record, not syft's editable profile, is who the researcher is. A
+published dataset's mock is
 generated from public parameters only, never from private values, and the
 description states schema and N only.
 """
@@ -21,6 +24,7 @@ from policies.schema import PolicyError, Release, load_policy
 from sites import lifecycle
 from sites.config import SiteConfig, load_site
 from sites.governance import Governance
+from sites.registry import Registry, RegistryError, Researcher, normalise_email
 from sites.syft_client import login, quiet, syft
 
 ASSET_NAME = "cohort"
@@ -51,9 +55,11 @@ def _ok(result: Any, what: str) -> Any:
 
 
 def add_researcher(site_dir: Path, email: str, name: str, password: str,
-                   institution: str = "") -> None:
+                   institution: str = "") -> Researcher:
+    """Create a data-scientist account and the site's record of it."""
+    email = normalise_email(email)
     with admin_client(site_dir) as (site_dir, cfg, client):
-        existing = [u.email for u in client.users.get_all()]
+        existing = [u.email.lower() for u in client.users.get_all()]
         if email in existing:
             raise AdminError(f"{email} already has an account on {cfg.name}")
         syft()
@@ -68,8 +74,64 @@ def add_researcher(site_dir: Path, email: str, name: str, password: str,
                 raise AdminError(f"cannot create {email}: "
                                  f"{getattr(exc, 'public_message', type(exc).__name__)}") from None
         _ok(res, f"cannot create {email}")
-        Governance(site_dir).audit(cfg.admin_email, "account.created", email,
-                                   role="data_scientist", institution=institution)
+        # The verify key that will sign this researcher's calls: read by logging in once.
+        # Without it there is no record, so the account would be useless: remove it again.
+        try:
+            account = login(cfg.host, cfg.port, email, password)
+            user_id = str(account.account.id).replace("-", "")
+        except Exception as exc:
+            with quiet():
+                client.users.delete(uid=getattr(res, "id", None))
+            raise AdminError(f"cannot record {email}: first login failed "
+                             f"({type(exc).__name__}); the account was removed, try again"
+                             ) from None
+        gov = Governance(site_dir)
+        gov.audit(cfg.admin_email, "account.created", email, role="data_scientist",
+                  institution=institution)
+        try:
+            return Registry(gov).add(user_id=user_id, verify_key=str(account.verify_key),
+                                     email=email, name=name, institution=institution,
+                                     actor=cfg.admin_email)
+        except RegistryError as exc:
+            raise AdminError(str(exc)) from None
+
+
+def update_researcher(site_dir: Path, email: str, *, new_email: str | None = None,
+                      name: str | None = None, institution: str | None = None) -> Researcher:
+    """Change a researcher's email, name or institution: the site's record and syft's
+    profile together (the record decides; the profile only follows it)."""
+    with admin_client(site_dir) as (site_dir, cfg, client):
+        registry = Registry(Governance(site_dir))
+        current = registry.by_email(email)
+        if current is None:
+            raise AdminError(f"{email}: no researcher with this email on {cfg.name} "
+                             "(see `medsyft site researchers`)")
+        if new_email and normalise_email(new_email) != current.email and \
+                registry.by_email(new_email) is not None:
+            raise AdminError(f"{new_email}: another researcher already has this email")
+        fields = {k: v for k, v in (("email", normalise_email(new_email) if new_email else None),
+                                    ("name", name), ("institution", institution))
+                  if v is not None}
+        if fields:
+            with quiet():
+                try:
+                    res = client.users.update(uid=_syft_uid(current.user_id), **fields)
+                except Exception as exc:
+                    raise AdminError(f"cannot update {email}: "
+                                     f"{getattr(exc, 'public_message', type(exc).__name__)}"
+                                     ) from None
+            _ok(res, f"cannot update {email}")
+        try:
+            return registry.update(current.email, actor=cfg.admin_email, new_email=new_email,
+                                   name=name, institution=institution)
+        except RegistryError as exc:
+            raise AdminError(str(exc)) from None
+
+
+def _syft_uid(hex_id: str) -> Any:
+    from syft.types.uid import UID
+
+    return UID(hex_id)
 
 
 def _release_rule(site_dir: Path, cfg: SiteConfig, dataset: str) -> Release | None:

@@ -105,8 +105,9 @@ def site_add_researcher(
     institution: str = typer.Option("", "--institution"),
     site_dir: Path = SiteDir,
 ) -> None:
-    """Create a data-scientist account. The initial password is read from stdin when piped,
-    else generated and shown once."""
+    """Create a data-scientist account and the site's record of who it is (email, name,
+    institution: what access rules and the audit use). The initial password is read from
+    stdin when piped, else generated and shown once."""
     from sites.admin import add_researcher
     from sites.keychain import generate_password
 
@@ -117,10 +118,59 @@ def site_add_researcher(
         shown = False
     else:
         password, shown = generate_password(), True
-    add_researcher(site_dir, email, name, password, institution)
-    out.print(f"created researcher {email}")
+    r = add_researcher(site_dir, email, name, password, institution)
+    out.print(f"created researcher {r.email}")
     if shown:
         out.print(f"initial password (shown once, pass it on securely): {password}")
+
+
+@site_app.command("update-researcher")
+@friendly
+def site_update_researcher(
+    email: str = typer.Argument(..., help="the researcher's current email"),
+    new_email: str = typer.Option(None, "--email", help="new login email"),
+    name: str = typer.Option(None, "--name", help="new full name"),
+    institution: str = typer.Option(None, "--institution", help="new institution"),
+    site_dir: Path = SiteDir,
+) -> None:
+    """Change a researcher's email, name or institution (researchers cannot change their
+    own on a medsyft site). Audited; an email change carries the researcher's privacy
+    ledger over, and plans naming the old email stop running until resubmitted."""
+    from sites.admin import update_researcher
+
+    if new_email is None and name is None and institution is None:
+        raise typer.BadParameter("give at least one of --email, --name, --institution")
+    r = update_researcher(site_dir, email, new_email=new_email, name=name,
+                          institution=institution)
+    out.print(f"updated researcher {r.email}: {r.name}, {r.institution or '(no institution)'}")
+
+
+@site_app.command("researchers")
+@friendly
+def site_researchers(site_dir: Path = SiteDir,
+                     json_out: bool = typer.Option(False, "--json", help="machine-readable")
+                     ) -> None:
+    """The site's own record of its researchers: the identity review and access rules use."""
+    from sites.config import load_site
+    from sites.governance import Governance
+    from sites.registry import Registry
+
+    site_dir, _ = load_site(site_dir)
+    people = Registry(Governance(site_dir)).all()
+    if json_out:
+        print_json([p.model_dump() for p in people])
+        return
+    t = Table("email", "name", "institution", "syft account", "verify key", "since")
+    for p in people:
+        t.add_row(p.email, p.name, p.institution, p.user_id[:12], p.verify_key[:12],
+                  _when(p.created_at))
+    out.print(t)
+
+
+def _when(ts: float) -> str:
+    from sites.console import format_time
+
+    return format_time(ts)
 
 
 @site_app.command("publish")

@@ -2,13 +2,21 @@
 
 Each syft request is read through the admin client and reviewed:
 
-* hard checks that nothing can override: the submitted code is exactly the
-  medsyft template for its embedded plan; the plan's researcher is the account
-  that submitted it; the inputs are the plan's dataset and a researcher-owned
-  dict of weights;
+* hard checks that nothing can override: the requester is an account the
+  site registered (`sites.registry`: identity is the site's record, never
+  syft's editable profile); the submitted code is exactly the medsyft
+  template for its embedded plan; the whole request around it is what the
+  client produces (`sites.request_review`: one change, the template's
+  built-in policies and arguments, inputs pinned to a published dataset and a
+  researcher-owned dict); the plan's researcher is that record's email;
 * the verdict against the site's policy file (`policies.verdict`), with the
   facts only the site knows (institution, cohort size, derived σ, parameter
-  count on the meta device, ε already committed to other plans).
+  count on the meta device, ε already committed to other plans), and whether
+  a person denied this model or these settings before (`sites.denials`).
+
+A review never raises: whatever goes wrong in it (a source too deep to parse,
+a malformed request) becomes the hard failure `review`, so one request can
+neither be approved by accident nor stall the review of the others.
 
 Approval is written to the governance DB (plan hash, policy hash, reviewer,
 time, overrides) before syft's request is approved; with `approvals_required:
@@ -21,11 +29,13 @@ from __future__ import annotations
 
 import getpass
 import hashlib
+import logging
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
+from policies.code_review import review_model_code
 from policies.schema import PolicyError, SitePolicy, load_policy
 from policies.verdict import CheckResult, Facts, review_plan
 from researcher.plan import TrainingPlan
@@ -33,9 +43,16 @@ from researcher.template import TemplateMismatch, extract_plan
 from sites import accounting
 from sites.admin import admin_client
 from sites.config import SiteConfig
-from sites.governance import Governance
+from sites.denials import RULE as DENIAL_RULE
+from sites.denials import denial_check, earlier_denials
+from sites.governance import REFUSED, Governance
 from sites.model_inspect import InspectError, count_parameters
+from sites.registry import Registry
+from sites.request_review import SiteIdentity, request_checks
 from sites.syft_client import quiet
+from sites.syft_guard import MAX_SUBMITTED_CODE
+
+log = logging.getLogger("medsyft.review")
 
 
 class ConsoleError(RuntimeError):
@@ -74,6 +91,13 @@ class RequestView:
     def hard_failures(self) -> list[CheckResult]:
         return [c for c in self.failing if not c.overridable]
 
+    @property
+    def needs_reviewer(self) -> bool:
+        """True unless every rule passes and no earlier denial holds the researcher here:
+        only then may `approval: auto` approve."""
+        return self.plan is None or bool(self.failing) or any(
+            c.rule == DENIAL_RULE and c.status != "pass" for c in self.checks)
+
     def summary(self) -> dict:
         p = self.plan
         return {
@@ -91,23 +115,6 @@ class RequestView:
 def _status_name(status: Any) -> str:
     name = getattr(status, "name", str(status)).lower()
     return {"rejected": "denied"}.get(name, name)
-
-
-def _input_dataset(req: Any, assets: dict[str, str]) -> tuple[str | None, bool]:
-    """The dataset behind the request's pinned asset, and whether the inputs are exactly
-    {data: that asset, weights: a researcher-owned dict}."""
-    kwargs = req.code.input_policy_init_kwargs or {}
-    policy_type = getattr(req.code.input_policy_type, "__name__", "")
-    if len(kwargs) != 1 or policy_type != "MixedInputPolicy":
-        return None, False
-    rules = next(iter(kwargs.values()))
-    if set(rules) != {"data", "weights"}:
-        return None, False
-    data, weights = rules["data"], rules["weights"]
-    ds = assets.get(str(getattr(data, "val", "")))
-    ok = (type(data).__name__ == "Matches" and type(weights).__name__ == "UserOwned"
-          and getattr(weights, "type", None) is dict and ds is not None)
-    return ds, ok
 
 
 def _hard(rule: str, ok: bool, seen: str, limit: str, message: str) -> CheckResult:
@@ -134,38 +141,90 @@ def site_facts(site_dir: Path, policy: SitePolicy, plan: TrainingPlan, researche
                                                          plan.plan_hash))
 
 
-def review_request(site_dir: Path, cfg: SiteConfig, req: Any, assets: dict[str, str],
-                   institutions: dict[str, str | None]) -> RequestView:
-    """Hard checks plus the policy verdict for one syft request."""
-    code = req.code
+@dataclass(frozen=True)
+class ReviewContext:
+    """What every review on one sweep needs from syft: the published assets (action id →
+    dataset) and this site's identity."""
+
+    assets: dict[str, str]
+    site: SiteIdentity
+
+
+def _safe(read: Any, default: str) -> str:
+    """One field of a request that may itself fail to read."""
     try:
-        plan: TrainingPlan | None = extract_plan(code.raw_code)
+        return read()
+    except Exception:
+        return default
+
+
+def _unreviewable_reason(exc: BaseException) -> str:
+    if isinstance(exc, (RecursionError, MemoryError)):
+        return "the submission is nested too deeply or is too large to review"
+    return f"{type(exc).__name__}: {str(exc)[:200]}" if str(exc) else type(exc).__name__
+
+
+def review_request(site_dir: Path, cfg: SiteConfig, req: Any,
+                   context: ReviewContext) -> RequestView:
+    """Hard checks plus the policy verdict for one syft request. Never raises: a request
+    whose review fails is one hard failure (`review`), so it can neither be approved nor
+    stop the review of the others."""
+    try:
+        return _review(site_dir, cfg, req, context)
+    except Exception as exc:
+        reason = _unreviewable_reason(exc)
+        log.warning("review of request %s failed: %s", _safe(lambda: str(req.id)[:8], "?"),
+                    type(exc).__name__)
+        view = RequestView(
+            id=_safe(lambda: str(req.id).replace("-", ""), ""),
+            status=_safe(lambda: _status_name(req.status), "pending"), researcher="(unknown)",
+            function=_safe(lambda: str(req.code.service_func_name)[:80], "?"),
+            submitted_at=_safe(lambda: str(req.request_time), ""), plan=None,
+            template_error=f"review failed: {reason}", input_dataset=None, inputs_ok=False)
+        view.checks = [_hard("review", False, "request", "a review that completes",
+                             f"review failed: {reason}")]
+        return view
+
+
+def _review(site_dir: Path, cfg: SiteConfig, req: Any, context: ReviewContext) -> RequestView:
+    code = req.code
+    gov = Governance(site_dir)
+    verify_key = str(req.requesting_user_verify_key)
+    record = Registry(gov).by_verify_key(verify_key)
+    researcher = record.email if record else f"unregistered account {verify_key[:12]}"
+    raw = code.raw_code
+    try:
+        if not isinstance(raw, str) or len(raw) > MAX_SUBMITTED_CODE:
+            raise TemplateMismatch("submitted code is larger than any medsyft plan")
+        plan: TrainingPlan | None = extract_plan(raw)
         template_error = None
         if plan.function_name != code.service_func_name:
             template_error = "function name does not match the plan"
     except TemplateMismatch as exc:
         plan, template_error = None, str(exc)
-    ds_name, inputs_ok = _input_dataset(req, assets)
-    researcher = str(req.requesting_user_email)
+    shape, ds_name = request_checks(req, code, context.site, context.assets)
     view = RequestView(
         id=str(req.id).replace("-", ""), status=_status_name(req.status),
-        researcher=researcher, function=str(code.service_func_name),
+        researcher=researcher, function=str(code.service_func_name)[:80],
         submitted_at=str(req.request_time), plan=plan, template_error=template_error,
-        input_dataset=ds_name, inputs_ok=inputs_ok, institution=institutions.get(researcher))
-    gov = Governance(site_dir)
+        input_dataset=ds_name, inputs_ok=not shape[2].failed,
+        institution=record.institution if record else None)
     view.approvers = gov.approvers(view.id)
     checks = [
+        _hard("researcher.registered", record is not None, researcher,
+              "an account the site registered (medsyft site add-researcher)",
+              "the account is not one the site's data owner registered"),
         _hard("code.template", template_error is None, "submitted code",
               "exact medsyft template", template_error or ""),
-        _hard("inputs", inputs_ok, str(ds_name), "plan dataset + weights dict",
-              "inputs are not the medsyft pair"),
+        *shape,
     ]
     if plan is None:
         view.checks = checks
         return view
     checks += [
-        _hard("plan.researcher", plan.researcher == researcher, plan.researcher, researcher,
-              "plan names another researcher than the submitting account"),
+        _hard("plan.researcher", record is not None and plan.researcher == record.email,
+              plan.researcher, researcher,
+              "plan names another researcher than the site's record of the submitting account"),
         _hard("plan.dataset", plan.dataset == ds_name, plan.dataset, str(ds_name),
               "plan and input dataset differ"),
     ]
@@ -175,42 +234,53 @@ def review_request(site_dir: Path, cfg: SiteConfig, req: Any, assets: dict[str, 
         view.checks = checks + [_hard("policy.file", False, "", "valid policy", str(exc))]
         return view
     view.approvals_required = policy.approvals_required
-    model_json = plan.model.model_dump_json()
-    model_hash = hashlib.sha256(model_json.encode()).hexdigest()
-    view.n_parameters, params_error = gov.cached_parameters(model_hash), None
-    if view.n_parameters is None:
-        try:
-            view.n_parameters = count_parameters(model_json)
-            gov.cache_parameters(model_hash, view.n_parameters)
-        except InspectError as exc:
-            params_error = str(exc)
+    view.n_parameters, params_error = _parameters(gov, policy, plan)
     facts = site_facts(site_dir, policy, plan, researcher, view.institution,
                        view.n_parameters, params_error)
     view.cohort_n, view.noise_multiplier = facts.cohort_n, facts.noise_multiplier
-    view.checks = checks + review_plan(policy, plan, facts)
+    view.checks = checks + review_plan(policy, plan, facts) + [
+        denial_check(earlier_denials(gov, plan, view.id))]
     return view
 
 
-def _asset_index(client: Any) -> dict[str, str]:
-    out = {}
-    for ds in client.datasets.get_all():
-        for asset in ds.assets:
-            out[str(asset.action_id)] = ds.name
-    return out
+def _parameters(gov: Governance, policy: SitePolicy, plan: TrainingPlan
+                ) -> tuple[int | None, str | None]:
+    """The model's parameter count, measured in a child process only after its code passed
+    the syntax-tree review (the count builds the model); cached per model, failures too."""
+    rules = policy.for_dataset(plan.dataset)
+    if rules is not None and review_model_code(plan.model.source, plan.model.class_name,
+                                               rules.model_code.layers,
+                                               rules.model_code.functions):
+        return None, "not measured: the model code does not pass review"
+    model_json = plan.model.model_dump_json()
+    model_hash = hashlib.sha256(model_json.encode()).hexdigest()
+    cached = gov.cached_parameters(model_hash)
+    if cached is not None:
+        return cached
+    try:
+        n, error = count_parameters(model_json), None
+    except InspectError as exc:
+        n, error = None, str(exc)
+    gov.cache_parameters(model_hash, n, error)
+    return n, error
 
 
-def _institutions(client: Any) -> dict[str, str | None]:
-    return {u.email: getattr(u, "institution", None) for u in client.users.get_all()}
+def _hex(uid: Any) -> str:
+    return str(uid).replace("-", "")
 
 
-def _context(client: Any) -> tuple[dict[str, str], dict[str, str | None]]:
-    return _asset_index(client), _institutions(client)
+def _context(client: Any) -> ReviewContext:
+    assets = {_hex(asset.action_id): ds.name for ds in client.datasets.get_all()
+              for asset in ds.assets}
+    metadata = client.metadata
+    return ReviewContext(assets=assets, site=SiteIdentity(
+        server_id=_hex(client.id), verify_key=str(metadata.verify_key)))
 
 
 def list_requests(site_dir: Path) -> list[RequestView]:
     with admin_client(site_dir) as (site_dir, cfg, client):
-        assets, insts = _context(client)
-        views = [review_request(site_dir, cfg, req, assets, insts)
+        context = _context(client)
+        views = [review_request(site_dir, cfg, req, context)
                  for req in client.requests.get_all()]
     views.sort(key=lambda v: v.submitted_at)
     return views
@@ -230,7 +300,7 @@ def _find(client: Any, request_id: str) -> Any:
 
 def show(site_dir: Path, request_id: str) -> RequestView:
     with admin_client(site_dir) as (site_dir, cfg, client):
-        return review_request(site_dir, cfg, _find(client, request_id), *_context(client))
+        return review_request(site_dir, cfg, _find(client, request_id), _context(client))
 
 
 def default_reviewer() -> str:
@@ -299,12 +369,24 @@ def approve_view(site_dir: Path, cfg: SiteConfig, req: Any, view: RequestView, r
     return view
 
 
+def refuse_view(site_dir: Path, cfg: SiteConfig, req: Any, view: RequestView,
+                reviewer: str) -> RequestView:
+    """Deny a request whose hard checks fail (no override can pass them), with the rules
+    and reasons the researcher reads. Recorded as a refusal, which is not a sticky denial."""
+    failing = view.hard_failures or view.failing
+    reason = "refused: " + "; ".join(f"{c.rule}: {c.message}" for c in failing)[:900]
+    _record(site_dir, cfg, view, "denied", reviewer, reason, REFUSED)
+    _apply_in_syft(req, "denied", reason)
+    view.status = "denied"
+    return view
+
+
 def approve(site_dir: Path, request_id: str, note: str = "", reviewer: str | None = None,
             override: bool = False) -> RequestView:
     """Approve a request that passes every rule (or override failing policy rules)."""
     with admin_client(site_dir) as (site_dir, cfg, client):
         req = _find(client, request_id)
-        view = review_request(site_dir, cfg, req, *_context(client))
+        view = review_request(site_dir, cfg, req, _context(client))
         return approve_view(site_dir, cfg, req, view, reviewer or default_reviewer(), note,
                             override)
 
@@ -316,7 +398,7 @@ def deny(site_dir: Path, request_id: str, reason: str, reviewer: str | None = No
     reviewer = reviewer or default_reviewer()
     with admin_client(site_dir) as (site_dir, cfg, client):
         req = _find(client, request_id)
-        view = review_request(site_dir, cfg, req, *_context(client))
+        view = review_request(site_dir, cfg, req, _context(client))
         _record(site_dir, cfg, view, "denied", reviewer, reason, "manual")
         _apply_in_syft(req, "denied", reason)
         view.status = "denied"

@@ -46,8 +46,12 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE TABLE IF NOT EXISTS verdicts (
     request_id TEXT NOT NULL, policy_hash TEXT NOT NULL, plan_hash TEXT NOT NULL,
     computed_at REAL NOT NULL, report TEXT NOT NULL, PRIMARY KEY (request_id, policy_hash));
-CREATE TABLE IF NOT EXISTS model_parameters (
-    model_hash TEXT PRIMARY KEY, n INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS model_facts (
+    model_hash TEXT PRIMARY KEY, n INTEGER, error TEXT);
+CREATE TABLE IF NOT EXISTS researchers (
+    user_id TEXT PRIMARY KEY, verify_key TEXT NOT NULL UNIQUE, email TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL, institution TEXT NOT NULL DEFAULT '', created_at REAL NOT NULL,
+    updated_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS audit (
     seq INTEGER PRIMARY KEY, at REAL NOT NULL, actor TEXT NOT NULL,
     event TEXT NOT NULL, subject TEXT NOT NULL, details TEXT NOT NULL,
@@ -55,6 +59,8 @@ CREATE TABLE IF NOT EXISTS audit (
 """
 
 RUN_ACTIVE = ("running", "released")
+#: Decision method of the steward's refusal of a request that fails a hard check.
+REFUSED = "refused"
 GENESIS = "0" * 64
 
 
@@ -238,7 +244,7 @@ class Governance:
     @staticmethod
     def _current_approvers(db: sqlite3.Connection, request_id: str) -> list[str]:
         rows = db.execute("SELECT decision, reviewer FROM decisions WHERE request_id = ?"
-                          " ORDER BY id", (request_id,)).fetchall()
+                          " AND method != ? ORDER BY id", (request_id, REFUSED)).fetchall()
         approvers: list[str] = []
         for r in rows:
             if r["decision"] == "denied":
@@ -254,8 +260,10 @@ class Governance:
     def approval(self, plan_hash: str) -> Approval | None:
         """The plan's approval if enough distinct reviewers approved it since any denial."""
         with self._connect() as db:
-            rows = db.execute("SELECT * FROM decisions WHERE plan_hash = ? ORDER BY id",
-                              (plan_hash,)).fetchall()
+            # A refusal is of a request that could never be approved (anyone may send one
+            # carrying any plan): it neither grants nor revokes the plan's approval.
+            rows = db.execute("SELECT * FROM decisions WHERE plan_hash = ? AND method != ?"
+                              " ORDER BY id", (plan_hash, REFUSED)).fetchall()
             if not rows:
                 return None
             last = rows[-1]
@@ -291,15 +299,19 @@ class Governance:
             return [dict(r) for r in db.execute("SELECT * FROM decisions ORDER BY id")]
 
     # -- model facts ----------------------------------------------------------
-    def cached_parameters(self, model_hash: str) -> int | None:
+    def cached_parameters(self, model_hash: str) -> tuple[int | None, str | None] | None:
+        """(count, error) measured earlier for this model, or None if never measured."""
         with self._connect() as db:
-            row = db.execute("SELECT n FROM model_parameters WHERE model_hash = ?",
+            row = db.execute("SELECT n, error FROM model_facts WHERE model_hash = ?",
                              (model_hash,)).fetchone()
-            return int(row[0]) if row else None
+            return (row["n"], row["error"]) if row else None
 
-    def cache_parameters(self, model_hash: str, n: int) -> None:
+    def cache_parameters(self, model_hash: str, n: int | None, error: str | None = None) -> None:
+        """Remember a measurement, failures too: a model that times out is not re-run at
+        every listing."""
         with self._connect() as db:
-            db.execute("INSERT OR REPLACE INTO model_parameters VALUES (?, ?)", (model_hash, n))
+            db.execute("INSERT OR REPLACE INTO model_facts VALUES (?, ?, ?)",
+                       (model_hash, n, error))
 
     # -- verdicts -------------------------------------------------------------
     def verdict_seen(self, request_id: str, policy_hash: str) -> bool:

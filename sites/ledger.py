@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from policies.schema import PolicyError, load_policy
 from sites import accounting
 from sites.config import load_site
-from sites.governance import Governance
+from sites.governance import REFUSED, Governance
 
 
 class PlanSpend(BaseModel):
@@ -54,7 +54,7 @@ class PlanProgress(BaseModel):
 def _plan_docs(gov: Governance) -> dict[str, dict]:
     docs: dict[str, dict] = {}
     for d in gov.decisions():
-        if d["plan_json"]:
+        if d["plan_json"] and d["method"] != REFUSED:  # refused requests are not plans here
             docs[d["plan_hash"]] = json.loads(d["plan_json"]) | {"_status": d["decision"]}
     return docs
 

@@ -2,8 +2,10 @@
 
 Runs researcher `__init__` code, so the console calls it as a child process
 (`python -m sites.model_inspect`) with a clean environment and a timeout,
-after the syntax-tree review; the plan arrives on stdin and one JSON line
-comes back on stdout. Nothing private is ever near this process.
+only once the model code passed the syntax-tree review; the plan arrives on
+stdin and one JSON line comes back on stdout. The count is of what the site
+will train (`model_loader.trainable_parameters`), never of the model's own
+`parameters()`. Nothing private is ever near this process.
 """
 
 from __future__ import annotations
@@ -46,14 +48,14 @@ def main() -> int:
     spec = ModelSpec.model_validate_json(sys.stdin.read())
     import torch
 
-    from sites.model_loader import ModelRefused, build_model
+    from sites.model_loader import ModelRefused, build_model, parameter_count
 
     real_stdout = sys.stdout
     sys.stdout = sys.stderr  # whatever the model prints stays off the result channel
     try:
         with torch.device("meta"):
             model = build_model(spec)
-        n = sum(p.numel() for p in model.parameters())
+        n = parameter_count(model)  # never the model's own parameters(): it can lie
         real_stdout.write(json.dumps({"parameters": int(n)}) + "\n")
     except ModelRefused as exc:
         real_stdout.write(json.dumps({"error": str(exc)}) + "\n")

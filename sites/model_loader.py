@@ -42,5 +42,46 @@ def refuse_batchnorm(model: nn.Module) -> None:
                                "within a batch; use GroupNorm")
 
 
-def parameter_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
-    return {n: tuple(p.shape) for n, p in model.named_parameters()}
+def trainable_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The parameters the site trains, found without calling any method the model defines.
+
+    `model.parameters()`, `named_parameters()` and `named_modules()` are methods the
+    model's own code can override (one that reported 0 parameters trained 420,222 under
+    a 100,000 cap), so the walk reads every module's `_modules` and `_parameters`
+    dictionaries directly, in the order and with the de-duplication of torch's
+    `named_parameters()`: these names are exactly the weights the runtime trains and
+    releases. Anything that is not a module or a tensor where torch keeps them is refused.
+    """
+    get = object.__getattribute__
+    out: dict[str, torch.Tensor] = {}
+    seen_modules: set[int] = set()
+    seen_params: set[int] = set()
+    stack: list[tuple[str, object]] = [("", model)]
+    while stack:
+        prefix, module = stack.pop()
+        if not isinstance(module, nn.Module):
+            raise ModelRefused(f"submodule {prefix or '(root)'} is not a torch.nn.Module")
+        if id(module) in seen_modules:
+            continue
+        seen_modules.add(id(module))
+        attrs = get(module, "__dict__")
+        params, children = attrs.get("_parameters"), attrs.get("_modules")
+        if not isinstance(params, dict) or not isinstance(children, dict):
+            raise ModelRefused(f"module {prefix or '(root)'} hides torch's own bookkeeping")
+        for name, p in dict.items(params):
+            if p is None or id(p) in seen_params:
+                continue
+            if not isinstance(p, torch.Tensor):
+                raise ModelRefused(f"parameter {prefix + '.' if prefix else ''}{name} is not "
+                                   "a tensor")
+            seen_params.add(id(p))
+            out[f"{prefix}.{name}" if prefix else str(name)] = p
+        pending = [(f"{prefix}.{name}" if prefix else str(name), child)
+                   for name, child in dict.items(children) if child is not None]
+        stack.extend(reversed(pending))
+    return out
+
+
+def parameter_count(model: nn.Module) -> int:
+    return sum(int(p.numel()) for p in trainable_parameters(model).values())
+

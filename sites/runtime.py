@@ -37,6 +37,7 @@ from researcher.plan import TrainingPlan
 from sites import accounting, training_process
 from sites.config import SiteConfig, load_site
 from sites.governance import Approval, Budget, Governance, RoundRefused
+from sites.registry import Registry, Researcher
 from sites.train_child import CATEGORIES
 
 log = logging.getLogger("medsyft.runtime")
@@ -56,7 +57,8 @@ def _failure(message: str, **extra: Any) -> dict:
     return {"medsyft": WIRE_VERSION, "ok": False, "error": message, **extra}
 
 
-def _validate_weights(weights: Any) -> dict[str, torch.Tensor]:
+def _validate_weights(weights: Any, max_parameters: int | None = None
+                      ) -> dict[str, torch.Tensor]:
     if not isinstance(weights, dict) or not weights:
         raise Refused("weights must be a non-empty dict of parameter name to array")
     if len(weights) > MAX_WEIGHT_TENSORS:
@@ -71,6 +73,8 @@ def _validate_weights(weights: Any) -> dict[str, torch.Tensor]:
         total += arr.size * 4
         if total > MAX_WEIGHT_BYTES:
             raise Refused("weights exceed the size cap")
+        if max_parameters is not None and total > max_parameters * 4:
+            raise Refused(CATEGORIES["too_large"])
         t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
         if not torch.isfinite(t).all():
             raise Refused(f"weights[{name[:60]!r}] has non-finite values")
@@ -139,11 +143,13 @@ def execute_round(plan_json: str, data: Any, weights: Any) -> dict:
 
 
 def _recheck_policy(site_dir: Path, cfg: SiteConfig, gov: Governance, plan: TrainingPlan,
-                    approval: Approval, n: int) -> DatasetPolicy:
+                    approval: Approval, record: Researcher, n: int) -> DatasetPolicy:
     """Re-run the verdict against the current policy file before every round.
 
     Rules overridden at approval stay overridden only while the policy file is the one
-    approved under; the parameter cap is enforced by the training child itself.
+    approved under; the parameter cap is enforced by the training child itself. The
+    access rules read the site's current record of the researcher (a data owner's change
+    of institution applies from the next round).
     """
     try:
         policy, policy_hash = load_policy(cfg.path(site_dir, cfg.policy))
@@ -155,7 +161,7 @@ def _recheck_policy(site_dir: Path, cfg: SiteConfig, gov: Governance, plan: Trai
         raise Refused(f"policy changed: no rule covers dataset {plan.dataset} any more")
     changed = policy_hash != approval.policy_hash
     shape = accounting.run_shape(n, plan.batch_size, plan.local_epochs)
-    facts = Facts(researcher=plan.researcher, institution=approval.institution,
+    facts = Facts(researcher=plan.researcher, institution=record.institution,
                   today=date.today(), cohort_n=n, n_parameters=0,
                   noise_multiplier=accounting.derive_noise_multiplier(
                       plan.dp.target_epsilon, plan.dp.delta, shape, plan.rounds,
@@ -193,11 +199,17 @@ def _execute(site_dir: Path, plan_json: str, data: Any, weights: Any) -> dict:
     if approval is None:
         gov.audit(ACTOR, "run.refused", plan.plan_hash, reason="not approved")
         raise Refused("plan is not approved at this site")
+    record = Registry(gov).by_email(plan.researcher)
+    if record is None:
+        gov.audit(ACTOR, "run.refused", plan.plan_hash, reason="researcher not registered")
+        raise Refused("the site has no record of the plan's researcher any more (an email "
+                      "changed or the account was removed); resubmit the plan")
     if approval.researcher != plan.researcher or approval.dataset != plan.dataset:
         raise Refused("plan is not approved at this site")
-    dataset_policy = _recheck_policy(site_dir, cfg, gov, plan, approval, int(dataset["n"]))
+    dataset_policy = _recheck_policy(site_dir, cfg, gov, plan, approval, record,
+                                     int(dataset["n"]))
 
-    start = _validate_weights(weights)
+    start = _validate_weights(weights, dataset_policy.training.max_parameters)
     cohort = Cohort.from_asset(data)
     missing = [m for m in plan.inputs if m not in cohort.volumes]
     if missing:

@@ -2,8 +2,13 @@
 
 For every request it has not seen under the current policy it computes the
 verdict report and records it (audit: request.received, request.verdict).
-Under `approval: auto` a request whose verdict has no failure is approved at
-once, recorded as automatic; anything else waits for a reviewer. It also keeps
+A request that fails a hard check (one no override can pass: not the exact
+plan request, not a registered account, a review that could not complete) is
+refused at once with its reasons, whatever the approval mode. Under
+`approval: auto` a request whose verdict has no failure is approved at once,
+recorded as automatic; anything else waits for a reviewer. Each request is
+reviewed on its own, so one that cannot be reviewed never stops the sweep. It
+also keeps
 the public-policy endpoint registered. It holds the admin password in memory
 only (handed over by `server_main`), never logs it, and never reads private
 data.
@@ -74,12 +79,23 @@ class Steward(threading.Thread):
             request_id = str(req.id).replace("-", "")
             if gov.verdict_seen(request_id, policy_hash):
                 continue
-            view = console.review_request(site_dir, cfg, req, *context)
-            gov.record_verdict(request_id, view.plan.plan_hash if view.plan else "",
-                               policy_hash, [c.model_dump() for c in view.checks],
-                               researcher=view.researcher)
-            if policy.approval == "auto" and view.plan is not None and not view.failing:
-                console.approve_view(site_dir, cfg, req, view, AUTO_REVIEWER,
-                                     note="all rules pass; approved automatically by policy",
-                                     method="auto")
-                log.info("request %s approved automatically", request_id[:8])
+            try:
+                self._decide(site_dir, cfg, gov, policy, policy_hash, req, request_id, context)
+            except Exception:  # this request only; the sweep goes on with the others
+                log.exception("request %s: steward could not act on it", request_id[:8])
+
+    def _decide(self, site_dir: Path, cfg, gov: Governance, policy, policy_hash: str, req,
+                request_id: str, context: console.ReviewContext) -> None:
+        view = console.review_request(site_dir, cfg, req, context)
+        gov.record_verdict(request_id, view.plan.plan_hash if view.plan else "",
+                           policy_hash, [c.model_dump() for c in view.checks],
+                           researcher=view.researcher)
+        if view.hard_failures:
+            console.refuse_view(site_dir, cfg, req, view, AUTO_REVIEWER)
+            log.info("request %s refused: %s", request_id[:8],
+                     ", ".join(c.rule for c in view.hard_failures))
+        elif policy.approval == "auto" and not view.needs_reviewer:
+            console.approve_view(site_dir, cfg, req, view, AUTO_REVIEWER,
+                                 note="all rules pass; approved automatically by policy",
+                                 method="auto")
+            log.info("request %s approved automatically", request_id[:8])

@@ -22,7 +22,7 @@ import torch
 
 from researcher.plan import TrainingPlan
 from sites import dp_sgd
-from sites.model_loader import ModelRefused, build_model, parameter_shapes
+from sites.model_loader import ModelRefused, build_model, trainable_parameters
 
 # The only error strings a researcher can ever receive from a run.
 CATEGORIES = {
@@ -69,13 +69,19 @@ def run(run_dir: Path) -> int:
         traceback.print_exc()
         _status(run_dir, False, "model_load")
         return 0
-    n_params = sum(p.numel() for p in model.parameters())
+    try:  # what the site trains, never the model's own (overridable) parameters()
+        trained = trainable_parameters(model)
+    except ModelRefused as exc:
+        print(f"model refused: {exc}", file=sys.stderr)
+        _status(run_dir, False, "model_load")
+        return 0
+    n_params = sum(int(p.numel()) for p in trained.values())
     if n_params > int(job.get("max_parameters", n_params)):
         print(f"model has {n_params} parameters, policy allows {job['max_parameters']}",
               file=sys.stderr)
         _status(run_dir, False, "too_large")
         return 0
-    expected = parameter_shapes(model)
+    expected = {k: tuple(v.shape) for k, v in trained.items()}
     got = {k: tuple(v.shape) for k, v in job["weights"].items()}
     if expected != got:
         print(f"weights mismatch: model has {len(expected)} tensors, weights {len(got)}",

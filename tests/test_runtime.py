@@ -11,6 +11,7 @@ from sites import runtime
 from sites.config import load_site
 from sites.governance import Governance
 from sites.model_loader import build_model
+from sites.registry import Registry
 from tests.conftest import make_plan
 
 SHAPE = (8, 8, 8)
@@ -23,6 +24,8 @@ def site(site_dir, monkeypatch):
     cohort = generate_cohort(32, seed=5, shape=SHAPE)
     gov = Governance(site_dir)
     gov.register_dataset("brain-mri-pet", cohort.cohort_id, cohort.n, "test", actor="test")
+    Registry(gov).add(user_id="0" * 32, verify_key="ab" * 32, email=RESEARCHER, name="Ada",
+                      institution="Lovelace Institute", actor="test")
     return site_dir, gov, cohort
 
 
@@ -110,14 +113,15 @@ def test_model_errors_reach_the_researcher_only_as_a_category(site):
     assert [r.status for r in gov.runs(plan.plan_hash)] == ["failed"]  # not counted as a round
 
 
-def write_job(run_dir, plan, cohort, steps: int = 1, weights=None) -> None:
+def write_job(run_dir, plan, cohort, steps: int = 1, weights=None,
+              max_parameters: int = 10**6) -> None:
     """A run folder as the runtime prepares it for the training child."""
     run_dir.mkdir(parents=True)
     weights = weights_for(plan) if weights is None else weights
     torch.save({"plan_json": plan.canonical_json(),
                 "weights": {k: torch.from_numpy(v) for k, v in weights.items()},
                 "sample_rate": 0.5, "noise_multiplier": 1.0, "steps": steps, "device": "cpu",
-                "threads": 1, "seed": 1, "max_parameters": 10**6}, run_dir / "job.pt")
+                "threads": 1, "seed": 1, "max_parameters": max_parameters}, run_dir / "job.pt")
     torch.save({"x": torch.from_numpy(cohort.stacked(["mri", "pet"])),
                 "y": torch.from_numpy(cohort.labels)}, run_dir / "private.pt")
 
@@ -135,6 +139,70 @@ def test_training_child_keeps_prints_and_tracebacks_in_the_site_log(site, tmp_pa
     assert "PRIVATE-RAISE" in text and "PRIVATE-PRINT" in text  # the data owner keeps them
     assert not (run_dir / "private.pt").exists()  # removed once loaded
     assert "PRIVATE" not in (run_dir / "status.json").read_text()
+
+
+LIAR = '''
+class Liar(nn.Module):
+    def __init__(self, in_channels=2, width=1300):
+        super().__init__()
+        self.conv = nn.Conv3d(in_channels, 4, 3, stride=2, padding=1)
+        self.wide = nn.Linear(width, width)
+        self.head = nn.Linear(4, 1)
+
+    def parameters(self, recurse=True):
+        return []
+
+    def named_parameters(self, prefix="", recurse=True, remove_duplicate=True):
+        return []
+
+    def named_modules(self, memo=None, prefix="", remove_duplicate=True):
+        return []
+
+    def forward(self, x):
+        x = F.relu(self.conv(x))
+        return self.head(x.mean(dim=(2, 3, 4))) + self.wide.bias[:1] * 0
+'''
+
+
+@pytest.mark.parametrize("width,category", [(1300, "too_large"), (8, "weights_mismatch")])
+def test_training_child_counts_what_it_trains_not_what_the_model_reports(site, tmp_path, width,
+                                                                         category):
+    """As if review had been fooled: a model whose parameters() and named_parameters() say
+    it is small is still counted by what the site trains (1.69 M here, cap 1 M), and
+    weights for only the layers it admits to do not fit."""
+    from sites.train_child import CATEGORIES
+
+    site_dir, gov, cohort = site
+    plan = make_plan(researcher=RESEARCHER, source=LIAR, class_name="Liar")
+    plan = plan.model_copy(update={"model": plan.model.model_copy(
+        update={"kwargs": {"in_channels": 2, "width": width}})})
+    admitted = {k: v for k, v in weights_for(plan).items() if not k.startswith("wide.")}
+    run_dir = tmp_path / "run"
+    write_job(run_dir, plan, cohort, weights=admitted, max_parameters=10**6)
+    with pytest.raises(runtime.Refused) as exc:
+        runtime._run_child(run_dir, 120, site_dir, load_site(site_dir)[1])
+    assert str(exc.value) == CATEGORIES[category]
+
+
+def test_weights_beyond_the_parameter_cap_are_refused_before_any_child(site):
+    site_dir, gov, cohort = site
+    policy = site_dir / "policy.yaml"
+    policy.write_text(policy.read_text().replace("max_rounds: 10",
+                                                 "max_rounds: 10\n      max_parameters: 50"))
+    plan = make_plan(researcher=RESEARCHER)
+    approve(gov, plan)
+    out = runtime.execute_round(plan.canonical_json(), cohort.to_asset(), weights_for(plan))
+    assert out["error"] == "model has more parameters than the site's policy allows"
+
+
+def test_a_researcher_the_site_no_longer_knows_cannot_run(site):
+    site_dir, gov, cohort = site
+    plan = make_plan(researcher=RESEARCHER)
+    approve(gov, plan)
+    Registry(gov).update(RESEARCHER, actor="test", new_email="ada.k@lovelace-institute.org")
+    out = runtime.execute_round(plan.canonical_json(), cohort.to_asset(), weights_for(plan))
+    assert "no record of the plan's researcher" in out["error"]
+    assert gov.runs() == []
 
 
 def test_code_the_policy_forbids_is_refused_at_run_time_too(site):

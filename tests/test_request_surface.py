@@ -1,0 +1,585 @@
+"""The request surface of a real medsyft site, attacked as a hostile researcher would.
+
+One datasite on loopback under automatic approval (anything review lets through
+runs at once), three researchers created by the data owner: Ada and Bob at an
+allowed institution, Mallory at one the policy does not allow. Every attack
+goes through the real syft 0.9.5 client with the attacker's own credentials:
+custom and non-template policies, extra request fields, identity edits,
+reads of another researcher's objects through every method syft offers a data
+scientist, a denied plan resubmitted, a review-stalling model, a model that
+lies about its size. A compliant plan still goes through review, approval and
+a round.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from researcher.federation import Federation, FederationConfig, SiteEntry, initial_weights
+from researcher.template import build_function
+from sites import admin, console, lifecycle
+from sites.governance import Governance
+from sites.registry import Registry
+from sites.researcher_api import GUEST_RULES, RULES, syft_methods_for_researchers
+from sites.syft_client import login, quiet, syft
+from tests.conftest import make_plan, one_site
+
+pytestmark = pytest.mark.integration
+
+ADA, ADA_PW = "ada@lovelace-institute.org", "surface-ada-pw-1"
+BOB, BOB_PW = "bob@lovelace-institute.org", "surface-bob-pw-2"
+MALLORY, MALLORY_PW = "mallory@evil.example", "surface-mallory-pw-3"
+SHAPE = (8, 8, 8)
+sy = syft()
+from syft.service.policy.policy import OutputPolicyExecuteCount  # noqa: E402
+
+
+class SneakyOutput(sy.CustomOutputPolicy):
+    def __init__(self):
+        import os
+        import pathlib
+
+        if os.environ.get("MEDSYFT_SITE_DIR"):
+            pathlib.Path(os.environ["MEDSYFT_SITE_DIR"], "pwned-output-init").write_text("x")
+
+    def apply_to_output(self, context, outputs, update_policy=True):
+        import os
+        import pathlib
+
+        if os.environ.get("MEDSYFT_SITE_DIR"):
+            pathlib.Path(os.environ["MEDSYFT_SITE_DIR"], "pwned-output").write_text("x")
+        return outputs
+
+
+class SneakyInput(sy.CustomInputPolicy):
+    def __init__(self):
+        import os
+        import pathlib
+
+        if os.environ.get("MEDSYFT_SITE_DIR"):
+            pathlib.Path(os.environ["MEDSYFT_SITE_DIR"], "pwned-input-init").write_text("x")
+
+    def filter_kwargs(self, kwargs, context, code_item_id):
+        import os
+        import pathlib
+
+        if os.environ.get("MEDSYFT_SITE_DIR"):
+            pathlib.Path(os.environ["MEDSYFT_SITE_DIR"], "pwned-input").write_text("x")
+        return kwargs
+
+    def is_valid(self, context, usr_input_kwargs):
+        return True
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory, memory_keyring, repo_root):
+    root = tmp_path_factory.mktemp("surface")
+    with one_site(root, "omega", repo_root / "tests" / "policies" / "surface.yaml", ADA,
+                  ADA_PW, n=32, seed=6, shape=SHAPE) as env:
+        d = env["dir"]
+        admin.add_researcher(d, BOB, "Bob Babbage", BOB_PW, "Lovelace Institute")
+        admin.add_researcher(d, MALLORY, "Mallory", MALLORY_PW, "Evil Corp")
+        cfg = lifecycle.load_site(d)[1]
+        env["port"] = cfg.port
+        env["admin"] = login(cfg.host, cfg.port, cfg.admin_email, lifecycle.admin_password(cfg))
+        yield env
+
+
+def client_of(site, email: str, password: str):
+    return login("127.0.0.1", site["port"], email, password)
+
+
+def federation_of(site, email: str, password: str, name: str) -> Federation:
+    from researcher.federation import store_password
+
+    config = FederationConfig(sites=[SiteEntry(name="omega", port=site["port"], email=email)],
+                              checkpoints=str(site["dir"].parent / f"ckpt-{name}"))
+    store_password(config.sites[0], password)
+    return Federation(config).connect()
+
+
+def raw_call(client, method: str, *args, **kwargs):
+    """Any service method, called as this client, whether or not its API lists it."""
+    from syft.client.api import SyftAPICall
+
+    call = SyftAPICall(server_uid=client.id, path=method, args=list(args), kwargs=kwargs,
+                       blocking=kwargs.pop("_blocking", True))
+    with quiet():
+        try:
+            return client.api.make_call(call)
+        except Exception as exc:  # the client raises for some refusals
+            return exc
+
+
+def refused(result) -> bool:
+    text = str(getattr(result, "message", result))
+    return type(result).__name__ == "SyftError" or isinstance(result, Exception) or \
+        "refused" in text
+
+
+def value(result):
+    return getattr(result, "value", result)
+
+
+def wait_for(predicate, timeout_s: float = 60.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        got = predicate()
+        if got:
+            return got
+        time.sleep(0.5)
+    raise AssertionError("condition not reached in time")
+
+
+def no_marks(site) -> list[str]:
+    return sorted(p.name for p in Path(site["dir"]).glob("pwned-*"))
+
+
+def request_count(site) -> int:
+    with quiet():
+        return len(site["admin"].requests.get_all())
+
+
+def submit_code(client, code):
+    with quiet():
+        try:
+            return client.code.request_code_execution(code)
+        except Exception as exc:
+            return exc
+
+
+def template_code(site, client, plan, **options):
+    """The medsyft template for `plan`, wrapped by syft with the given policy options."""
+    asset = client.datasets["brain-mri-pet"].assets[0]
+    func = build_function(plan)
+    input_policy = options.pop("input_policy", None) or sy.MixedInputPolicy(
+        client=client, data=asset, weights=dict)
+    with quiet():
+        return sy.syft_function(input_policy=input_policy, **options)(func)
+
+
+# -- a compliant plan ----------------------------------------------------------------------
+def test_compliant_plan_is_reviewed_approved_and_runs(site):
+    fed = site["fed"]
+    plan = make_plan(name="good", rounds=1)
+    fed.submit(plan)
+    wait_for(lambda: fed.status(plan)["omega"].status == "approved")
+    report = fed.run(plan)
+    assert [r.round for r in report.rounds] == [1]
+    assert "syft request guard: syft.server.server.Server.handle_api_call_with_unsigned_result" \
+        in (site["dir"] / "logs" / "site.log").read_text()
+    site["good_plan"] = fed.bind(plan)
+
+
+# -- the request around the template -------------------------------------------------------
+def test_custom_output_policy_is_refused_at_submission_and_never_runs(site):
+    client = client_of(site, ADA, ADA_PW)
+    before = request_count(site)
+    plan = make_plan(name="sneaky_out", researcher=ADA)
+    res = submit_code(client, template_code(site, client, plan, output_policy=SneakyOutput()))
+    assert refused(res) and "custom policies never run" in str(getattr(res, "message", res))
+    assert request_count(site) == before
+    assert no_marks(site) == []
+
+
+def test_custom_input_policy_is_refused_at_submission_and_never_runs(site):
+    client = client_of(site, ADA, ADA_PW)
+    before = request_count(site)
+    plan = make_plan(name="sneaky_in", researcher=ADA)
+    res = submit_code(client, template_code(site, client, plan, input_policy=SneakyInput()))
+    assert refused(res) and "MixedInputPolicy" in str(getattr(res, "message", res))
+    assert request_count(site) == before
+    assert no_marks(site) == []
+
+
+@pytest.mark.parametrize("options,needle", [
+    ({"output_policy": OutputPolicyExecuteCount(limit=100)}, "OutputPolicyExecuteOnce"),
+    ({"worker_pool_name": "default-pool"}, "worker pool"),
+])
+def test_other_builtin_choices_are_refused_at_submission(site, options, needle):
+    client = client_of(site, ADA, ADA_PW)
+    before = request_count(site)
+    plan = make_plan(name="extra_fields", researcher=ADA, version=len(needle))
+    res = submit_code(client, template_code(site, client, plan, **options))
+    assert refused(res) and needle in str(getattr(res, "message", res))
+    assert request_count(site) == before
+
+
+def _request_of(site, function_name: str):
+    with quiet():
+        return next((r for r in site["admin"].requests.get_all()
+                     if r.code.service_func_name == function_name), None)
+
+
+def test_inputs_not_pinned_to_the_dataset_are_refused_by_review(site):
+    """Passes the submission check (built-in policies) but is not what the client sends:
+    the data argument is the researcher's own dict instead of the published asset."""
+    client = client_of(site, ADA, ADA_PW)
+    plan = make_plan(name="own_data", researcher=ADA)
+    policy = sy.MixedInputPolicy(client=client, data=dict, weights=dict)
+    res = submit_code(client, template_code(site, client, plan, input_policy=policy))
+    assert not refused(res)
+    req = wait_for(lambda: (r := _request_of(site, plan.function_name)) is not None
+                   and console._status_name(r.status) == "denied" and r)
+    note = next(d["note"] for d in Governance(site["dir"]).decisions()
+                if d["request_id"] == str(req.id).replace("-", ""))
+    assert note.startswith("refused: ") and "inputs" in note
+    fed = site["fed"]
+    assert fed.status(plan)["omega"].status == "denied"
+    assert "inputs" in (fed.status(plan)["omega"].reason or "")
+
+
+def test_a_function_that_is_not_the_template_never_executes(site):
+    """Approved through raw syft by the admin, bypassing review: syft still may not run it."""
+    client = client_of(site, ADA, ADA_PW)
+    asset = client.datasets["brain-mri-pet"].assets[0]
+
+    def not_a_plan(data, weights):
+        import os
+        import pathlib
+
+        pathlib.Path(os.environ["MEDSYFT_SITE_DIR"], "pwned-function").write_text("x")
+        return {"ok": True}
+
+    with quiet():
+        code = sy.syft_function(input_policy=sy.MixedInputPolicy(
+            client=client, data=asset, weights=dict))(not_a_plan)
+    assert not refused(submit_code(client, code))
+    req = wait_for(lambda: (r := _request_of(site, "not_a_plan")) is not None
+                   and console._status_name(r.status) == "denied" and r)  # review refused it
+    with quiet():
+        req.approve(disable_warnings=True)  # the admin, through raw syft, overrules review
+        client = client_of(site, ADA, ADA_PW)
+        try:
+            res = client.code.not_a_plan(data=asset, weights={"w": np.zeros(2, np.float32)})
+        except Exception as exc:
+            res = exc
+    assert refused(res) or "refused" in str(res)
+    assert no_marks(site) == []
+
+
+def test_non_blocking_calls_are_refused(site):
+    plan = site["good_plan"]
+    client = client_of(site, ADA, ADA_PW)
+    res = raw_call(client, "code.call", uid=_request_of(site, plan.function_name).code.id,
+                   _blocking=False)
+    assert refused(res) and "blocking" in str(getattr(res, "message", res))
+
+
+# -- identity ------------------------------------------------------------------------------
+def test_researchers_cannot_edit_their_own_identity_but_can_change_their_password(site):
+    from syft.service.user.user_roles import ServiceRole
+
+    client = client_of(site, MALLORY, MALLORY_PW)
+    me = value(raw_call(client, "user.get_current_user"))
+    for edit in ({"email": "eve@lovelace-institute.org"}, {"institution": "Lovelace Institute"},
+                 {"name": "Ada Lovelace"}, {"role": ServiceRole.DATA_OWNER},
+                 {"mock_execution_permission": True}, {"website": "https://evil.example"}):
+        res = raw_call(client, "user.update", uid=me.id, **edit)
+        assert refused(res), edit
+    with quiet():
+        profiles = {u.email: u for u in site["admin"].users.get_all()}
+    assert MALLORY in profiles and profiles[MALLORY].institution == "Evil Corp"
+    assert profiles[MALLORY].role == ServiceRole.DATA_SCIENTIST
+    assert Registry(Governance(site["dir"])).by_email(MALLORY).institution == "Evil Corp"
+    # nobody else's password either
+    ada = Registry(Governance(site["dir"])).by_email(ADA)
+    from syft.types.uid import UID
+
+    assert refused(raw_call(client, "user.update", uid=UID(ada.user_id), password="x" * 12))
+    # one's own password, as the client sets it: allowed
+    with quiet():
+        client.account.set_password("new-mallory-pw-9", confirm=False)
+    assert client_of(site, MALLORY, "new-mallory-pw-9") is not None
+
+
+def test_access_rules_use_the_sites_record_not_syfts_profile(site):
+    """Even with syft's profile made to look allowed (here by raw syft, as 0.9.5 let a
+    researcher do), the site judges Mallory by its own record."""
+    with quiet():
+        uid = next(u.id for u in site["admin"].users.get_all() if u.email == MALLORY)
+        site["admin"].users.update(uid=uid, institution="Lovelace Institute")
+    fed = federation_of(site, MALLORY, "new-mallory-pw-9", "mallory")
+    plan = make_plan(name="mallory_plan")
+    fed.submit(plan)
+    view = wait_for(lambda: next((v for v in console.list_requests(site["dir"])
+                                  if v.plan == fed.bind(plan) and Governance(
+                                      site["dir"]).verdict_seen(v.id, v.policy_hash)), None))
+    failing = {c.rule for c in view.failing}
+    assert {"access.researcher", "access.institution"} <= failing
+    assert view.researcher == MALLORY and view.institution == "Evil Corp"
+    time.sleep(3)
+    assert fed.status(plan)["omega"].status == "pending"  # never approved automatically
+
+
+def test_a_plan_naming_another_researcher_is_refused_and_revokes_nothing(site):
+    """Mallory sends Ada's own approved plan, word for word: refused, and Ada's approval of
+    that plan stands."""
+    d = site["dir"]
+    client = client_of(site, MALLORY, "new-mallory-pw-9")
+    plan = site["good_plan"]  # names Ada
+    assert Governance(d).approval(plan.plan_hash) is not None
+    assert not refused(submit_code(client, template_code(site, client, plan)))
+
+    def mallorys():
+        with quiet():
+            return [r for r in site["admin"].requests.get_all()
+                    if r.code.service_func_name == plan.function_name
+                    and str(r.requesting_user_verify_key) == str(client.verify_key)]
+    wait_for(lambda: mallorys() and console._status_name(mallorys()[0].status) == "denied")
+    req_id = str(mallorys()[0].id).replace("-", "")
+    view = next(v for v in console.list_requests(d) if v.id == req_id)
+    assert "plan.researcher" in {c.rule for c in view.hard_failures}
+    assert view.researcher == MALLORY
+    approval = Governance(d).approval(plan.plan_hash)
+    assert approval is not None and approval.researcher == ADA
+
+
+def test_data_owner_changes_identity_with_an_audited_command(site):
+    d = site["dir"]
+    gov = Governance(d)
+    spent_before = len(gov.ledger_history(ADA, "brain-mri-pet"))
+    assert spent_before >= 1
+    new = "ada.lovelace@lovelace-institute.org"
+    admin.update_researcher(d, ADA, new_email=new, name="Augusta Ada King")
+    registry = Registry(gov)
+    assert registry.by_email(ADA) is None and registry.by_email(new).name == "Augusta Ada King"
+    assert len(gov.ledger_history(new, "brain-mri-pet")) == spent_before  # ledger moved
+    entry = [e for e in gov.audit_entries() if e["event"] == "researcher.updated"][-1]
+    assert entry["details"]["changes"]["email"] == {"from": ADA, "to": new}
+    with quiet():
+        profile = next(u for u in site["admin"].users.get_all() if u.email == new)
+    assert profile.name == "Augusta Ada King"
+    # the old plan named the old email: it stops, with a reason
+    fed = site["fed"]
+    results, errors = fed.run_round(site["good_plan"], initial_weights(site["good_plan"]),
+                                    retries=0)
+    assert results == {} and "no record of the plan's researcher" in errors["omega"]
+    admin.update_researcher(d, new, new_email=ADA, name="Ada Lovelace")
+    assert len(gov.ledger_history(ADA, "brain-mri-pet")) == spent_before
+
+
+# -- no researcher reads another's anything ------------------------------------------------
+@pytest.fixture(scope="module")
+def adas_objects(site):
+    """Ada's request, code, status, uploaded weights, round result and blob, by uid."""
+    from syft.client.api import SyftAPI
+
+    seen: dict[str, list] = {}
+    original = SyftAPI.make_call
+
+    def recording(self, api_call, cache_result=True):
+        seen.setdefault(api_call.path, []).append(api_call)
+        return original(self, api_call, cache_result)
+
+    big = make_plan(name="big_weights", researcher=ADA, source=BIG_SOURCE, class_name="Big")
+    fed = site["fed"]
+    fed.submit(big)
+    wait_for(lambda: fed.status(big)["omega"].status == "approved")
+    SyftAPI.make_call = recording
+    try:
+        result = fed._call_site("omega", fed.bind(big), initial_weights(fed.bind(big)))
+    finally:
+        SyftAPI.make_call = original
+    assert result.round == 1
+    req = _request_of(site, fed.bind(big).function_name)
+    return {
+        "request": req.id, "code": req.code.id, "status": req.code.status_link.object_uid,
+        "weights": seen["action.set"][-1].args[0].id, "result": seen["action.get"][-1].args[0],
+        "blob": seen["blob_storage.read"][-1].kwargs["uid"],
+        "user": sy.UID(Registry(Governance(site["dir"])).by_email(ADA).user_id),
+    }
+
+
+BIG_SOURCE = '''
+class Big(nn.Module):
+    def __init__(self, in_channels=2):
+        super().__init__()
+        self.conv = nn.Conv3d(in_channels, 4, 3, stride=2, padding=1)
+        self.norm = nn.GroupNorm(2, 4)
+        self.head = nn.Linear(4, 1)
+        self.wide = nn.Linear(600, 600)
+
+    def forward(self, x):
+        x = F.relu(self.norm(self.conv(x)))
+        return self.head(x.mean(dim=(2, 3, 4))) + self.wide.bias[:1] * 0
+'''
+
+
+def test_allowed_methods_answer_only_with_the_callers_own_objects(site, adas_objects):
+    from syft.service.code.status_service import UserCodeStatusService
+    from syft.service.code.user_code import UserCode, UserCodeStatusCollection
+    from syft.service.code.user_code_service import UserCodeService
+    from syft.service.request.request import Request
+    from syft.store.linked_obj import LinkedObject
+
+    ids = adas_objects
+    bob = client_of(site, BOB, BOB_PW)
+    assert value(raw_call(bob, "request.get_all")) == []
+    assert value(raw_call(bob, "code.get_all")) == []
+    must_refuse = {
+        "code.call": raw_call(bob, "code.call", uid=ids["code"]),
+        "action.get result": raw_call(bob, "action.get", ids["result"]),
+        "action.get weights": raw_call(bob, "action.get", ids["weights"]),
+        "action.get_mock result": raw_call(bob, "action.get_mock", ids["result"]),
+        "action.has_storage_permission": raw_call(bob, "action.has_storage_permission",
+                                                  ids["result"]),
+        "blob_storage.read": raw_call(bob, "blob_storage.read", uid=ids["blob"]),
+        "blob_storage.write_to_disk": raw_call(bob, "blob_storage.write_to_disk",
+                                               uid=ids["blob"], data=b"poison"),
+        "migration._get_object request": raw_call(bob, "migration._get_object",
+                                                  uid=ids["request"], object_type=Request),
+        "migration._get_object code": raw_call(bob, "migration._get_object", uid=ids["code"],
+                                               object_type=UserCode),
+        "notifications.resolve_object": raw_call(
+            bob, "notifications.resolve_object",
+            LinkedObject.from_uid(ids["code"], UserCode, service_type=UserCodeService,
+                                  server_uid=bob.id)),
+        "notifications.resolve_object status": raw_call(
+            bob, "notifications.resolve_object",
+            LinkedObject.from_uid(ids["status"], UserCodeStatusCollection,
+                                  service_type=UserCodeStatusService, server_uid=bob.id)),
+        "api.call_public other": raw_call(bob, "api.call_public", path="other.endpoint"),
+    }
+    asset = bob.datasets["brain-mri-pet"].assets[0]
+    private = raw_call(bob, "action.get", asset.action_id)
+    assert refused(private) or site["cohort"].cohort_id not in str(value(private))
+    overwrite = sy.ActionObject.from_obj({"poison": 1})
+    overwrite.id = ids["result"]
+    must_refuse["action.set over Ada's result"] = raw_call(bob, "action.set", overwrite)
+    assert {k for k, v in must_refuse.items() if not refused(v)} == set()
+    ada = client_of(site, ADA, ADA_PW)
+    mine = value(raw_call(ada, "action.get", ids["result"]))
+    assert "poison" not in str(getattr(mine, "syft_action_data", mine))
+    assert value(raw_call(ada, "request.get_all"))  # Ada does see her own
+
+
+def test_every_other_method_syft_offers_a_data_scientist_is_refused(site, adas_objects):
+    bob = client_of(site, BOB, BOB_PW)
+    offered = syft_methods_for_researchers()
+    assert len(offered) > 100 and set(RULES) <= set(offered)
+    answers = {path: raw_call(bob, path, uid=adas_objects["code"])
+               for path in offered if path not in RULES}
+    assert "user.view" in answers and "output.get_by_user_code_id" in answers
+    leaked = {p: str(a)[:80] for p, a in answers.items()
+              if "not available to researchers" not in str(getattr(a, "message", a))}
+    assert leaked == {}
+
+
+def test_guests_reach_only_public_metadata(site):
+    with quiet():
+        guest = sy.login_as_guest(url="http://127.0.0.1", port=site["port"])
+    for path in syft_methods_for_researchers():
+        if path in GUEST_RULES:
+            continue
+        assert refused(raw_call(guest, path)), path
+
+
+# -- sticky denials ------------------------------------------------------------------------
+def _reviewed(site, fed, plan):
+    d = site["dir"]
+    return wait_for(lambda: next((v for v in console.list_requests(d)
+                                  if v.plan == fed.bind(plan) and Governance(d).verdict_seen(
+                                      v.id, v.policy_hash)), None))
+
+
+def test_a_denied_plan_resubmitted_under_a_new_version_goes_to_a_human(site):
+    d, fed = site["dir"], site["fed"]
+    plan = make_plan(name="denied", rounds=2)
+    fed.submit(plan)
+    wait_for(lambda: fed.status(plan)["omega"].status == "approved")
+    view = next(v for v in console.list_requests(d) if v.plan == fed.bind(plan))
+    console.deny(d, view.id, reason="cohort reserved for the stroke study", reviewer="dpo")
+    again = plan.model_copy(update={"version": 2})
+    other_lr = plan.model_copy(update={"name": "renamed", "learning_rate": 0.05})
+    fresh = make_plan(name="different", rounds=1, epsilon=4.0,
+                      source=BIG_SOURCE, class_name="Big")
+    for p in (again, other_lr, fresh):
+        fed.submit(p)
+    lines = {}
+    for p in (again, other_lr, fresh):
+        v = _reviewed(site, fed, p)
+        lines[p.name, p.version] = (v, next(c for c in v.checks if c.rule == "history.denied"))
+    time.sleep(3)  # a further sweep: none of them is approved automatically
+    assert {fed.status(p)["omega"].status for p in (again, other_lr, fresh)} == {"pending"}
+    for key, matched in ((("denied", 2), "model and training settings"),
+                         (("renamed", 1), "model")):
+        v, line = lines[key]
+        assert line.status == "fail" and line.overridable
+        assert "stroke study" in line.message and f"same {matched}" in line.message
+    v, line = lines["different", 1]
+    assert line.status == "warn" and "stroke study" in line.message  # held, not matched
+    v_again = lines["denied", 2][0]
+    with pytest.raises(console.ConsoleError, match="history.denied"):
+        console.approve(d, v_again.id, reviewer="dpo")
+    done = console.approve(d, v_again.id, reviewer="dpo", override=True,
+                           note="new protocol agreed with the stroke study lead")
+    assert done.status == "approved"
+    later = make_plan(name="after_hold", rounds=1, epsilon=1.0)
+    fed.submit(later)  # a reviewer approved since the denial: automatic approval is back
+    wait_for(lambda: fed.status(later)["omega"].status == "approved")
+
+
+# -- review cannot be stalled --------------------------------------------------------------
+DEEP = ('''
+class Deep(nn.Module):
+    def __init__(self, in_channels=2):
+        super().__init__()
+        self.head = nn.Linear(4, 1)
+
+    def forward(self, x):
+        y = 1''' + " + 1" * 8000 + '''
+        return self.head(x.mean(dim=(2, 3, 4))) * y
+''')
+
+
+def test_a_model_too_deep_to_parse_is_refused_and_the_sweep_goes_on(site):
+    d, fed = site["dir"], site["fed"]
+    deep = make_plan(name="deep", source=DEEP, class_name="Deep")
+    after = make_plan(name="after_deep", rounds=1, epsilon=2.0)
+    fed.submit(deep)
+    fed.submit(after)
+    wait_for(lambda: fed.status(after)["omega"].status == "approved")
+    wait_for(lambda: fed.status(deep)["omega"].status == "denied")
+    assert "model_code.depth" in (fed.status(deep)["omega"].reason or "")
+    views = console.list_requests(d)  # the console lists it, never crashes on it
+    v = next(v for v in views if v.plan == fed.bind(deep))
+    assert "model_code.depth" in {c.rule for c in v.hard_failures}
+
+
+# -- parameter counts ----------------------------------------------------------------------
+LIAR = '''
+class Liar(nn.Module):
+    def __init__(self, in_channels=2):
+        super().__init__()
+        self.conv = nn.Conv3d(in_channels, 4, 3, stride=2, padding=1)
+        self.wide = nn.Linear(1300, 1300)
+        self.head = nn.Linear(4, 1)
+
+    def parameters(self, recurse=True):
+        return []
+
+    def forward(self, x):
+        x = F.relu(self.conv(x))
+        return self.head(x.mean(dim=(2, 3, 4))) + self.wide.bias[:1] * 0
+'''
+
+
+def test_a_model_that_overrides_parameters_is_refused_by_review(site):
+    """Review names the override; the count itself never asks the model (tests/test_runtime.py
+    runs the same model past review, as if review had been fooled)."""
+    fed = site["fed"]
+    plan = make_plan(name="liar", source=LIAR, class_name="Liar")
+    fed.submit(plan)
+    wait_for(lambda: fed.status(plan)["omega"].status == "denied")
+    assert "model_code.override" in (fed.status(plan)["omega"].reason or "")
+
+
+def test_nothing_any_attack_sent_ran_on_the_site(site):
+    assert no_marks(site) == []
+    assert os.environ.get("MEDSYFT_SITE_DIR") is None  # the marks could only come from the site
