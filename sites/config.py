@@ -36,6 +36,9 @@ class SiteConfig(BaseModel):
     training_timeout_s: int = Field(3600, ge=10)
     train_threads: int = Field(0, ge=0, le=256,
                                description="CPU threads per training run; 0 = all cores")
+    review_timeout_s: int = Field(
+        20, ge=2, le=600, description="longest a review may build a plan's model to count its "
+                                      "parameters (researcher code runs there)")
     warm_training_process: bool = Field(
         True, description="keep the next run's training process started and waiting "
                           "(saves its start-up, ~2 s a round; costs ~300 MB of RAM)")

@@ -44,7 +44,7 @@ from sites import accounting
 from sites.admin import admin_client
 from sites.config import SiteConfig
 from sites.denials import RULE as DENIAL_RULE
-from sites.denials import denial_check, earlier_denials
+from sites.denials import approved_copies, denial_check, earlier_denials
 from sites.governance import REFUSED, Governance
 from sites.model_inspect import InspectError, count_parameters
 from sites.registry import Registry
@@ -78,6 +78,7 @@ class RequestView:
     policy_hash: str = ""
     approvals_required: int = 1
     approvers: list[str] = field(default_factory=list)
+    also_revoked: list[str] = field(default_factory=list)
 
     @property
     def short_id(self) -> str:
@@ -234,7 +235,7 @@ def _review(site_dir: Path, cfg: SiteConfig, req: Any, context: ReviewContext) -
         view.checks = checks + [_hard("policy.file", False, "", "valid policy", str(exc))]
         return view
     view.approvals_required = policy.approvals_required
-    view.n_parameters, params_error = _parameters(gov, policy, plan)
+    view.n_parameters, params_error = _parameters(gov, policy, plan, cfg.review_timeout_s)
     facts = site_facts(site_dir, policy, plan, researcher, view.institution,
                        view.n_parameters, params_error)
     view.cohort_n, view.noise_multiplier = facts.cohort_n, facts.noise_multiplier
@@ -243,7 +244,7 @@ def _review(site_dir: Path, cfg: SiteConfig, req: Any, context: ReviewContext) -
     return view
 
 
-def _parameters(gov: Governance, policy: SitePolicy, plan: TrainingPlan
+def _parameters(gov: Governance, policy: SitePolicy, plan: TrainingPlan, timeout_s: float
                 ) -> tuple[int | None, str | None]:
     """The model's parameter count, measured in a child process only after its code passed
     the syntax-tree review (the count builds the model); cached per model, failures too."""
@@ -258,7 +259,7 @@ def _parameters(gov: Governance, policy: SitePolicy, plan: TrainingPlan
     if cached is not None:
         return cached
     try:
-        n, error = count_parameters(model_json), None
+        n, error = count_parameters(model_json, float(timeout_s)), None
     except InspectError as exc:
         n, error = None, str(exc)
     gov.cache_parameters(model_hash, n, error)
@@ -392,16 +393,26 @@ def approve(site_dir: Path, request_id: str, note: str = "", reviewer: str | Non
 
 
 def deny(site_dir: Path, request_id: str, reason: str, reviewer: str | None = None) -> RequestView:
-    """Deny (or revoke) a request; the researcher reads `reason`."""
+    """Deny (or revoke) a request; the researcher reads `reason`. Approved requests of the
+    same researcher on the same dataset with the same model (its syntax tree: a renamed or
+    re-versioned copy) are revoked with it, and listed in `view.also_revoked`."""
     if not reason.strip():
         raise ConsoleError("a denial needs a reason; the researcher will read it")
     reviewer = reviewer or default_reviewer()
     with admin_client(site_dir) as (site_dir, cfg, client):
         req = _find(client, request_id)
-        view = review_request(site_dir, cfg, req, _context(client))
+        context = _context(client)
+        view = review_request(site_dir, cfg, req, context)
         _record(site_dir, cfg, view, "denied", reviewer, reason, "manual")
         _apply_in_syft(req, "denied", reason)
         view.status = "denied"
+        if view.plan is not None:
+            for other_id in approved_copies(Governance(site_dir), view.plan, view.id):
+                other = review_request(site_dir, cfg, _find(client, other_id), context)
+                note = f"revoked with request {view.short_id} (same model): {reason}"
+                _record(site_dir, cfg, other, "denied", reviewer, note, "manual")
+                _apply_in_syft(_find(client, other_id), "denied", note)
+                view.also_revoked.append(other_id)
         return view
 
 

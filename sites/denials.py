@@ -13,9 +13,12 @@ model source: inputs, target, loss, optimiser, learning rate, batch, epochs,
 rounds, DP target, model class and arguments). Any other plan under the hold
 is a warning a reviewer may approve. Fingerprints alone would be easy to
 dodge (one changed learning rate), which is why the hold covers every plan.
-Refusals the steward made itself (hard failures) hold nothing.
+Refusals the steward made itself (hard failures) hold nothing. A denial also
+revokes the researcher's approved copies of the denied model on the dataset
+(`approved_copies`), so side-by-side clones approved before it stop with it.
 
-Reads decisions from the governance database; never writes.
+Reads decisions from the governance database; never writes (the console records
+the decisions).
 """
 
 from __future__ import annotations
@@ -79,6 +82,29 @@ def earlier_denials(gov: Governance, plan: TrainingPlan, request_id: str) -> lis
     return held
 
 
+def approved_copies(gov: Governance, plan: TrainingPlan, request_id: str) -> list[str]:
+    """Requests other than `request_id` whose plans of this researcher on this dataset are
+    approved now and have `plan`'s model: revoked with it, so copies approved before the
+    denial (submitted side by side) stop too."""
+    model_fp = model_fingerprint(plan)
+    found: list[str] = []
+    for d in gov.decisions():
+        if d["researcher"] != plan.researcher or d["dataset"] != plan.dataset or \
+                d["request_id"] == request_id or d["request_id"] in found or \
+                d["decision"] != "approved" or not d["plan_json"]:
+            continue
+        approval = gov.approval(d["plan_hash"])
+        if approval is None or approval.request_id != d["request_id"]:
+            continue
+        try:
+            other = TrainingPlan.model_validate_json(d["plan_json"])
+        except ValueError:
+            continue
+        if model_fingerprint(other) == model_fp:
+            found.append(d["request_id"])
+    return found
+
+
 RULE = "history.denied"
 LIMIT = "no denial of this researcher here since a reviewer's last approval"
 
@@ -88,7 +114,7 @@ def denial_check(denials: list[dict]) -> CheckResult:
     `warn` under a hold otherwise. Only `pass` allows automatic approval."""
     if not denials:
         return CheckResult(rule=RULE, status="pass", seen="no earlier denial", limit=LIMIT)
-    last = next((d for d in reversed(denials) if d["matched"]), denials[-1])
+    last = max(denials, key=lambda d: (len(d["matched"]), d["decided_at"]))  # closest match
     when = datetime.fromtimestamp(last["decided_at"]).strftime("%Y-%m-%d %H:%M")
     return CheckResult(
         rule=RULE, status="fail" if last["matched"] else "warn",

@@ -23,7 +23,7 @@ class InspectError(RuntimeError):
 
 
 @lru_cache(maxsize=256)
-def count_parameters(model_json: str, timeout_s: float = 60.0) -> int:
+def count_parameters(model_json: str, timeout_s: float = 20.0) -> int:
     """Parameters of the plan's model (ModelSpec JSON), measured in a child process."""
     env = {k: os.environ[k] for k in ("PATH", "LANG") if k in os.environ}
     with tempfile.TemporaryDirectory(prefix="medsyft-inspect-") as tmp:

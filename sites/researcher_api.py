@@ -75,14 +75,39 @@ def _published_asset(server: Any, credentials: Any, call: Any) -> str | None:
     return "mocks are served only for the site's published datasets"
 
 
+def _writes_blob(server: Any, credentials: Any, blob_id: Any) -> bool:
+    """Whether the caller may write this blob storage entry (they allocated it)."""
+    from syft.service.action.action_permissions import ActionObjectWRITE
+
+    return server.services.blob_storage.stash.has_permission(
+        ActionObjectWRITE(uid=_uid(blob_id), credentials=credentials))
+
+
 def _new_object(server: Any, credentials: Any, call: Any) -> str | None:
-    """A researcher uploads new objects (the round's weights); never over an existing id."""
+    """A researcher uploads new plain objects (the round's weights): never over an existing
+    id, never a twin (syft makes a twin's mock blob readable by everyone, whichever blob it
+    names), never pointing at blob storage the caller did not allocate."""
+    from syft.service.action.action_object import ActionObject
+
     obj = _arg(call, "action_object")
+    if not isinstance(obj, ActionObject):
+        return "an upload is one plain object (no twins)"
     uid = _uid(getattr(obj, "id", None))
     if uid is None:
         return "an upload needs an object with an id"
     if server.services.action.stash.exists(credentials=server.verify_key, uid=uid):
         return "an upload may not replace an object that already exists"
+    blob_id = obj.syft_blob_storage_entry_id
+    if blob_id is not None and not _writes_blob(server, credentials, blob_id):
+        return "an upload may only name blob storage its uploader allocated"
+    return None
+
+
+def _own_blob(server: Any, credentials: Any, call: Any) -> str | None:
+    """Writing into blob storage: only into an entry the caller allocated (syft itself asks
+    only for read permission, which every published mock's blob gives everyone)."""
+    if not _writes_blob(server, credentials, _arg(call, "uid")):
+        return "one can write only into blob storage one allocated"
     return None
 
 
@@ -140,7 +165,7 @@ RULES: dict[str, Rule] = {
     "action.has_storage_permission": Rule("the client checks its result's storage",
                                           _readable),
     "blob_storage.allocate": Rule("room for a large upload (weights over 1 MB)"),
-    "blob_storage.write_to_disk": Rule("write one's own large upload; " + OWN),
+    "blob_storage.write_to_disk": Rule("write one's own large upload", _own_blob),
     "blob_storage.read": Rule("read one's own large result; " + OWN),
     "code.request_code_execution": Rule("submit a plan as the medsyft template (the "
                                         "submission check refuses anything else)"),

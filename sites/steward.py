@@ -7,7 +7,9 @@ plan request, not a registered account, a review that could not complete) is
 refused at once with its reasons, whatever the approval mode. Under
 `approval: auto` a request whose verdict has no failure is approved at once,
 recorded as automatic; anything else waits for a reviewer. Each request is
-reviewed on its own, so one that cannot be reviewed never stops the sweep. It
+reviewed on its own, so one that cannot be reviewed never stops the sweep, and
+requests are taken in fair turns (one per researcher, the researcher served
+longest ago first), so nobody's flood of requests holds up another's. It
 also keeps
 the public-policy endpoint registered. It holds the admin password in memory
 only (handed over by `server_main`), never logs it, and never reads private
@@ -18,7 +20,9 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
+from typing import Any
 
 from policies.schema import PolicyError, load_policy
 from sites import console, public_policy
@@ -30,6 +34,20 @@ log = logging.getLogger("medsyft.steward")
 AUTO_REVIEWER = "policy:auto"
 
 
+def fair_turn(waiting: list[Any], served: dict[str, float]) -> list[Any]:
+    """One request per researcher, oldest first, researchers served longest ago (or never)
+    first: a researcher with many requests (or slow ones: each review may build a model
+    for up to `review_timeout_s`) delays another's by at most one review."""
+    def submitted(req: Any) -> float:
+        return float(getattr(req.request_time, "utc_timestamp", 0.0))
+
+    heads: dict[str, Any] = {}
+    for req in sorted(waiting, key=lambda r: (submitted(r), str(r.id))):
+        heads.setdefault(str(req.requesting_user_verify_key), req)
+    return sorted(heads.values(), key=lambda r: (served.get(
+        str(r.requesting_user_verify_key), 0.0), submitted(r)))
+
+
 class Steward(threading.Thread):
     def __init__(self, site_dir: Path, admin_password: str, interval_s: float = 2.0) -> None:
         super().__init__(name="medsyft-steward", daemon=True)
@@ -38,6 +56,7 @@ class Steward(threading.Thread):
         self.interval_s = interval_s
         self.stop_event = threading.Event()
         self._policy_hash: str | None = None
+        self._served: dict[str, float] = {}  # researcher's verify key -> last turn served
 
     def run(self) -> None:
         site_dir, cfg = load_site(self.site_dir)
@@ -50,13 +69,15 @@ class Steward(threading.Thread):
                 if client is None:
                     client = login(cfg.host, cfg.port, cfg.admin_email, self._password)
                     public_policy.register(client)
-                self.sweep(client)
+                if self.sweep(client):
+                    continue  # more requests wait: next turn at once
             except Exception:
                 log.exception("steward sweep failed; retrying")
                 client = None
             self.stop_event.wait(self.interval_s)
 
-    def sweep(self, client) -> None:
+    def sweep(self, client) -> bool:
+        """Review one turn of waiting requests; True when more are waiting."""
         site_dir, cfg = load_site(self.site_dir)
         try:
             policy, policy_hash = load_policy(cfg.path(site_dir, cfg.policy))
@@ -70,19 +91,21 @@ class Steward(threading.Thread):
                 gov.audit("steward", "policy.loaded", cfg.policy, policy_hash=policy_hash,
                           previous=last[-1]["details"].get("policy_hash") if last else None)
             self._policy_hash = policy_hash
-        pending = [r for r in client.requests.get_all()
-                   if console._status_name(r.status) == "pending"]
-        if not pending:
-            return
+        waiting = [r for r in client.requests.get_all()
+                   if console._status_name(r.status) == "pending"
+                   and not gov.verdict_seen(str(r.id).replace("-", ""), policy_hash)]
+        if not waiting:
+            return False
         context = console._context(client)
-        for req in pending:
+        turn = fair_turn(waiting, self._served)
+        for req in turn:
             request_id = str(req.id).replace("-", "")
-            if gov.verdict_seen(request_id, policy_hash):
-                continue
             try:
                 self._decide(site_dir, cfg, gov, policy, policy_hash, req, request_id, context)
             except Exception:  # this request only; the sweep goes on with the others
                 log.exception("request %s: steward could not act on it", request_id[:8])
+            self._served[str(req.requesting_user_verify_key)] = time.monotonic()
+        return len(turn) < len(waiting)
 
     def _decide(self, site_dir: Path, cfg, gov: Governance, policy, policy_hash: str, req,
                 request_id: str, context: console.ReviewContext) -> None:

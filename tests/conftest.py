@@ -138,6 +138,20 @@ def one_site(root: Path, name: str, policy: Path, email: str, password: str, n: 
         lifecycle.down(d)
 
 
+def wait_for(predicate, timeout_s: float = 60.0, poll_s: float = 0.5):
+    """The predicate's first truthy value, polled until `timeout_s` (a site's steward
+    works in sweeps); fails the test when it never comes."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll_s)
+    raise AssertionError("condition not reached in time")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Run unit tests first, integration (real datasites) last."""
     items.sort(key=lambda it: 1 if it.get_closest_marker("integration") else 0)

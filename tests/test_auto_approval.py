@@ -10,7 +10,7 @@ import pytest
 from policies.schema import load_policy
 from sites import console
 from sites.governance import Governance
-from tests.conftest import make_plan, one_site
+from tests.conftest import make_plan, one_site, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -25,16 +25,6 @@ def site(tmp_path_factory, memory_keyring, repo_root):
                   repo_root / "tests" / "policies" / "auto.yaml", EMAIL, PASSWORD, n=40, seed=3,
                   shape=SHAPE) as env:
         yield env
-
-
-def wait_for(predicate, timeout_s: float = 60.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(1.0)
-    raise AssertionError("condition not reached in time")
 
 
 def test_compliant_plan_is_approved_automatically_and_runs(site):

@@ -23,11 +23,12 @@ import pytest
 from researcher.federation import Federation, FederationConfig, SiteEntry, initial_weights
 from researcher.template import build_function
 from sites import admin, console, lifecycle
+from sites.config import save_site
 from sites.governance import Governance
 from sites.registry import Registry
 from sites.researcher_api import GUEST_RULES, RULES, syft_methods_for_researchers
 from sites.syft_client import login, quiet, syft
-from tests.conftest import make_plan, one_site
+from tests.conftest import make_plan, one_site, small_model_source, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -126,16 +127,6 @@ def value(result):
     return getattr(result, "value", result)
 
 
-def wait_for(predicate, timeout_s: float = 60.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        got = predicate()
-        if got:
-            return got
-        time.sleep(0.5)
-    raise AssertionError("condition not reached in time")
-
-
 def no_marks(site) -> list[str]:
     return sorted(p.name for p in Path(site["dir"]).glob("pwned-*"))
 
@@ -177,37 +168,23 @@ def test_compliant_plan_is_reviewed_approved_and_runs(site):
 
 
 # -- the request around the template -------------------------------------------------------
-def test_custom_output_policy_is_refused_at_submission_and_never_runs(site):
-    client = client_of(site, ADA, ADA_PW)
-    before = request_count(site)
-    plan = make_plan(name="sneaky_out", researcher=ADA)
-    res = submit_code(client, template_code(site, client, plan, output_policy=SneakyOutput()))
-    assert refused(res) and "custom policies never run" in str(getattr(res, "message", res))
-    assert request_count(site) == before
-    assert no_marks(site) == []
-
-
-def test_custom_input_policy_is_refused_at_submission_and_never_runs(site):
-    client = client_of(site, ADA, ADA_PW)
-    before = request_count(site)
-    plan = make_plan(name="sneaky_in", researcher=ADA)
-    res = submit_code(client, template_code(site, client, plan, input_policy=SneakyInput()))
-    assert refused(res) and "MixedInputPolicy" in str(getattr(res, "message", res))
-    assert request_count(site) == before
-    assert no_marks(site) == []
-
-
-@pytest.mark.parametrize("options,needle", [
-    ({"output_policy": OutputPolicyExecuteCount(limit=100)}, "OutputPolicyExecuteOnce"),
-    ({"worker_pool_name": "default-pool"}, "worker pool"),
+@pytest.mark.parametrize("name,options,needle", [
+    ("sneaky_out", {"output_policy": SneakyOutput()}, "custom policies never run"),
+    ("sneaky_in", {"input_policy": SneakyInput()}, "MixedInputPolicy"),
+    ("other_out", {"output_policy": OutputPolicyExecuteCount(limit=100)},
+     "OutputPolicyExecuteOnce"),
+    ("pool", {"worker_pool_name": "default-pool"}, "worker pool"),
 ])
-def test_other_builtin_choices_are_refused_at_submission(site, options, needle):
+def test_custom_or_other_policies_are_refused_at_submission_and_never_run(site, name, options,
+                                                                           needle):
+    """The exact template function, wrapped in a request the client never sends."""
     client = client_of(site, ADA, ADA_PW)
     before = request_count(site)
-    plan = make_plan(name="extra_fields", researcher=ADA, version=len(needle))
+    plan = make_plan(name=name, researcher=ADA)
     res = submit_code(client, template_code(site, client, plan, **options))
     assert refused(res) and needle in str(getattr(res, "message", res))
-    assert request_count(site) == before
+    assert request_count(site) == before  # never stored
+    assert no_marks(site) == []
 
 
 def _request_of(site, function_name: str):
@@ -391,6 +368,7 @@ def adas_objects(site):
     return {
         "request": req.id, "code": req.code.id, "status": req.code.status_link.object_uid,
         "weights": seen["action.set"][-1].args[0].id, "result": seen["action.get"][-1].args[0],
+        "weights_blob": seen["action.set"][-1].args[0].syft_blob_storage_entry_id,
         "blob": seen["blob_storage.read"][-1].kwargs["uid"],
         "user": sy.UID(Registry(Governance(site["dir"])).by_email(ADA).user_id),
     }
@@ -452,7 +430,24 @@ def test_allowed_methods_answer_only_with_the_callers_own_objects(site, adas_obj
     overwrite = sy.ActionObject.from_obj({"poison": 1})
     overwrite.id = ids["result"]
     must_refuse["action.set over Ada's result"] = raw_call(bob, "action.set", overwrite)
+    must_refuse["write_to_disk Ada's upload"] = raw_call(
+        bob, "blob_storage.write_to_disk", uid=ids["weights_blob"], data=b"poison")
+    # a twin whose mock claims Ada's blob: syft would make that blob readable by everyone
+    from syft.types.twin_object import TwinObject
+
+    private_part = sy.ActionObject.from_obj({"x": 1})
+    mock_part = sy.ActionObject.from_obj({"y": 2})
+    mock_part.syft_action_saved_to_blob_store = True
+    mock_part.syft_blob_storage_entry_id = ids["weights_blob"]
+    must_refuse["twin naming Ada's blob"] = raw_call(
+        bob, "action.set", TwinObject(private_obj=private_part, mock_obj=mock_part))
+    borrowed = sy.ActionObject.from_obj({"z": 3})
+    borrowed.syft_action_saved_to_blob_store = True
+    borrowed.syft_blob_storage_entry_id = ids["blob"]
+    must_refuse["object naming Ada's result blob"] = raw_call(bob, "action.set", borrowed)
     assert {k for k, v in must_refuse.items() if not refused(v)} == set()
+    for blob in (ids["weights_blob"], ids["blob"]):  # still Ada's alone
+        assert refused(raw_call(bob, "blob_storage.read", uid=blob))
     ada = client_of(site, ADA, ADA_PW)
     mine = value(raw_call(ada, "action.get", ids["result"]))
     assert "poison" not in str(getattr(mine, "syft_action_data", mine))
@@ -550,6 +545,76 @@ def test_a_model_too_deep_to_parse_is_refused_and_the_sweep_goes_on(site):
     views = console.list_requests(d)  # the console lists it, never crashes on it
     v = next(v for v in views if v.plan == fed.bind(deep))
     assert "model_code.depth" in {c.rule for c in v.hard_failures}
+
+
+SLOW = '''
+class Slow{k}(nn.Module):
+    def __init__(self, in_channels=2):
+        super().__init__()
+        self.head = nn.Linear(4, 1)
+        n = 0
+        for i in range(10 ** 12):
+            n = n + {k}
+
+    def forward(self, x):
+        return self.head(x.mean(dim=(2, 3, 4)))
+'''
+
+
+def test_one_researchers_slow_requests_do_not_hold_up_anothers(site):
+    """Each of Mallory's models takes the whole review timeout to build; Ada's plan, sent
+    after all of them, is still reviewed before most of them (one review per researcher
+    per turn)."""
+    d = site["dir"]
+    cfg = lifecycle.load_site(d)[1]
+    save_site(d, cfg.model_copy(update={"review_timeout_s": 4}))  # read at every review
+    try:
+        mallory = federation_of(site, MALLORY, "new-mallory-pw-9", "mallory-slow")
+        slow = [make_plan(name=f"slow{k}", source=SLOW.format(k=k), class_name=f"Slow{k}")
+                for k in range(1, 4)]
+        for p in slow:
+            mallory.submit(p)
+        ada = site["fed"]
+        mine = make_plan(name="while_busy", rounds=1, epsilon=1.5)
+        ada.submit(mine)
+        wait_for(lambda: ada.status(mine)["omega"].status == "approved", timeout_s=120)
+        ids = {p.name: next(v.id for v in console.list_requests(d)
+                            if v.plan == mallory.bind(p)) for p in slow}
+        adas = next(v.id for v in console.list_requests(d) if v.plan == ada.bind(mine))
+        wait_for(lambda: ids["slow3"] in [e["subject"] for e in Governance(d).audit_entries()
+                                          if e["event"] == "request.verdict"], timeout_s=120)
+        order = [e["subject"] for e in Governance(d).audit_entries()
+                 if e["event"] == "request.verdict"]
+        assert order.index(adas) < order.index(ids["slow3"])
+        view = next(v for v in console.list_requests(d) if v.id == ids["slow1"])
+        line = next(c for c in view.checks if c.rule == "training.parameters")
+        assert line.failed and "timed out" in line.seen
+    finally:
+        save_site(d, cfg)
+
+
+def test_denying_a_plan_revokes_its_approved_copies(site):
+    d, fed = site["dir"], site["fed"]
+    source = small_model_source().replace("Linear(4, 1)", "Linear(4, 1, bias=True)")
+    original = make_plan(name="grab", rounds=1, epsilon=1.0, source=source)
+    copy = original.model_copy(update={"name": "grab_copy", "learning_rate": 0.2})
+    fed.submit(original)
+    fed.submit(copy)
+    for p in (original, copy):
+        wait_for(lambda p=p: fed.status(p)["omega"].status == "approved")
+    view = next(v for v in console.list_requests(d) if v.plan == fed.bind(original))
+    done = console.deny(d, view.id, reason="not this model", reviewer="dpo")
+    copy_view = next(v for v in console.list_requests(d) if v.plan == fed.bind(copy))
+    assert done.also_revoked == [copy_view.id]
+    assert fed.status(copy)["omega"].status == "denied"
+    assert Governance(d).approval(fed.bind(copy).plan_hash) is None
+    results, errors = fed.run_round(fed.bind(copy), initial_weights(fed.bind(copy)), retries=0)
+    assert results == {} and "omega" in errors
+    # a reviewer lifts the hold the denial set (later tests expect automatic approval)
+    lift = make_plan(name="lift_hold", rounds=1, epsilon=0.5)
+    fed.submit(lift)
+    v = _reviewed(site, fed, lift)
+    console.approve(d, v.id, reviewer="dpo", override=bool(v.failing), note="agreed")
 
 
 # -- parameter counts ----------------------------------------------------------------------

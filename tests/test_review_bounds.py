@@ -121,3 +121,19 @@ def test_denial_fingerprints_see_through_renames_versions_and_layout():
                       .replace("Linear(4, 1)", "Linear(8, 1)"), epsilon=2.0)
     assert model_fingerprint(other) != model_fingerprint(plan)
     assert settings_fingerprint(other) != settings_fingerprint(plan)
+
+
+def test_the_steward_takes_one_request_per_researcher_least_recently_served_first():
+    from types import SimpleNamespace
+
+    from sites.steward import fair_turn
+
+    def req(who: str, at: float, rid: str):
+        return SimpleNamespace(requesting_user_verify_key=who, id=rid,
+                               request_time=SimpleNamespace(utc_timestamp=at))
+
+    flood = [req("mallory", t, f"m{t}") for t in (1.0, 2.0, 3.0, 4.0)]
+    ada = req("ada", 5.0, "a")
+    turn = fair_turn(flood + [ada], served={"mallory": 100.0, "ada": 50.0})
+    assert [r.id for r in turn] == ["a", "m1.0"]  # Ada first, then Mallory's oldest only
+    assert [r.id for r in fair_turn(flood + [ada], served={})] == ["m1.0", "a"]
