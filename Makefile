@@ -20,8 +20,9 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 demo: $(STAMP)
 	$(BIN)/medsyft demo
 
+# Two workers, one test file each at a time: the real-site suites run side by side.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 # Benchmarks at a size that finishes in a few minutes here; BENCH_ARGS=--full for the big sizes.
 bench: $(STAMP)

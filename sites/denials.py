@@ -14,8 +14,9 @@ rounds, DP target, model class and arguments). Any other plan under the hold
 is a warning a reviewer may approve. Fingerprints alone would be easy to
 dodge (one changed learning rate), which is why the hold covers every plan.
 Refusals the steward made itself (hard failures) hold nothing. A denial also
-revokes the researcher's approved copies of the denied model on the dataset
-(`approved_copies`), so side-by-side clones approved before it stop with it.
+revokes the researcher's automatically approved copies of the denied model on
+the dataset (`approved_copies`), so side-by-side clones approved before it
+stop with it; plans a person approved stay for a person to revoke.
 
 Reads decisions from the governance database; never writes (the console records
 the decisions).
@@ -31,7 +32,7 @@ from datetime import datetime
 from policies.code_review import TooComplex, bounded_parse
 from policies.verdict import CheckResult
 from researcher.plan import TrainingPlan
-from sites.governance import Governance
+from sites.governance import AUTO_REVIEWER, Governance
 
 HUMAN_DENIAL_METHODS = ("manual",)
 HUMAN_APPROVAL_METHODS = ("manual", "override")
@@ -83,9 +84,10 @@ def earlier_denials(gov: Governance, plan: TrainingPlan, request_id: str) -> lis
 
 
 def approved_copies(gov: Governance, plan: TrainingPlan, request_id: str) -> list[str]:
-    """Requests other than `request_id` whose plans of this researcher on this dataset are
-    approved now and have `plan`'s model: revoked with it, so copies approved before the
-    denial (submitted side by side) stop too."""
+    """Requests other than `request_id` whose plans of this researcher on this dataset were
+    approved automatically, are approved now and have `plan`'s model: revoked with it, so
+    copies submitted side by side under `approval: auto` stop too. A plan a person approved
+    is left to a person."""
     model_fp = model_fingerprint(plan)
     found: list[str] = []
     for d in gov.decisions():
@@ -94,8 +96,9 @@ def approved_copies(gov: Governance, plan: TrainingPlan, request_id: str) -> lis
                 d["decision"] != "approved" or not d["plan_json"]:
             continue
         approval = gov.approval(d["plan_hash"])
-        if approval is None or approval.request_id != d["request_id"]:
-            continue
+        if approval is None or approval.request_id != d["request_id"] or \
+                set(approval.reviewers) != {AUTO_REVIEWER}:
+            continue  # a plan a person approved stays theirs to revoke
         try:
             other = TrainingPlan.model_validate_json(d["plan_json"])
         except ValueError:

@@ -61,6 +61,8 @@ CREATE TABLE IF NOT EXISTS audit (
 RUN_ACTIVE = ("running", "released")
 #: Decision method of the steward's refusal of a request that fails a hard check.
 REFUSED = "refused"
+#: The reviewer name of the steward's own decisions (automatic approvals and refusals).
+AUTO_REVIEWER = "policy:auto"
 GENESIS = "0" * 64
 
 

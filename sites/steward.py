@@ -27,11 +27,10 @@ from typing import Any
 from policies.schema import PolicyError, load_policy
 from sites import console, public_policy
 from sites.config import load_site
-from sites.governance import Governance
+from sites.governance import AUTO_REVIEWER, Governance
 from sites.syft_client import login, server_metadata
 
 log = logging.getLogger("medsyft.steward")
-AUTO_REVIEWER = "policy:auto"
 
 
 def fair_turn(waiting: list[Any], served: dict[str, float]) -> list[Any]:

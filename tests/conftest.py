@@ -15,6 +15,9 @@ import pytest
 from keyring.backend import KeyringBackend
 
 os.environ.setdefault("TQDM_DISABLE", "1")
+# CLI tables wrap at the terminal's width; xdist workers report 80 columns. One width for all
+# runs (140 is what the CLI uses when its output is not a terminal).
+os.environ["COLUMNS"] = "140"
 
 TEST_POLICY = Path(__file__).resolve().parent / "policies" / "integration.yaml"
 
