@@ -30,7 +30,7 @@ from researcher.evaluate import evaluate, load_params
 from researcher.plan import TrainingPlan
 from researcher.results import RoundReport, RunReport, SiteResult, SiteRoundReport
 from researcher.template import build_function
-from sites import keychain, syft_patches
+from sites import keychain, syft_guard, syft_patches
 from sites.model_loader import build_model, trainable_parameters
 from sites.public_policy import ENDPOINT_PATH as POLICY_ENDPOINT
 from sites.syft_client import login, quiet, syft
@@ -142,6 +142,7 @@ class Federation:
         (unreachable sites are retried at each round)."""
         syft()
         syft_patches.apply()  # the weights upload serialises once, not twice; see the module
+        syft_guard.guard_deserialization()  # a site's answer cannot name code to call here
         with ThreadPoolExecutor(max_workers=len(self.config.sites)) as pool:
             futures = {s.name: pool.submit(self._login, s) for s in self.config.sites}
             errors = []

@@ -314,15 +314,15 @@ def console_approve(
 def console_deny(request_id: str = typer.Argument(...), site_dir: Path = SiteDir,
                  reason: str = typer.Option(..., "--reason", help="the researcher reads this"),
                  reviewer: str = typer.Option(None, "--reviewer")) -> None:
-    """Deny (or revoke) a request with a reason the researcher will see. Approved copies of
-    the same model by the same researcher on the dataset are revoked with it; later plans of
-    theirs there go to a reviewer until one is approved."""
+    """Deny (or revoke) a request with a reason the researcher will see. The researcher's
+    plans on the dataset that were approved automatically are revoked with it; later plans
+    of theirs there go to a reviewer until one is approved."""
     from sites.console import deny
 
     v = deny(site_dir, request_id, reason=reason, reviewer=reviewer)
     out.print(f"denied {v.short_id}")
     if v.also_revoked:
-        out.print("also revoked (approved copies of the same model): "
+        out.print("also revoked (this researcher's automatically approved plans here): "
                   + ", ".join(r[:8] for r in v.also_revoked))
 
 

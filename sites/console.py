@@ -44,7 +44,7 @@ from sites import accounting
 from sites.admin import admin_client
 from sites.config import SiteConfig
 from sites.denials import RULE as DENIAL_RULE
-from sites.denials import approved_copies, denial_check, earlier_denials
+from sites.denials import automatic_approvals, denial_check, earlier_denials
 from sites.governance import REFUSED, Governance
 from sites.model_inspect import InspectError, count_parameters
 from sites.registry import Registry
@@ -393,9 +393,9 @@ def approve(site_dir: Path, request_id: str, note: str = "", reviewer: str | Non
 
 
 def deny(site_dir: Path, request_id: str, reason: str, reviewer: str | None = None) -> RequestView:
-    """Deny (or revoke) a request; the researcher reads `reason`. Approved requests of the
-    same researcher on the same dataset with the same model (its syntax tree: a renamed or
-    re-versioned copy) are revoked with it, and listed in `view.also_revoked`."""
+    """Deny (or revoke) a request; the researcher reads `reason`. The researcher's other
+    plans on the dataset that were approved automatically are revoked with it (listed in
+    `view.also_revoked`): a person's no withdraws the policy's automatic yes there."""
     if not reason.strip():
         raise ConsoleError("a denial needs a reason; the researcher will read it")
     reviewer = reviewer or default_reviewer()
@@ -407,9 +407,9 @@ def deny(site_dir: Path, request_id: str, reason: str, reviewer: str | None = No
         _apply_in_syft(req, "denied", reason)
         view.status = "denied"
         if view.plan is not None:
-            for other_id in approved_copies(Governance(site_dir), view.plan, view.id):
+            for other_id in automatic_approvals(Governance(site_dir), view.plan, view.id):
                 other = review_request(site_dir, cfg, _find(client, other_id), context)
-                note = f"revoked with request {view.short_id} (same model): {reason}"
+                note = f"revoked with request {view.short_id} (approved automatically): {reason}"
                 _record(site_dir, cfg, other, "denied", reviewer, note, "manual")
                 _apply_in_syft(_find(client, other_id), "denied", note)
                 view.also_revoked.append(other_id)

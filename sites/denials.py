@@ -14,9 +14,10 @@ rounds, DP target, model class and arguments). Any other plan under the hold
 is a warning a reviewer may approve. Fingerprints alone would be easy to
 dodge (one changed learning rate), which is why the hold covers every plan.
 Refusals the steward made itself (hard failures) hold nothing. A denial also
-revokes the researcher's automatically approved copies of the denied model on
-the dataset (`approved_copies`), so side-by-side clones approved before it
-stop with it; plans a person approved stay for a person to revoke.
+revokes every plan of that researcher on that dataset that was approved
+automatically (`automatic_approvals`), so copies submitted side by side
+before it stop with it, however their source differs; plans a person
+approved stay for a person to revoke.
 
 Reads decisions from the governance database; never writes (the console records
 the decisions).
@@ -83,27 +84,21 @@ def earlier_denials(gov: Governance, plan: TrainingPlan, request_id: str) -> lis
     return held
 
 
-def approved_copies(gov: Governance, plan: TrainingPlan, request_id: str) -> list[str]:
-    """Requests other than `request_id` whose plans of this researcher on this dataset were
-    approved automatically, are approved now and have `plan`'s model: revoked with it, so
-    copies submitted side by side under `approval: auto` stop too. A plan a person approved
-    is left to a person."""
-    model_fp = model_fingerprint(plan)
+def automatic_approvals(gov: Governance, plan: TrainingPlan, request_id: str) -> list[str]:
+    """Requests other than `request_id` of this researcher on this dataset that are approved
+    now, automatically: a person's denial withdraws the policy's automatic trust there, so
+    they are revoked with it (copies submitted side by side would otherwise train the denied
+    model on; a copy need not have the same syntax tree to behave the same). A plan a person
+    approved is left to a person."""
     found: list[str] = []
     for d in gov.decisions():
         if d["researcher"] != plan.researcher or d["dataset"] != plan.dataset or \
                 d["request_id"] == request_id or d["request_id"] in found or \
-                d["decision"] != "approved" or not d["plan_json"]:
+                d["decision"] != "approved":
             continue
         approval = gov.approval(d["plan_hash"])
-        if approval is None or approval.request_id != d["request_id"] or \
-                set(approval.reviewers) != {AUTO_REVIEWER}:
-            continue  # a plan a person approved stays theirs to revoke
-        try:
-            other = TrainingPlan.model_validate_json(d["plan_json"])
-        except ValueError:
-            continue
-        if model_fingerprint(other) == model_fp:
+        if approval is not None and approval.request_id == d["request_id"] and \
+                set(approval.reviewers) == {AUTO_REVIEWER}:
             found.append(d["request_id"])
     return found
 

@@ -103,6 +103,23 @@ def _new_object(server: Any, credentials: Any, call: Any) -> str | None:
     return None
 
 
+#: Largest single upload a researcher may ask room for (weights are capped at 2 GiB).
+MAX_UPLOAD_BYTES = 4 * 1024**3
+
+
+def _plain_allocation(server: Any, credentials: Any, call: Any) -> str | None:
+    """Room for the client's own serialised upload: no file-name extensions (syft appends
+    them to the stored file's path), a size within the upload cap."""
+    entry = _arg(call, "obj")
+    if type(entry).__name__ != "CreateBlobStorageEntry":
+        return "room is asked for with a blob storage entry"
+    if entry.extensions:
+        return "an upload has no file-name extensions"
+    if not isinstance(entry.file_size, int) or not 0 < entry.file_size <= MAX_UPLOAD_BYTES:
+        return f"an upload is between 1 byte and {MAX_UPLOAD_BYTES // 1024**3} GiB"
+    return None
+
+
 def _own_blob(server: Any, credentials: Any, call: Any) -> str | None:
     """Writing into blob storage: only into an entry the caller allocated (syft itself asks
     only for read permission, which every published mock's blob gives everyone)."""
@@ -146,6 +163,24 @@ def _request_refresh(server: Any, credentials: Any, call: Any) -> str | None:
     return None
 
 
+#: Requests one researcher may have waiting for a decision at once (a flood of requests would
+#: otherwise lengthen every review turn of the site's steward for everybody).
+MAX_PENDING_REQUESTS = 10
+
+
+def _pending_cap(server: Any, credentials: Any, call: Any) -> str | None:
+    from syft.service.context import AuthedServiceContext
+    from syft.service.user.user_roles import ServiceRole
+
+    context = AuthedServiceContext(server=server, credentials=credentials,
+                                   role=ServiceRole.DATA_SCIENTIST)
+    waiting = len(server.services.request.get_all_pending(context))  # the caller's own
+    if waiting >= MAX_PENDING_REQUESTS:
+        return (f"{waiting} of your requests are still awaiting review on this site; wait "
+                "for decisions before sending more")
+    return None
+
+
 def _policy_endpoint(server: Any, credentials: Any, call: Any) -> str | None:
     if _arg(call, "path") != ENDPOINT_PATH:
         return f"the only endpoint a researcher may call here is {ENDPOINT_PATH}"
@@ -164,11 +199,14 @@ RULES: dict[str, Rule] = {
     "action.get": Rule("read a round's result; " + OWN),
     "action.has_storage_permission": Rule("the client checks its result's storage",
                                           _readable),
-    "blob_storage.allocate": Rule("room for a large upload (weights over 1 MB)"),
+    "blob_storage.allocate": Rule("room for a large upload (weights over 1 MB)",
+                                  _plain_allocation),
     "blob_storage.write_to_disk": Rule("write one's own large upload", _own_blob),
     "blob_storage.read": Rule("read one's own large result; " + OWN),
     "code.request_code_execution": Rule("submit a plan as the medsyft template (the "
-                                        "submission check refuses anything else)"),
+                                        "submission check refuses anything else), at most "
+                                        f"{MAX_PENDING_REQUESTS} awaiting review",
+                                        _pending_cap),
     "code.get_all": Rule("the caller's own submitted code; " + OWN),
     "code.call": Rule("run a round of an approved plan; " + OWN),
     "request.get_all": Rule("the caller's own requests and their status; " + OWN),

@@ -28,7 +28,7 @@ from policies.schema import PolicyError, load_policy
 from sites import console, public_policy
 from sites.config import load_site
 from sites.governance import AUTO_REVIEWER, Governance
-from sites.syft_client import login, server_metadata
+from sites.syft_client import login, quiet, server_metadata
 
 log = logging.getLogger("medsyft.steward")
 
@@ -90,9 +90,12 @@ class Steward(threading.Thread):
                 gov.audit("steward", "policy.loaded", cfg.policy, policy_hash=policy_hash,
                           previous=last[-1]["details"].get("policy_hash") if last else None)
             self._policy_hash = policy_hash
-        waiting = [r for r in client.requests.get_all()
-                   if console._status_name(r.status) == "pending"
-                   and not gov.verdict_seen(str(r.id).replace("-", ""), policy_hash)]
+        # syft works out which requests are pending on its side (reading each request's
+        # status through the client would cost two calls per request ever made)
+        with quiet():
+            pending = client.api.services.request.get_all_pending()
+        waiting = [r for r in pending
+                   if not gov.verdict_seen(str(r.id).replace("-", ""), policy_hash)]
         if not waiting:
             return False
         context = console._context(client)

