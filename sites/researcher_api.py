@@ -217,8 +217,9 @@ RULES: dict[str, Rule] = {
     "api.call_public": Rule("the site's public policy", _policy_endpoint),
 }
 
-#: What an unauthenticated guest may call (sign-up is off; guests have nothing to do here).
-GUEST_RULES = frozenset({"metadata.get_metadata"})
+#: What an unauthenticated guest may call: nothing (sign-up is off; `sites.syft_guard` refuses
+#: a guest's call before reading it).
+GUEST_RULES: frozenset[str] = frozenset()
 
 
 def refusal(server: Any, credentials: Any, role: Any, call: Any) -> str | None:

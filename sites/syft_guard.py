@@ -3,16 +3,27 @@
 `sites.syft_patches` only skips work; this module changes what syft allows, and
 only ever by refusing more. Installed by `sites.server_main` before the server
 serves its first call; if syft is not the version the guard was written
-against, the site refuses to start rather than run unguarded. Five parts:
+against, the site refuses to start rather than run unguarded. Seven parts:
 
+* **Deserialisation that fails safely** (serde): an error raised about ten objects
+  deep into a body made syft 0.9.5 with pycapnp crash the process (a segmentation
+  fault) when the error was freed; every level now releases its error's frames one
+  by one, and nothing nests deeper than `MAX_SERDE_DEPTH`.
 * **Safe typing aliases** (serde): syft 0.9.5 rebuilds a serialized
   `typing._GenericAlias` / `_UnionGenericAlias` by calling whatever
   `module.function` the sender names with the arguments the sender gives
   (`deserialize_generic_alias`); every route deserialises its body before
   any check, so `{"path": "os.system", "command": ...}` ran a shell in the
   server with no account at all. Here only `typing.<name>` for the typing
-  constructors in `TYPING_ALIASES`, with only the alias fields, is rebuilt;
-  anything else fails to deserialise.
+  constructors in `TYPING_ALIASES`, with only the alias fields, is rebuilt,
+  in one pass and at most `MAX_ALIAS_DEPTH` deep; anything else fails to
+  deserialise.
+* **Untrusted bodies**: a route's body is read before anyone is known, so
+  while syft reads it no array, data frame or tensor may be in it (their
+  deserialisers decompress as much as the sender says: 66 kB became 2 GB),
+  and it must be a signed call or a sign-up form. Arrays in signed calls are
+  capped at the weights' size and to plain dtypes. A researcher's call is
+  read only once its signature checks out; a guest's not at all.
 
 * **API gate** (`Server.handle_api_call_with_unsigned_result`): a call from any
   role below data owner goes on only if `sites.researcher_api.refusal` allows
@@ -38,9 +49,12 @@ and the rule only.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import logging
+import threading
+import typing
 from typing import Any
 
 log = logging.getLogger("medsyft.site")
@@ -89,30 +103,162 @@ def alias_problem(fields: Any) -> str | None:
     return None
 
 
-def _safe_alias(original: Any) -> Any:
+_alias_depth = threading.local()
+MAX_ALIAS_DEPTH = 16  # List[Dict[str, Optional[int]]] is 4 deep
+
+
+def deserialize_generic_alias_safely(type_blob: bytes) -> Any:
+    """syft's `deserialize_generic_alias`, rebuilt from the one deserialised field dict
+    (checking first and then calling syft's would deserialise every nested alias twice per
+    level: exponential work for a small body), looking constructors up in `typing` only."""
+    from syft.serde.deserialize import _deserialize
+
+    depth = getattr(_alias_depth, "n", 0)
+    if depth >= MAX_ALIAS_DEPTH:
+        raise _syft_exception("refused by the medsyft site: typing aliases nested too deep")
+    _alias_depth.n = depth + 1
+    try:
+        fields = _deserialize(type_blob, from_bytes=True)
+    finally:
+        _alias_depth.n = depth
+    problem = alias_problem(fields)
+    if problem is None and "__args__" not in fields:
+        problem = "a typing alias without arguments"
+    if problem is not None:
+        log.warning("refused to deserialise %s", problem)
+        raise _syft_exception(f"refused by the medsyft site: {problem}")
+    constructor = getattr(typing, fields["path"].rpartition(".")[2])
+    args = fields["__args__"]
+    if constructor is typing.Optional:  # as syft does: Optional takes one argument
+        args = args[0]
+    return constructor[args]  # what syft's call falls back to for every typing constructor
+
+
+deserialize_generic_alias_safely.medsyft_guard = True  # type: ignore[attr-defined]
+
+
+def _swap_deserializer(names: set[str], original: Any, replacement: Any) -> list[str]:
+    """Put `replacement` where syft's registry holds `original` for these canonical names."""
+    from syft.types.syft_object_registry import SyftObjectRegistry
+
+    done = []
+    registry = SyftObjectRegistry.__object_serialization_registry__
+    for name in sorted(names):
+        for version, entry in list(registry.get(name, {}).items()):
+            if entry[DESERIALIZE] is not original:
+                raise GuardNotApplied(f"syft's deserialiser for {name} is not the one the "
+                                      "guard was written against; the site does not start "
+                                      "unguarded")
+            registry[name][version] = entry[:DESERIALIZE] + (replacement,) + \
+                entry[DESERIALIZE + 1:]
+            done.append(f"serde {name} v{version}")
+    if len(done) < len(names):
+        raise GuardNotApplied(f"syft registers {sorted(names)} differently than expected; the "
+                              "site does not start unguarded")
+    return done
+
+
+#: Index of the deserialise function in a syft 0.9.5 serde registry entry.
+DESERIALIZE = 2
+
+
+# -- deserialisation that fails safely -------------------------------------------------------
+#: How deep one syft object may nest others (a plan request is about 10 deep); deeper
+#: bodies would reach Python's recursion limit somewhere inside syft or pycapnp.
+MAX_SERDE_DEPTH = 64
+_serde_depth = threading.local()
+
+
+def release_traceback(exc: BaseException) -> None:
+    """Clear the frames an exception's traceback holds, one by one, innermost first.
+
+    syft 0.9.5 with pycapnp crashes the whole process (a segmentation fault, not an
+    exception) when the traceback of an error raised about ten objects deep into a
+    deserialisation is freed: the frames then go in one nested deallocation, which frees
+    capnp readers out of order. A body with an unknown type name at the bottom of ten
+    nested lists took a site down with no account. Cleared here frame by frame, each
+    frame's objects go one at a time."""
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [exc]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        frames = []
+        tb = current.__traceback__
+        while tb is not None:
+            frames.append(tb.tb_frame)
+            tb = tb.tb_next
+        for frame in reversed(frames):
+            with contextlib.suppress(RuntimeError):  # a frame still running is left alone
+                frame.clear()
+        current.__traceback__ = None
+        pending += [current.__context__, current.__cause__]
+        current.__context__ = current.__cause__ = None
+
+
+def _safe_deserializer(original: Any) -> Any:
     @functools.wraps(original)
-    def deserialize_generic_alias_safely(type_blob: bytes) -> Any:
-        from syft.serde.deserialize import _deserialize
+    def deserialize_safely(*args: Any, **kwargs: Any) -> Any:
+        """syft's `_deserialize`, refusing to nest more than `MAX_SERDE_DEPTH` deep and
+        handing any error up with its traceback released level by level."""
+        depth = getattr(_serde_depth, "n", 0)
+        if depth >= MAX_SERDE_DEPTH:
+            raise _syft_exception("refused by the medsyft site: objects nested too deep")
+        _serde_depth.n = depth + 1
+        try:
+            return original(*args, **kwargs)
+        except Exception as exc:
+            release_traceback(exc)
+            raise exc from None
+        finally:
+            _serde_depth.n = depth
 
-        problem = alias_problem(_deserialize(type_blob, from_bytes=True))
-        if problem is not None:
-            log.warning("refused to deserialise %s", problem)
-            raise _syft_exception(f"refused by the medsyft site: {problem}")
-        return original(type_blob)
+    deserialize_safely.medsyft_safe_serde = True  # type: ignore[attr-defined]
+    return deserialize_safely
 
-    deserialize_generic_alias_safely.medsyft_guard = True  # type: ignore[attr-defined]
-    return deserialize_generic_alias_safely
+
+def _guard_serde() -> list[str]:
+    """Put the safe `_deserialize` wherever syft holds the function, also in modules that
+    imported it by name."""
+    import sys
+
+    from syft.serde import deserialize as serde_deserialize
+
+    original = serde_deserialize._deserialize
+    if getattr(original, "medsyft_safe_serde", False):
+        return []
+    if getattr(original, "__qualname__", "") != "_deserialize":
+        raise GuardNotApplied("syft's deserialiser is not the one the guard was written "
+                              "against; the site does not start unguarded")
+    safe = _safe_deserializer(original)
+    done = []
+    for name, module in sorted(sys.modules.items()):
+        if not (name == "syft" or name.startswith("syft.")) or module is None:
+            continue
+        for attr, value in list(vars(module).items()):
+            if value is original:
+                setattr(module, attr, safe)
+                done.append(f"{name}.{attr}")
+    return done
 
 
 def guard_deserialization() -> list[str]:
-    """Only the safe typing-alias deserialiser, for any process that reads syft bytes from
-    elsewhere (the researcher client reads every site's answers)."""
-    return _guard_aliases()
+    """The deserialisation guards for any process that reads syft bytes from elsewhere
+    (the researcher client reads every site's answers): errors released safely, nesting
+    bounded, safe typing aliases and the cap on decompressed arrays."""
+    from syft.serde import arrow
+
+    done = _guard_serde() + _guard_aliases()
+    if not getattr(arrow.arrow_deserialize, "medsyft_guard", False):
+        arrow.arrow_deserialize = arrow_deserialize_capped(arrow.arrow_deserialize)
+        done.append("syft.serde.arrow.arrow_deserialize")
+    return done
 
 
 def _guard_aliases() -> list[str]:
     from syft.serde import recursive_primitives
-    from syft.types.syft_object_registry import SyftObjectRegistry
 
     original = recursive_primitives.deserialize_generic_alias
     if getattr(original, "medsyft_guard", False):
@@ -120,33 +266,136 @@ def _guard_aliases() -> list[str]:
     if getattr(original, "__qualname__", "") != "deserialize_generic_alias":
         raise GuardNotApplied("syft's generic-alias deserialiser is not the one the guard was "
                               "written against; the site does not start unguarded")
-    safe = _safe_alias(original)
-    done = []
-    registry = SyftObjectRegistry.__object_serialization_registry__
-    for name, versions in registry.items():
-        for version, entry in list(versions.items()):
-            if any(part is original for part in entry):
-                versions[version] = tuple(safe if part is original else part for part in entry)
-                done.append(f"serde {name} v{version}")
-    if {d.split()[1] for d in done} != {"_GenericAlias", "_UnionGenericAlias"}:
-        raise GuardNotApplied("syft's generic-alias registrations are not the ones the guard "
-                              "was written against; the site does not start unguarded")
-    recursive_primitives.deserialize_generic_alias = safe
+    done = _swap_deserializer({"_GenericAlias", "_UnionGenericAlias"}, original,
+                              deserialize_generic_alias_safely)
+    recursive_primitives.deserialize_generic_alias = deserialize_generic_alias_safely
     return done
 
 
-# -- API gate ------------------------------------------------------------------------------
+# -- untrusted bodies ----------------------------------------------------------------------------
+#: Types whose deserialisers decompress or allocate what the sender says: never in a request
+#: body before its signature is checked (a 66 kB body decompressed to 2 GB).
+HEAVY_TYPES = frozenset({"numpy_ndarray", "pandas_dataframe", "pandas_series",
+                         "torch_tensor"})
+#: What the body of each unauthenticated route may be.
+BODY_TYPES = frozenset({"SignedSyftAPICall", "UserCreate"})
+#: The largest array a signed call may carry once decompressed (weights are capped at 2 GiB).
+MAX_DECOMPRESSED_BYTES = 2 * 1024**3 + 64 * 1024**2
+_untrusted = threading.local()
+
+
+def _refused_while_untrusted(name: str, original: Any) -> Any:
+    def deserialize_unless_untrusted(*args: Any, **kwargs: Any) -> Any:
+        if getattr(_untrusted, "active", False):
+            log.warning("refused to deserialise %s in an unsigned body", name)
+            raise _syft_exception(f"refused by the medsyft site: {name} in an unsigned body")
+        return original(*args, **kwargs)
+
+    deserialize_unless_untrusted.medsyft_guard = True  # type: ignore[attr-defined]
+    return deserialize_unless_untrusted
+
+
+def _route_deserializer(original: Any) -> Any:
+    @functools.wraps(original)
+    def deserialize_request_body(*args: Any, **kwargs: Any) -> Any:
+        """A route's body is read before anyone is authenticated: no heavy types in it, and
+        it must be a signed call (or a sign-up form)."""
+        _untrusted.active = True
+        try:
+            obj = original(*args, **kwargs)
+        finally:
+            _untrusted.active = False
+        if type(obj).__name__ not in BODY_TYPES:
+            raise _syft_exception("refused by the medsyft site: not a signed API call")
+        return obj
+
+    deserialize_request_body.medsyft_guard = True  # type: ignore[attr-defined]
+    return deserialize_request_body
+
+
+def arrow_deserialize_capped(original: Any) -> Any:
+    @functools.wraps(original)
+    def arrow_deserialize_within_cap(numpy_bytes: bytes, decompressed_size: int,
+                                     dtype: str) -> Any:
+        import numpy as np
+
+        if not isinstance(decompressed_size, int) or \
+                not 0 <= decompressed_size <= MAX_DECOMPRESSED_BYTES:
+            raise _syft_exception("refused by the medsyft site: an array larger than any "
+                                  "weights")
+        try:
+            itemsize = np.dtype(dtype).itemsize
+        except TypeError:
+            raise _syft_exception("refused by the medsyft site: an unknown dtype") from None
+        if np.dtype(dtype).hasobject or not 0 < itemsize <= 16:
+            raise _syft_exception("refused by the medsyft site: an array of unusual dtype")
+        return original(numpy_bytes, decompressed_size, dtype)
+
+    arrow_deserialize_within_cap.medsyft_guard = True  # type: ignore[attr-defined]
+    return arrow_deserialize_within_cap
+
+
+def _guard_bodies() -> list[str]:
+    from syft.serde import arrow
+    from syft.server import routes
+    from syft.types.syft_object_registry import SyftObjectRegistry
+
+    done = _guard_serde()
+    if not getattr(routes.deserialize, "medsyft_guard", False):
+        if getattr(routes.deserialize, "__qualname__", "") != "_deserialize":
+            raise GuardNotApplied("syft's route deserialiser is not the one the guard was "
+                                  "written against; the site does not start unguarded")
+        routes.deserialize = _route_deserializer(routes.deserialize)
+        done.append("syft.server.routes.deserialize")
+    registry = SyftObjectRegistry.__object_serialization_registry__
+    for name in sorted(HEAVY_TYPES):
+        for version, entry in list(registry[name].items()):
+            if not getattr(entry[DESERIALIZE], "medsyft_guard", False):
+                registry[name][version] = entry[:DESERIALIZE] + (
+                    _refused_while_untrusted(name, entry[DESERIALIZE]),) + \
+                    entry[DESERIALIZE + 1:]
+                done.append(f"serde {name} v{version}")
+    if not getattr(arrow.arrow_deserialize, "medsyft_guard", False):
+        if getattr(arrow.arrow_deserialize, "__qualname__", "") != "arrow_deserialize":
+            raise GuardNotApplied("syft's array deserialiser is not the one the guard was "
+                                  "written against; the site does not start unguarded")
+        arrow.arrow_deserialize = arrow_deserialize_capped(arrow.arrow_deserialize)
+        done.append("syft.serde.arrow.arrow_deserialize")
+    return done
+
+
+# -- API gate -----------------------------------------------------------------------------
+#: Calls of one researcher that run one at a time (their rule counts what they store).
+SERIALISED_PATHS = frozenset({"code.request_code_execution"})
+_locks_guard = threading.Lock()
+_submission_locks: dict[str, threading.Lock] = {}
+
+
+def _submission_lock(key: str) -> threading.Lock:
+    with _locks_guard:
+        return _submission_locks.setdefault(key, threading.Lock())
+
+
 def _gate(original: Any) -> Any:
     @functools.wraps(original)
     def handle_api_call_guarded(self: Any, api_call: Any, *args: Any, **kwargs: Any) -> Any:
         from syft.service.response import SyftError
+        from syft.service.user.user_roles import ServiceRole
 
         from sites.researcher_api import refusal
 
         credentials = api_call.credentials
         role = self.get_role_for_credentials(credentials=credentials)
-        if _is_researcher(role):
-            call = getattr(api_call, "message", api_call)  # signed: the inner SyftAPICall
+        if not _is_researcher(role):
+            return original(self, api_call, *args, **kwargs)  # syft checks the signature first
+        if role == ServiceRole.GUEST:  # no account: nothing to call, nothing read further
+            return SyftError(message="refused by the medsyft site: an account is needed")
+        if type(api_call).__name__ != "SignedSyftAPICall" or not api_call.is_valid:
+            return original(self, api_call, *args, **kwargs)  # syft refuses it, unread
+        call = api_call.message  # signed by a researcher: now it may be read
+        lock = _submission_lock(str(credentials)) if \
+            getattr(call, "path", "") in SERIALISED_PATHS else contextlib.nullcontext()
+        with lock:  # the pending-request cap is checked and the request stored in one go
             try:
                 reason = refusal(self, credentials, role, call)
             except Exception as exc:  # a malformed call: refuse, name only its type
@@ -154,7 +403,7 @@ def _gate(original: Any) -> Any:
             if reason is not None:
                 log.warning("refused a researcher call: %s", reason)
                 return SyftError(message=f"refused by the medsyft site: {reason}")
-        return original(self, api_call, *args, **kwargs)
+            return original(self, api_call, *args, **kwargs)
 
     handle_api_call_guarded.medsyft_guard = True  # type: ignore[attr-defined]
     return handle_api_call_guarded
@@ -270,7 +519,7 @@ def apply() -> list[str]:
 
     action_service = importlib.import_module("syft.service.action.action_service")
     policy = importlib.import_module("syft.service.policy.policy")
-    done = _guard_aliases() + [
+    done = _guard_serde() + _guard_aliases() + _guard_bodies() + [
         _replace("syft.server.server.Server", Server, "handle_api_call_with_unsigned_result",
                  _gate, "handle_api_call_with_unsigned_result"),
         _replace("syft.service.code.user_code_service.UserCodeService", UserCodeService,

@@ -40,6 +40,43 @@ def generic_alias_payload(command: str) -> bytes:
         entries[version] = original
 
 
+def array_body(declared_bytes: int) -> bytes:
+    """A request body that is one numpy array: a 16-byte zstd frame claiming to inflate to
+    `declared_bytes` (syft allocates what the sender declares)."""
+    import pyarrow as pa
+    from syft.serde.recursive import recursive_scheme
+    from syft.serde.serialize import _serialize
+
+    frame = pa.compress(b"\0" * 16, codec="zstd", asbytes=True)
+    message = recursive_scheme.new_message()
+    message.canonicalName, message.version = "numpy_ndarray", 1
+    message.init("nonrecursiveBlob", 1)[0] = _serialize((frame, declared_bytes, "int8"),
+                                                        to_bytes=True)
+    return message.to_bytes()
+
+
+def nested_body(depth: int, bottom: str = "no_such_type") -> bytes:
+    """A request body that is `depth` lists, one inside the other, with an object of the
+    unknown type `bottom` at the bottom, built message by message (syft's serialiser would
+    itself recurse). Unguarded syft 0.9.5 crashed (segmentation fault) freeing the error."""
+    from syft.serde.recursive import recursive_scheme
+    from syft.serde.recursive_primitives import iterable_schema
+
+    def wrapped(name: str, blob: bytes) -> bytes:
+        message = recursive_scheme.new_message()
+        message.canonicalName, message.version = name, 1
+        message.init("nonrecursiveBlob", 1)[0] = blob
+        return message.to_bytes()
+
+    body = wrapped(bottom, b"x")
+    for _ in range(depth):
+        values = iterable_schema.new_message()
+        values.init("values", 1)
+        values.values.init(0, 1)[0] = body
+        body = wrapped("list", values.to_bytes())
+    return body
+
+
 class SneakyOutput(sy.CustomOutputPolicy):
     def __init__(self):
         import os

@@ -81,3 +81,95 @@ def test_submission_check_names_what_differs_from_the_template():
         code(input_kwargs=["data", "datasite"]))
     big = "def f(data, weights):\n    return '" + "x" * syft_guard.MAX_SUBMITTED_CODE + "'\n"
     assert "larger" in syft_guard.submission_problem(code(code=big))
+
+
+def _nested_list(depth: int):
+    import typing
+
+    alias = int
+    for _ in range(depth):
+        alias = typing.List[alias]  # noqa: UP006 (typing's alias, as syft serialises it)
+    return alias
+
+
+def test_a_nested_typing_alias_is_read_in_one_pass_and_only_so_deep(monkeypatch):
+    from syft.serde import deserialize as serde_deserialize
+    from syft.serde.serialize import _serialize
+
+    syft_guard.guard_deserialization()
+    calls = {"n": 0}
+    real = serde_deserialize._deserialize
+
+    def counting(*args, **kwargs):
+        calls["n"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(serde_deserialize, "_deserialize", counting)
+    work = {}
+    for depth in (6, 12):
+        calls["n"] = 0
+        alias = _nested_list(depth)
+        assert real(_serialize(alias, to_bytes=True), from_bytes=True) == alias
+        work[depth] = calls["n"]
+    assert work[12] <= 3 * work[6]  # linear in the depth (read twice per level: 64 times)
+    with pytest.raises(Exception, match="nested too deep"):
+        real(_serialize(_nested_list(syft_guard.MAX_ALIAS_DEPTH + 4), to_bytes=True),
+             from_bytes=True)
+
+
+def test_arrays_are_capped_at_the_weights_size_and_plain_dtypes():
+    import numpy as np
+    import pyarrow as pa
+    from syft.serde import arrow
+    from syft.serde.deserialize import _deserialize
+    from syft.serde.serialize import _serialize
+
+    syft_guard.guard_deserialization()
+    assert getattr(arrow.arrow_deserialize, "medsyft_guard", False)
+    weights = np.random.default_rng(0).standard_normal(1000).astype(np.float32)
+    np.testing.assert_array_equal(_deserialize(_serialize(weights, to_bytes=True),
+                                               from_bytes=True), weights)
+    frame = pa.compress(b"\0" * 16, codec="zstd", asbytes=True)
+    with pytest.raises(Exception, match="larger than any weights"):
+        arrow.arrow_deserialize(frame, syft_guard.MAX_DECOMPRESSED_BYTES + 1, "int8")
+    with pytest.raises(Exception, match="unusual dtype"):
+        arrow.arrow_deserialize(frame, 16, "object")
+
+
+_DESERIALISE_NESTED = """
+import sys
+from sites import syft_guard
+from tests.guard_probe import nested_body
+if sys.argv[1] == "guarded":
+    syft_guard.guard_deserialization()
+from syft.serde import deserialize
+try:
+    deserialize._deserialize(nested_body(int(sys.argv[2])), from_bytes=True)
+except Exception as exc:
+    print("refused:", str(exc)[:80], flush=True)
+print("still running", flush=True)
+"""
+
+
+@pytest.mark.parametrize("depth", [12, 40, syft_guard.MAX_SERDE_DEPTH + 1, 3000])
+def test_an_error_deep_inside_a_body_does_not_crash_the_process(depth):
+    """An unknown type at the bottom of nested lists: unguarded syft 0.9.5 with pycapnp
+    dies of a segmentation fault freeing the error (red-team finding); guarded, the error
+    is an ordinary refusal, and nothing nests deeper than MAX_SERDE_DEPTH."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+
+    def run(mode: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", _DESERIALISE_NESTED, mode, str(depth)],
+                              cwd=root, capture_output=True, text=True, timeout=300)
+
+    guarded = run("guarded")
+    assert guarded.returncode == 0, guarded.stderr[-2000:]
+    assert "still running" in guarded.stdout
+    expected = "nested too deep" if depth > syft_guard.MAX_SERDE_DEPTH else "no_such_type"
+    assert expected in guarded.stdout
+    if depth == 12:  # the crash the guard prevents is real
+        assert run("unguarded").returncode != 0
