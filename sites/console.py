@@ -46,7 +46,7 @@ from sites.config import SiteConfig
 from sites.denials import RULE as DENIAL_RULE
 from sites.denials import automatic_approvals, denial_check, earlier_denials
 from sites.governance import REFUSED, Governance
-from sites.model_inspect import InspectError, count_parameters
+from sites.model_inspect import InspectError, SiteBusy, count_parameters
 from sites.registry import Registry
 from sites.request_review import SiteIdentity, request_checks
 from sites.syft_client import quiet
@@ -247,7 +247,8 @@ def _review(site_dir: Path, cfg: SiteConfig, req: Any, context: ReviewContext) -
 def _parameters(gov: Governance, policy: SitePolicy, plan: TrainingPlan, timeout_s: float
                 ) -> tuple[int | None, str | None]:
     """The model's parameter count, measured in a child process only after its code passed
-    the syntax-tree review (the count builds the model); cached per model, failures too."""
+    the syntax-tree review (the count builds the model); cached per model, failures too
+    (not a site too busy to start the child)."""
     rules = policy.for_dataset(plan.dataset)
     if rules is not None and review_model_code(plan.model.source, plan.model.class_name,
                                                rules.model_code.layers,
@@ -260,6 +261,8 @@ def _parameters(gov: Governance, policy: SitePolicy, plan: TrainingPlan, timeout
         return cached
     try:
         n, error = count_parameters(model_json, float(timeout_s)), None
+    except SiteBusy as exc:  # says nothing about the model: measured again next review
+        return None, str(exc)
     except InspectError as exc:
         n, error = None, str(exc)
     gov.cache_parameters(model_hash, n, error)

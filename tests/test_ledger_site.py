@@ -47,7 +47,7 @@ def site(tmp_path_factory, memory_keyring, repo_root):
         yield env
 
 
-def approved(fed, plan, timeout_s=60.0) -> None:
+def approved(fed, plan, timeout_s=180.0) -> None:
     deadline = time.monotonic() + timeout_s
     while fed.status(plan)["delta"].status != "approved":
         assert time.monotonic() < deadline, "plan was not approved automatically"

@@ -5,6 +5,7 @@ tests/test_request_surface.py.)"""
 from __future__ import annotations
 
 import ast
+from pathlib import Path
 
 import pytest
 import torch
@@ -137,3 +138,48 @@ def test_the_steward_takes_one_request_per_researcher_least_recently_served_firs
     turn = fair_turn(flood + [ada], served={"mallory": 100.0, "ada": 50.0})
     assert [r.id for r in turn] == ["a", "m1.0"]  # Ada first, then Mallory's oldest only
     assert [r.id for r in fair_turn(flood + [ada], served={})] == ["m1.0", "a"]
+
+
+# -- counting parameters in a child ------------------------------------------------------------
+def test_the_inspecting_child_counts_what_the_site_trains():
+    from sites.model_inspect import count_parameters
+
+    spec = make_plan(name="count").model
+    expected = sum(p.numel() for p in trainable_parameters(build_model(spec)).values())
+    assert count_parameters(spec.model_dump_json(), 60.0) == expected
+
+
+def test_a_model_that_never_finishes_building_times_out():
+    from sites.model_inspect import InspectError, SiteBusy, count_parameters
+
+    source = small_model_source().replace("super().__init__()",
+                                          "super().__init__()\n        while True:\n"
+                                          "            pass")
+    spec = make_plan(name="spin", source=source).model
+    with pytest.raises(InspectError, match="timed out") as exc:
+        count_parameters(spec.model_dump_json(), 2.0)
+    assert not isinstance(exc.value, SiteBusy)
+
+
+def test_a_site_too_busy_to_start_the_child_is_not_held_against_the_model(tmp_path,
+                                                                          monkeypatch):
+    """The timeout runs from the child's `ready`: under load (two test workers, each with
+    sites and training processes) starting torch alone took longer than review_timeout_s,
+    and the cached timeout then failed the model for good. A child that does not start in
+    time is `SiteBusy`, never cached."""
+    from policies.schema import load_policy
+    from sites import console, model_inspect
+    from sites.governance import Governance
+
+    gov = Governance(tmp_path)
+    policy, _ = load_policy(Path(__file__).resolve().parents[1] / "policies" /
+                            "riverside.yaml")
+    plan = make_plan(name="busy")
+    model_inspect.count_parameters.cache_clear()
+    monkeypatch.setattr(model_inspect, "STARTUP_TIMEOUT_S", 0.01)
+    n, error = console._parameters(gov, policy, plan, 20)
+    assert n is None and "did not start in time" in error
+    monkeypatch.setattr(model_inspect, "STARTUP_TIMEOUT_S", 180.0)
+    n, error = console._parameters(gov, policy, plan, 20)  # measured again, not cached
+    assert error is None and n == sum(p.numel() for p in
+                                      trainable_parameters(build_model(plan.model)).values())
