@@ -8,7 +8,13 @@ against, the site refuses to start rather than run unguarded. Seven parts:
 * **Deserialisation that fails safely** (serde): an error raised about ten objects
   deep into a body made syft 0.9.5 with pycapnp crash the process (a segmentation
   fault) when the error was freed; every level now releases its error's frames one
-  by one, and nothing nests deeper than `MAX_SERDE_DEPTH`.
+  by one, and nothing nests deeper than `MAX_SERDE_DEPTH`. Cap'n Proto reads are
+  bounded by the message's own size (syft switched the limit off, so pointers aliasing
+  one chunk multiplied a body 8,000 times), chunks are joined linearly, an object may
+  carry only the fields its class serialises (a signed call carrying its own cached
+  call ran that one, as the data owner whose key signed a replayed answer), and
+  untrusted input holds no collection over `MAX_UNTRUSTED_ELEMENTS` (int hashes
+  collide at will).
 * **Safe typing aliases** (serde): syft 0.9.5 rebuilds a serialized
   `typing._GenericAlias` / `_UnionGenericAlias` by calling whatever
   `module.function` the sender names with the arguments the sender gives
@@ -219,6 +225,112 @@ def _safe_deserializer(original: Any) -> Any:
     return deserialize_safely
 
 
+#: Most elements one list, set or mapping may have while an unsigned body or a
+#: researcher's call is read (Python's int hash is not randomised: a set of 40,000 ints
+#: that all hash to 0 froze the server for 22 s, the GIL held).
+MAX_UNTRUSTED_ELEMENTS = 4096
+_reading = threading.local()  # .untrusted: an unsigned body or a researcher's call
+
+
+def traversal_limit(blob: bytes) -> int:
+    """Cap'n Proto words a message of this size may read: about four times its own size.
+
+    syft 0.9.5 reads with a limit of 2**64 - 1, switching off Cap'n Proto's defence
+    against pointers that all point at one chunk: a 340 kB body made the server build
+    3.5 GB, a 34 kB one kept a core busy for a minute."""
+    return len(blob) // 2 + 8192
+
+
+class BoundedSchema:
+    """A capnp schema whose `from_bytes` reads at most `traversal_limit` words and, while
+    untrusted input is read, lists of at most `MAX_UNTRUSTED_ELEMENTS`."""
+
+    medsyft_guard = True
+
+    def __init__(self, schema: Any, counted: str | None) -> None:
+        self._schema, self._counted = schema, counted
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._schema, name)
+
+    @contextlib.contextmanager
+    def from_bytes(self, blob: bytes, *args: Any, **kwargs: Any) -> Any:
+        kwargs["traversal_limit_in_words"] = traversal_limit(blob)
+        with self._schema.from_bytes(blob, *args, **kwargs) as message:
+            if self._counted and getattr(_reading, "untrusted", False) and \
+                    len(getattr(message, self._counted)) > MAX_UNTRUSTED_ELEMENTS:
+                log.warning("refused to deserialise a collection of more than %d elements "
+                            "from untrusted input", MAX_UNTRUSTED_ELEMENTS)
+                raise _syft_exception("refused by the medsyft site: a collection of more "
+                                      f"than {MAX_UNTRUSTED_ELEMENTS} elements")
+            yield message
+
+
+def combine_bytes_linearly(capnp_list: Any) -> bytes:
+    """syft's `combine_bytes` without its quadratic `+=` (many tiny chunks)."""
+    return b"".join(capnp_list)
+
+
+def _proto_fields_checked(original: Any) -> Any:
+    @functools.wraps(original)
+    def rs_proto2object_known_fields(proto: Any) -> Any:
+        """syft's `rs_proto2object`, refusing fields the registered class does not
+        serialise. syft took every field the sender listed: a SignedSyftAPICall carrying
+        its own `cached_deseralized_message` ran that call instead of the signed one (a
+        server-signed answer replayed this way made anyone the data owner)."""
+        from syft.types.syft_object_registry import SyftObjectRegistry
+
+        name, version = proto.canonicalName, getattr(proto, "version", -1)
+        if SyftObjectRegistry.has_serde_class(name, version):
+            entry = SyftObjectRegistry.get_serde_properties(name, version)
+            allowed = entry[ATTRIBUTES]
+            if not entry[0] and allowed is not None:
+                unknown = {str(f) for f in proto.fieldsName if f != ""} - set(allowed)
+                if unknown:
+                    log.warning("refused to deserialise %s with fields it does not have",
+                                name)
+                    raise _syft_exception(f"refused by the medsyft site: {name} has no "
+                                          "such field")
+        return original(proto)
+
+    rs_proto2object_known_fields.medsyft_guard = True  # type: ignore[attr-defined]
+    return rs_proto2object_known_fields
+
+
+#: Index of the serialised attribute names in a syft 0.9.5 serde registry entry.
+ATTRIBUTES = 3
+
+
+def _guard_capnp() -> list[str]:
+    """Bounded reads, linear chunk joins and known fields only, wherever syft holds them."""
+    import sys
+
+    from syft.serde import recursive, recursive_primitives
+
+    done = []
+    for module, attr, counted in ((recursive, "recursive_scheme", None),
+                                  (recursive_primitives, "iterable_schema", "values"),
+                                  (recursive_primitives, "kv_iterable_schema", "keys")):
+        if not getattr(getattr(module, attr), "medsyft_guard", False):
+            setattr(module, attr, BoundedSchema(getattr(module, attr), counted))
+            done.append(f"{module.__name__}.{attr}")
+    if not getattr(recursive.rs_proto2object, "medsyft_guard", False):
+        if getattr(recursive.rs_proto2object, "__qualname__", "") != "rs_proto2object":
+            raise GuardNotApplied("syft's object deserialiser is not the one the guard was "
+                                  "written against; the site does not start unguarded")
+        recursive.rs_proto2object = _proto_fields_checked(recursive.rs_proto2object)
+        done.append("syft.serde.recursive.rs_proto2object")
+    original = recursive.combine_bytes
+    if original is not combine_bytes_linearly:
+        for name, module in sorted(sys.modules.items()):
+            if module is not None and (name == "syft" or name.startswith("syft.")):
+                for attr, value in list(vars(module).items()):
+                    if value is original:
+                        setattr(module, attr, combine_bytes_linearly)
+                        done.append(f"{name}.{attr}")
+    return done
+
+
 def _guard_serde() -> list[str]:
     """Put the safe `_deserialize` wherever syft holds the function, also in modules that
     imported it by name."""
@@ -250,7 +362,7 @@ def guard_deserialization() -> list[str]:
     bounded, safe typing aliases and the cap on decompressed arrays."""
     from syft.serde import arrow
 
-    done = _guard_serde() + _guard_aliases()
+    done = _guard_serde() + _guard_capnp() + _guard_aliases()
     if not getattr(arrow.arrow_deserialize, "medsyft_guard", False):
         arrow.arrow_deserialize = arrow_deserialize_capped(arrow.arrow_deserialize)
         done.append("syft.serde.arrow.arrow_deserialize")
@@ -300,13 +412,19 @@ def _route_deserializer(original: Any) -> Any:
     def deserialize_request_body(*args: Any, **kwargs: Any) -> Any:
         """A route's body is read before anyone is authenticated: no heavy types in it, and
         it must be a signed call (or a sign-up form)."""
-        _untrusted.active = True
+        _untrusted.active = _reading.untrusted = True
         try:
             obj = original(*args, **kwargs)
+        except Exception as exc:
+            if "traversal limit" in str(exc):
+                log.warning("refused to deserialise a body that reads beyond its own size")
+            raise
         finally:
-            _untrusted.active = False
+            _untrusted.active = _reading.untrusted = False
         if type(obj).__name__ not in BODY_TYPES:
             raise _syft_exception("refused by the medsyft site: not a signed API call")
+        if type(obj).__name__ == "SignedSyftAPICall":  # read only what the signature covers
+            obj.cached_deseralized_message = None
         return obj
 
     deserialize_request_body.medsyft_guard = True  # type: ignore[attr-defined]
@@ -386,13 +504,22 @@ def _gate(original: Any) -> Any:
 
         credentials = api_call.credentials
         role = self.get_role_for_credentials(credentials=credentials)
-        if not _is_researcher(role):
-            return original(self, api_call, *args, **kwargs)  # syft checks the signature first
+        if not _is_researcher(role):  # syft checks the signature first
+            if type(api_call).__name__ == "SignedSyftAPICall" and api_call.is_valid and \
+                    type(api_call.message).__name__ != "SyftAPICall":  # a replayed answer
+                return SyftError(message="refused by the medsyft site: not an API call")
+            return original(self, api_call, *args, **kwargs)
         if role == ServiceRole.GUEST:  # no account: nothing to call, nothing read further
             return SyftError(message="refused by the medsyft site: an account is needed")
         if type(api_call).__name__ != "SignedSyftAPICall" or not api_call.is_valid:
             return original(self, api_call, *args, **kwargs)  # syft refuses it, unread
-        call = api_call.message  # signed by a researcher: now it may be read
+        _reading.untrusted = True  # signed by a researcher: now it may be read, with care
+        try:
+            call = api_call.message
+        finally:
+            _reading.untrusted = False
+        if type(call).__name__ != "SyftAPICall":
+            return SyftError(message="refused by the medsyft site: not an API call")
         lock = _submission_lock(str(credentials)) if \
             getattr(call, "path", "") in SERIALISED_PATHS else contextlib.nullcontext()
         with lock:  # the pending-request cap is checked and the request stored in one go
@@ -519,7 +646,7 @@ def apply() -> list[str]:
 
     action_service = importlib.import_module("syft.service.action.action_service")
     policy = importlib.import_module("syft.service.policy.policy")
-    done = _guard_serde() + _guard_aliases() + _guard_bodies() + [
+    done = _guard_serde() + _guard_capnp() + _guard_aliases() + _guard_bodies() + [
         _replace("syft.server.server.Server", Server, "handle_api_call_with_unsigned_result",
                  _gate, "handle_api_call_with_unsigned_result"),
         _replace("syft.service.code.user_code_service.UserCodeService", UserCodeService,

