@@ -303,8 +303,6 @@ ATTRIBUTES = 3
 
 def _guard_capnp() -> list[str]:
     """Bounded reads, linear chunk joins and known fields only, wherever syft holds them."""
-    import sys
-
     from syft.serde import recursive, recursive_primitives
 
     done = []
@@ -320,22 +318,29 @@ def _guard_capnp() -> list[str]:
                                   "written against; the site does not start unguarded")
         recursive.rs_proto2object = _proto_fields_checked(recursive.rs_proto2object)
         done.append("syft.serde.recursive.rs_proto2object")
-    original = recursive.combine_bytes
-    if original is not combine_bytes_linearly:
-        for name, module in sorted(sys.modules.items()):
-            if module is not None and (name == "syft" or name.startswith("syft.")):
-                for attr, value in list(vars(module).items()):
-                    if value is original:
-                        setattr(module, attr, combine_bytes_linearly)
-                        done.append(f"{name}.{attr}")
+    if recursive.combine_bytes is not combine_bytes_linearly:
+        done += _rebind_in_syft(recursive.combine_bytes, combine_bytes_linearly)
+    return done
+
+
+def _rebind_in_syft(original: Any, replacement: Any) -> list[str]:
+    """Put `replacement` wherever a syft module holds `original`, also where a module
+    imported it by name; returns the places."""
+    import sys
+
+    done = []
+    for name, module in sorted(sys.modules.items()):
+        if module is not None and (name == "syft" or name.startswith("syft.")):
+            for attr, value in list(vars(module).items()):
+                if value is original:
+                    setattr(module, attr, replacement)
+                    done.append(f"{name}.{attr}")
     return done
 
 
 def _guard_serde() -> list[str]:
     """Put the safe `_deserialize` wherever syft holds the function, also in modules that
     imported it by name."""
-    import sys
-
     from syft.serde import deserialize as serde_deserialize
 
     original = serde_deserialize._deserialize
@@ -344,16 +349,7 @@ def _guard_serde() -> list[str]:
     if getattr(original, "__qualname__", "") != "_deserialize":
         raise GuardNotApplied("syft's deserialiser is not the one the guard was written "
                               "against; the site does not start unguarded")
-    safe = _safe_deserializer(original)
-    done = []
-    for name, module in sorted(sys.modules.items()):
-        if not (name == "syft" or name.startswith("syft.")) or module is None:
-            continue
-        for attr, value in list(vars(module).items()):
-            if value is original:
-                setattr(module, attr, safe)
-                done.append(f"{name}.{attr}")
-    return done
+    return _rebind_in_syft(original, _safe_deserializer(original))
 
 
 def guard_deserialization() -> list[str]:
