@@ -31,8 +31,10 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/quality.py $(BENCH_ARGS)
 	$(BIN)/python benchmarks/round_overhead.py $(BENCH_ARGS)
 
+# Style, and the import contracts between the project's parts (pyproject.toml).
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
 
 clean:
 	rm -rf $(VENV) .medsyft-demo demo-report.json .pytest_cache

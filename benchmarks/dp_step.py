@@ -5,7 +5,7 @@ Same 3D CNN (researcher/examples/small_cnn3d.py), same input size, same batch:
 * plain    - forward, mean loss, backward, SGD step (no privacy);
 * plain_micro - the same, in the micro-batches the runtime uses, gradients
              accumulated: shows how much of a difference is micro-batching alone;
-* medsyft  - `sites.dp_sgd.train` for one step at sample rate 1 (so the batch is
+* medsyft  - `sites.sandbox.dp_sgd.train` for one step at sample rate 1 (so the batch is
              exactly B): per-sample gradients with torch.func.vmap, clipping,
              Gaussian noise, SGD on the runtime's own copy of the parameters;
 * opacus   - Opacus GradSampleModule + DPOptimizer, the usual reference point.
@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._report import int_list, write_result  # noqa: E402
-from sites.dp_sgd import DPConfig, micro_batch_size, train  # noqa: E402
+from sites.sandbox.dp_sgd import DPConfig, micro_batch_size, train  # noqa: E402
 
 VARIANTS = ("plain", "plain_micro", "medsyft", "opacus")
 

@@ -10,7 +10,7 @@ C 1). Settings:
 * local:NAME  - each site alone, no DP, same epochs;
 * fedavg      - FedAvg without DP, `rounds` rounds of `epochs` local epochs;
 * fedavg_dp:ε - FedAvg where each site runs the site runtime's DP-SGD
-                (`sites.dp_sgd.train`, σ from `sites.accounting` so the whole plan
+                (`sites.sandbox.dp_sgd.train`, σ from `policies.contract.privacy` so the whole plan
                 meets ε at δ), for ε in 1, 3, 8.
 
 Non-DP settings use SGD with momentum (lr 0.05, momentum 0.9); DP settings use the
@@ -44,12 +44,12 @@ sys.path.insert(0, str(ROOT))
 from benchmarks._report import write_result  # noqa: E402
 from datasets.cohort import Cohort  # noqa: E402
 from datasets.synthetic import DEMO_PROFILES, generate_cohort  # noqa: E402
+from policies.contract.plan import load_plan  # noqa: E402
+from policies.contract.privacy import derive_noise_multiplier, run_shape  # noqa: E402
 from researcher.aggregate import FedAvg  # noqa: E402
 from researcher.demo import HOSPITALS  # noqa: E402
 from researcher.evaluate import evaluate, load_params  # noqa: E402
-from researcher.plan import load_plan  # noqa: E402
-from sites.accounting import derive_noise_multiplier, run_shape  # noqa: E402
-from sites.dp_sgd import DPConfig, train  # noqa: E402
+from sites.sandbox.dp_sgd import DPConfig, train  # noqa: E402
 
 EPSILONS = (1.0, 3.0, 8.0)
 Params = dict[str, np.ndarray]

@@ -44,6 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._report import float_list, int_list, write_result  # noqa: E402
+from policies.contract.plan import TrainingPlan  # noqa: E402
 from researcher.federation import (  # noqa: E402
     Federation,
     FederationConfig,
@@ -51,7 +52,6 @@ from researcher.federation import (  # noqa: E402
     initial_weights,
     store_password,
 )
-from researcher.plan import TrainingPlan  # noqa: E402
 
 DATASET = "brain-mri-pet"
 EMAIL = "ada@lovelace-institute.org"
@@ -118,7 +118,8 @@ class Sites:
     """Real datasites on loopback, stopped by `close()` whatever happened."""
 
     def __init__(self, root: Path, count: int) -> None:
-        from sites import admin, keychain, lifecycle
+        from sites.common import keychain
+        from sites.operator import admin, lifecycle
 
         self.root, self.dirs, self._started = root, [], []
         keychain.use_folder_keyring(root / "keyring")
@@ -143,7 +144,7 @@ class Sites:
             raise
 
     def federation(self, count: int) -> Federation:
-        from sites import lifecycle
+        from sites.operator import lifecycle
 
         config = FederationConfig(
             name=f"bench-{count}", checkpoints=str(self.root / "checkpoints"), quorum=count,
@@ -154,7 +155,7 @@ class Sites:
         return Federation(config).connect()
 
     def approve(self, fed: Federation, plan: TrainingPlan) -> None:
-        from sites import console
+        from sites.review import console
 
         fed.submit(plan)
         for d in self.dirs[:len(fed.site_names)]:
@@ -166,7 +167,7 @@ class Sites:
             raise RuntimeError(f"plan not approved everywhere: {states}")
 
     def close(self) -> None:
-        from sites import lifecycle
+        from sites.operator import lifecycle
 
         for d in self._started:
             lifecycle.down(d)

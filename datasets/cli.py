@@ -15,7 +15,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 from rich.table import Table
 
-from sites.cli_common import err, friendly, out, print_json
+from policies.cli_output import err, out, print_json
 
 app = typer.Typer(help="Imaging data: inspect DICOM/NIfTI inputs, dry-run a cohort ingest, "
                   "write synthetic cohorts.", no_args_is_help=True)
@@ -75,7 +75,6 @@ def progress_bar(label: str, enabled: bool = True):
 
 
 @app.command("inspect")
-@friendly
 def inspect(path: Path = typer.Argument(..., help="a DICOM series folder, a DICOM file or a "
                                         ".nii/.nii.gz file"),
             frame: int = typer.Option(None, "--frame", min=0,
@@ -120,7 +119,6 @@ def print_ingest_report(report) -> None:
 
 
 @app.command("ingest")
-@friendly
 def ingest(manifest: Path = typer.Argument(..., help="cohort manifest CSV (subject_id, mri, "
                                            "pet, label)"),
            spacing: str = SPACING, shape: str = SHAPE, mri_norm: str = MRI_NORM,
@@ -138,7 +136,6 @@ def ingest(manifest: Path = typer.Argument(..., help="cohort manifest CSV (subje
 
 
 @app.command("synth")
-@friendly
 def synth(out_dir: Path = typer.Argument(..., help="folder to write into (created)"),
           n: int = typer.Option(20, "--n", min=1, help="subjects"),
           seed: int = typer.Option(0, "--seed"),

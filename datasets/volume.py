@@ -15,10 +15,12 @@ from typing import Any
 import numpy as np
 from nibabel.orientations import aff2axcodes
 
+from policies.contract.errors import MedsyftError
+
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
-class DataError(ValueError):
+class DataError(MedsyftError, ValueError):
     """An input that cannot be used, with a message naming the file and the reason.
 
     Messages hold paths, technical facts and counts only, never header values

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from sites.cli_common import err, out
+from policies.cli_output import err, out
 
 app = typer.Typer(help="Site policy files: validate and inspect.", no_args_is_help=True)
 

@@ -23,6 +23,8 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass
 
+from policies.contract.parsing import TooComplex, bounded_parse
+
 SAFE_BUILTINS = frozenset({"range", "len", "int", "float", "bool", "min", "max", "abs", "sum",
                            "tuple", "list", "dict", "enumerate", "zip", "round", "isinstance"})
 FORBIDDEN_BUILTINS = frozenset({"getattr", "setattr", "delattr", "hasattr", "eval", "exec",
@@ -60,37 +62,6 @@ MODULE_OVERRIDES_FORBIDDEN = MODULE_API_FORBIDDEN | frozenset({
     "_load_from_state_dict", "_save_to_state_dict", "register_buffer", "register_forward_hook",
     "register_forward_pre_hook", "register_full_backward_hook", "to", "half", "float",
     "double", "type", "extra_repr", "_replicate_for_data_parallel"})
-MAX_DEPTH = 100
-
-
-class TooComplex(ValueError):
-    """Source the review will not walk: deeper than MAX_DEPTH or beyond the parser."""
-
-
-def tree_depth(tree: ast.AST, limit: int) -> int:
-    """Depth of a syntax tree, counted without recursion; stops once past `limit`."""
-    deepest, stack = 0, [(tree, 1)]
-    while stack:
-        node, depth = stack.pop()
-        deepest = max(deepest, depth)
-        if deepest > limit:
-            return deepest
-        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
-    return deepest
-
-
-def bounded_parse(source: str, max_depth: int = MAX_DEPTH) -> ast.Module:
-    """`ast.parse`, but a source too deep to walk safely raises TooComplex (SyntaxError
-    stays SyntaxError)."""
-    try:
-        tree = ast.parse(source)
-    except (RecursionError, MemoryError):
-        raise TooComplex("nested too deeply for Python's parser") from None
-    if tree_depth(tree, max_depth) > max_depth:
-        raise TooComplex(f"nested deeper than {max_depth} levels")
-    return tree
-
-
 @dataclass(frozen=True)
 class Finding:
     rule: str

@@ -20,6 +20,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from policies.contract.errors import MedsyftError
+
 Identifier = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
 
 # torch.nn layers and functional ops a model may use unless the policy narrows or widens it.
@@ -181,7 +183,7 @@ class SitePolicy(_Strict):
         return out
 
 
-class PolicyError(ValueError):
+class PolicyError(MedsyftError, ValueError):
     """A policy file that cannot be used; the message names the file, line and field."""
 
 

@@ -17,8 +17,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from policies.code_review import review_model_code
+from policies.contract.plan import TrainingPlan
 from policies.schema import SitePolicy
-from researcher.plan import TrainingPlan
 
 
 class CheckResult(BaseModel):

@@ -4,7 +4,7 @@
 not import syft (that costs seconds); the client connects lazily.
 """
 
-from researcher.plan import DPSpec, ModelSpec, TrainingPlan, load_plan
+from policies.contract.plan import DPSpec, ModelSpec, TrainingPlan, load_plan
 
 __all__ = ["DPSpec", "ModelSpec", "TrainingPlan", "load_plan", "Federation"]
 

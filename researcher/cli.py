@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from sites.cli_common import friendly, out, print_json
+from policies.cli_output import out, print_json
 
 app = typer.Typer(help="Researcher client: submit training plans and run federated rounds.",
                   no_args_is_help=True)
@@ -31,12 +31,11 @@ def round_table(rr) -> Table:
 
 
 @app.command("login")
-@friendly
 def login_cmd(site: str = typer.Argument(..., help="site name from the federation file"),
               federation: Path = FedOpt) -> None:
     """Store your password for SITE in the keyring (read from stdin when piped)."""
     from researcher.federation import load_federation, store_password
-    from sites.syft_client import login
+    from sites.common.syft_client import login
 
     cfg = load_federation(federation)
     entry = next((s for s in cfg.sites if s.name == site), None)
@@ -52,7 +51,6 @@ def login_cmd(site: str = typer.Argument(..., help="site name from the federatio
 
 
 @app.command("datasets")
-@friendly
 def datasets_cmd(federation: Path = FedOpt, json_out: bool = typer.Option(False, "--json")) -> None:
     """Datasets published by every site (descriptions; mocks via the Python API)."""
     from researcher.federation import Federation
@@ -78,13 +76,12 @@ def _status_table(statuses: dict) -> Table:
 
 
 @app.command("check")
-@friendly
 def check_cmd(plan_file: Path = typer.Argument(..., help="plan YAML"), federation: Path = FedOpt,
               json_out: bool = typer.Option(False, "--json")) -> None:
     """Check the plan against every site's public policy before submitting (exit 1 if a
     site would refuse it)."""
+    from policies.contract.plan import load_plan
     from researcher.federation import Federation
-    from researcher.plan import load_plan
 
     results = Federation.from_yaml(federation).connect().check(load_plan(plan_file))
     failing = {site: [c.rule for c in lines if c.failed] for site, lines in results.items()}
@@ -104,12 +101,11 @@ def check_cmd(plan_file: Path = typer.Argument(..., help="plan YAML"), federatio
 
 
 @app.command("submit")
-@friendly
 def submit_cmd(plan_file: Path = typer.Argument(..., help="plan YAML"), federation: Path = FedOpt,
                json_out: bool = typer.Option(False, "--json")) -> None:
     """Submit the plan to every site as a code request (idempotent)."""
+    from policies.contract.plan import load_plan
     from researcher.federation import Federation
-    from researcher.plan import load_plan
 
     plan = load_plan(plan_file)
     statuses = Federation.from_yaml(federation).connect().submit(plan)
@@ -120,12 +116,11 @@ def submit_cmd(plan_file: Path = typer.Argument(..., help="plan YAML"), federati
 
 
 @app.command("status")
-@friendly
 def status_cmd(plan_file: Path = typer.Argument(...), federation: Path = FedOpt,
                json_out: bool = typer.Option(False, "--json")) -> None:
     """Review status of the plan at every site, with any denial reason."""
+    from policies.contract.plan import load_plan
     from researcher.federation import Federation
-    from researcher.plan import load_plan
 
     statuses = Federation.from_yaml(federation).connect().status(load_plan(plan_file))
     if json_out:
@@ -135,7 +130,6 @@ def status_cmd(plan_file: Path = typer.Argument(...), federation: Path = FedOpt,
 
 
 @app.command("run")
-@friendly
 def run_cmd(plan_file: Path = typer.Argument(...), federation: Path = FedOpt,
             validation_n: int = typer.Option(120, "--validation-n",
                                              help="size of your synthetic validation cohort"),
@@ -144,8 +138,8 @@ def run_cmd(plan_file: Path = typer.Argument(...), federation: Path = FedOpt,
             json_out: bool = typer.Option(False, "--json")) -> None:
     """Run all remaining rounds (resumes from the last checkpoint), evaluating each round."""
     from datasets.synthetic import generate_cohort
+    from policies.contract.plan import load_plan
     from researcher.federation import Federation
-    from researcher.plan import load_plan
 
     plan = load_plan(plan_file)
     fed = Federation.from_yaml(federation).connect(require_all=False)

@@ -21,9 +21,8 @@ from rich.console import Console
 from datasets.preprocess import Preprocessing, methods_of, normalise_volumes
 from datasets.synthetic import DEMO_PROFILES, generate_cohort
 from datasets.synthetic_files import write_synthetic_cohort
-from policies.schema import load_policy
+from policies.contract.plan import load_plan
 from researcher.federation import Federation, FederationConfig, SiteEntry, store_password
-from researcher.plan import load_plan
 from researcher.results import RunReport
 
 EXAMPLES = Path(__file__).parent / "examples"
@@ -56,11 +55,25 @@ def _policy_file(name: str) -> Path:
 
 
 def run_demo(workdir: Path, report_path: Path, rounds: int | None = None,
-             console: Console | None = None) -> RunReport:
+             console: Console | None = None, cohort_scale: float = 1.0) -> RunReport:
+    """The whole demo: three hospitals, one researcher, a DP plan approved and trained.
+
+    Args:
+        workdir: scratch folder for the demo's sites, exports and keyring (recreated).
+        report_path: where the JSON report is written.
+        rounds: override the plan's rounds.
+        console: where progress goes (the CLI's stdout by default).
+        cohort_scale: multiplies each hospital's cohort size (a quicker, smaller run).
+
+    Returns:
+        The run's report, round by round and site by site.
+    """
+    from policies.cli_output import out
     from researcher.cli import run_with_progress
-    from sites import admin, keychain, lifecycle
-    from sites import console as site_console
-    from sites.cli_common import out
+    from sites.common import keychain
+    from sites.operator import admin, lifecycle
+    from sites.operator.site import Site
+    from sites.review import console as site_console
 
     con = console or out
     t_start = time.perf_counter()
@@ -98,6 +111,7 @@ def run_demo(workdir: Path, report_path: Path, rounds: int | None = None,
         password = keychain.generate_password()
         pp = Preprocessing(**GRID)
         for name, n, seed in HOSPITALS:
+            n = max(40, round(n * cohort_scale))
             admin.add_researcher(site_dirs[name], email, full_name, password, institution)
             exports = workdir / "imaging" / name
             manifest = write_synthetic_cohort(exports, n=n, seed=seed,
@@ -128,7 +142,7 @@ def run_demo(workdir: Path, report_path: Path, rounds: int | None = None,
 
         con.rule("4. each data owner reviews the plan in the approval console")
         for name, _, _ in HOSPITALS:
-            policy, _ = load_policy(site_dirs[name] / "policy.yaml")
+            policy, _ = Site.open(site_dirs[name]).policy()
             views = _wait_for_verdicts(site_console, site_dirs[name], fed.bind(plan))
             for v in views:
                 passed = sum(c.status == "pass" for c in v.checks)
@@ -168,7 +182,7 @@ def run_demo(workdir: Path, report_path: Path, rounds: int | None = None,
 
 def _wait_for_verdicts(site_console, site_dir: Path, plan, timeout_s: float = 90.0) -> list:
     """The plan's request at a site once the site steward has reviewed it."""
-    from sites.governance import Governance
+    from sites.governance.store import Governance
 
     deadline = time.monotonic() + timeout_s
     while True:

@@ -24,16 +24,18 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from datasets.cohort import Cohort
+from policies.contract.errors import MedsyftError, format_errors
+from policies.contract.model_code import build_model, trainable_parameters
+from policies.contract.plan import TrainingPlan
+from policies.contract.public import ENDPOINT_PATH as POLICY_ENDPOINT
+from policies.contract.template import build_function
+from policies.contract.wire import RoundResult, SiteFailed, parse_round
 from researcher.aggregate import FedAvg, Strategy
 from researcher.checkpoint import Checkpoints
 from researcher.evaluate import evaluate, load_params
-from researcher.plan import TrainingPlan
-from researcher.results import RoundReport, RunReport, SiteResult, SiteRoundReport
-from researcher.template import build_function
-from sites import keychain, syft_guard, syft_patches
-from sites.model_loader import build_model, trainable_parameters
-from sites.public_policy import ENDPOINT_PATH as POLICY_ENDPOINT
-from sites.syft_client import login, quiet, syft
+from researcher.results import RoundReport, RunReport, SiteRoundReport
+from sites.common import keychain, syft_guard, syft_patches
+from sites.common.syft_client import login, quiet, syft
 
 
 class SiteEntry(BaseModel):
@@ -68,8 +70,9 @@ class FederationConfig(BaseModel):
         return self.quorum or (len(self.sites) // 2 + 1)
 
 
-class FederationError(RuntimeError):
-    pass
+class FederationError(MedsyftError, RuntimeError):
+    """A federation-level failure; `retry` says whether the same call may succeed later
+    (a site unreachable or failing transiently) or not (a site's refusal)."""
 
 
 def load_federation(path: str | Path) -> FederationConfig:
@@ -79,8 +82,7 @@ def load_federation(path: str | Path) -> FederationConfig:
     except (OSError, yaml.YAMLError) as exc:
         raise FederationError(f"{path}: cannot read: {exc}") from None
     except ValidationError as exc:
-        errs = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise FederationError(f"{path}: {errs}") from None
+        raise FederationError(f"{path}: {format_errors(exc)}") from None
 
 
 def researcher_service(site: str) -> str:
@@ -167,7 +169,7 @@ class Federation:
             except FederationError:
                 raise
             except Exception as exc:
-                raise FederationError(f"{site}: unreachable: {exc}") from None
+                raise FederationError(f"{site}: unreachable: {exc}", retry=True) from None
         return self._clients[site]
 
     # -- datasets ------------------------------------------------------------
@@ -279,14 +281,22 @@ class Federation:
         return {site: self._status_one(site, plan) for site in self.site_names}
 
     # -- rounds --------------------------------------------------------------
-    def _call_site(self, site: str, plan: TrainingPlan,
-                   weights: dict[str, np.ndarray]) -> SiteResult:
+    def run_site_round(self, site: str, plan: TrainingPlan,
+                       weights: dict[str, np.ndarray]) -> RoundResult:
+        """One round of `plan` at one site from `weights`: no retry, no quorum.
+
+        Raises:
+            FederationError: the site is unreachable, refused the round or answered with
+                something that is not a valid result; `retry` says whether trying again
+                may help.
+        """
         try:
             client = self.client(site)
         except FederationError:
             raise
         except Exception as exc:
-            raise FederationError(f"{site}: unreachable: {type(exc).__name__}") from None
+            raise FederationError(f"{site}: unreachable: {type(exc).__name__}",
+                                  retry=True) from None
         fn = getattr(client.code, plan.function_name, None)
         if fn is None:
             with quiet():
@@ -294,7 +304,7 @@ class Federation:
             fn = getattr(client.code, plan.function_name, None)
         if fn is None:
             raise FederationError(f"{site}: plan {plan.function_name} is not available "
-                                  "(not submitted or not approved)")
+                                  "(not submitted or not approved)", retry=True)
         asset = self._asset(site, plan.dataset)
         with quiet():
             try:
@@ -303,23 +313,23 @@ class Federation:
             except Exception as exc:
                 self._assets.pop((site, plan.dataset), None)  # the retry looks it up afresh
                 msg = getattr(exc, "public_message", None) or str(exc) or type(exc).__name__
-                raise FederationError(f"{site}: {msg.strip()[:300]}") from None
+                raise FederationError(f"{site}: {msg.strip()[:300]}", retry=True) from None
         try:
-            return SiteResult.from_wire(payload, weights)
-        except (ValueError, ValidationError) as exc:
-            raise FederationError(f"{site}: {str(exc)[:300]}") from None
+            return parse_round(payload, weights)
+        except SiteFailed as exc:
+            raise FederationError(f"{site}: {exc.message}", retry=exc.retry) from None
 
     def run_round(self, plan: TrainingPlan, weights: dict[str, np.ndarray],
-                  retries: int = 1) -> tuple[dict[str, SiteResult], dict[str, str]]:
+                  retries: int = 1) -> tuple[dict[str, RoundResult], dict[str, str]]:
         """One round at every site concurrently, each retried `retries` times on failure."""
-        results: dict[str, SiteResult] = {}
+        results: dict[str, RoundResult] = {}
         errors: dict[str, str] = {}
         pending = list(self.site_names)
         for _attempt in range(retries + 1):
             if not pending:
                 break
             with ThreadPoolExecutor(max_workers=len(pending)) as pool:
-                futures = {s: pool.submit(self._call_site, s, plan, weights) for s in pending}
+                futures = {s: pool.submit(self.run_site_round, s, plan, weights) for s in pending}
             pending = []
             for site, fut in futures.items():
                 try:
@@ -327,7 +337,8 @@ class Federation:
                     errors.pop(site, None)
                 except Exception as exc:
                     errors[site] = str(exc)
-                    if "rounds of this plan have been run" not in str(exc):
+                    # a refusal (no approval, budget spent, rounds run) stays a refusal
+                    if not isinstance(exc, MedsyftError) or exc.retry:
                         pending.append(site)
         return results, errors
 

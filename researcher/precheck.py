@@ -13,11 +13,11 @@ from datetime import date
 
 import torch
 
+from policies.contract import privacy
+from policies.contract.model_code import build_model, parameter_count
+from policies.contract.plan import TrainingPlan
 from policies.schema import Access, SitePolicy
 from policies.verdict import CheckResult, Facts, review_plan
-from researcher.plan import TrainingPlan
-from sites import accounting
-from sites.model_loader import build_model, parameter_count
 
 
 def _policy_from_public(doc: dict) -> SitePolicy:
@@ -35,11 +35,7 @@ def precheck(doc: dict, plan: TrainingPlan) -> list[CheckResult]:
     policy = _policy_from_public(doc)
     ds = doc["datasets"].get(plan.dataset) or doc["datasets"].get("*") or {}
     n = ds.get("cohort_n")
-    sigma = None
-    if n:
-        shape = accounting.run_shape(int(n), plan.batch_size, plan.local_epochs)
-        sigma = accounting.derive_noise_multiplier(plan.dp.target_epsilon, plan.dp.delta,
-                                                   shape, plan.rounds, plan.dp.accountant)
+    sigma = privacy.noise_for(plan, int(n)).noise_multiplier if n else None
     try:
         with torch.device("meta"):
             n_params = parameter_count(build_model(plan.model))  # as the site counts

@@ -1,67 +1,14 @@
-"""What comes back from a site and what a federated run reports, as pydantic models.
+"""What a federated run reports, round by round and site by site, as pydantic models.
 
-`SiteResult.from_wire` is where the researcher validates a site's answer: a
-plain dict on the syft wire (syft cannot carry arbitrary pydantic models),
-checked here field by field before anything is averaged.
+A site's answer itself is `policies.contract.wire.RoundResult`, validated there by
+`parse_round` before anything is averaged; these are the researcher's own records.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from pydantic import BaseModel, Field
 
-import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
-
-
-class Accounting(BaseModel):
-    """Privacy accounting of a site for one plan, cumulative up to this round."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    sample_rate: float = Field(gt=0, le=1)
-    noise_multiplier: float = Field(gt=0)
-    steps: int = Field(ge=1, description="DP-SGD steps of this plan at this site so far")
-    round_steps: int = Field(ge=1, description="steps of this round")
-    delta: float
-    epsilon: float = Field(ge=0, description="ε spent by this plan at this site so far")
-    target_epsilon: float
-    accountant: str
-    max_grad_norm: float
-
-
-class SiteResult(BaseModel):
-    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
-
-    site: str
-    round: int
-    n_k: int | None = Field(None, ge=1, description="None when the site's policy hides it")
-    seconds: float = Field(description="the site's runtime for this round, training included")
-    train_seconds: float | None = Field(None, description="DP-SGD training alone")
-    device: str
-    weights_sha256: str
-    accounting: Accounting
-    params: dict[str, Any] = Field(repr=False)
-
-    @classmethod
-    def from_wire(cls, payload: Any, expected: dict[str, np.ndarray]) -> SiteResult:
-        """Validate a site's answer against the global model's parameter names and shapes."""
-        if not isinstance(payload, dict) or payload.get("medsyft") != 1:
-            raise ValueError("answer is not a medsyft result")
-        if not payload.get("ok"):
-            raise ValueError(str(payload.get("error", "site reported a failure"))[:300])
-        fields = {k: payload[k] for k in ("site", "round", "n_k", "seconds", "device",
-                                          "weights_sha256", "accounting", "params")}
-        fields["train_seconds"] = payload.get("train_seconds")
-        params = fields["params"]
-        if not isinstance(params, dict) or set(params) != set(expected):
-            raise ValueError("returned parameters do not match the model")
-        for name, ref in expected.items():
-            arr = params[name]
-            if not isinstance(arr, np.ndarray) or arr.shape != ref.shape:
-                raise ValueError(f"returned parameter {name} has the wrong shape")
-            if not np.isfinite(arr).all():
-                raise ValueError(f"returned parameter {name} is not finite")
-        return cls.model_validate(fields)
+from policies.contract.wire import RoundResult
 
 
 class SiteRoundReport(BaseModel):
@@ -79,7 +26,7 @@ class SiteRoundReport(BaseModel):
     error: str | None = None
 
     @classmethod
-    def from_result(cls, r: SiteResult) -> SiteRoundReport:
+    def from_result(cls, r: RoundResult) -> SiteRoundReport:
         a = r.accounting
         return cls(site=r.site, ok=True, n_k=r.n_k, sample_rate=a.sample_rate,
                    noise_multiplier=a.noise_multiplier, steps=a.steps, delta=a.delta,

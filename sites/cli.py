@@ -23,7 +23,7 @@ from datasets.cli import (
     print_ingest_report,
     progress_bar,
 )
-from sites.cli_common import err, friendly, out, print_json
+from policies.cli_output import err, out, print_json
 
 site_app = typer.Typer(help="Run a hospital datasite: create, start, stop, add researchers, "
                        "publish cohorts.", no_args_is_help=True)
@@ -35,7 +35,6 @@ SiteDir = typer.Option(Path("."), "--site", "-s", help="site folder (holds site.
 
 
 @site_app.command("init")
-@friendly
 def site_init(
     name: str = typer.Argument(..., help="site name, e.g. st-agnes"),
     dir: Path = typer.Option(None, "--dir", help="site folder (default: ./NAME)"),
@@ -49,7 +48,7 @@ def site_init(
 ) -> None:
     """Create a site folder with site.yaml; its signing key and admin password go to the
     keyring, never to a file."""
-    from sites.lifecycle import init_site
+    from sites.operator.lifecycle import init_site
 
     site_dir = dir or Path(name)
     cfg = init_site(name, site_dir, port=port or None, host=host, device=device,
@@ -61,10 +60,9 @@ def site_init(
 
 
 @site_app.command("up")
-@friendly
 def site_up(site_dir: Path = typer.Argument(Path("."), help="site folder")) -> None:
     """Start the datasite; returns once it answers with the site's own identity."""
-    from sites.lifecycle import up
+    from sites.operator.lifecycle import up
 
     with err.status("starting datasite..."):
         st = up(site_dir)
@@ -72,20 +70,18 @@ def site_up(site_dir: Path = typer.Argument(Path("."), help="site folder")) -> N
 
 
 @site_app.command("down")
-@friendly
 def site_down(site_dir: Path = typer.Argument(Path("."), help="site folder")) -> None:
     """Stop the datasite and any training it runs."""
-    from sites.lifecycle import down
+    from sites.operator.lifecycle import down
 
     out.print("stopped" if down(site_dir) else "was not running")
 
 
 @site_app.command("status")
-@friendly
 def site_status(site_dir: Path = typer.Argument(Path("."), help="site folder"),
                 json_out: bool = typer.Option(False, "--json", help="machine-readable")) -> None:
     """Whether the datasite runs and answers with its own identity (exit 1 if not)."""
-    from sites.lifecycle import status, status_dict
+    from sites.operator.lifecycle import status, status_dict
 
     st = status(site_dir)
     if json_out:
@@ -98,7 +94,6 @@ def site_status(site_dir: Path = typer.Argument(Path("."), help="site folder"),
 
 
 @site_app.command("add-researcher")
-@friendly
 def site_add_researcher(
     email: str = typer.Argument(..., help="researcher's login email"),
     name: str = typer.Option(..., "--name", help="full name"),
@@ -108,8 +103,8 @@ def site_add_researcher(
     """Create a data-scientist account and the site's record of who it is (email, name,
     institution: what access rules and the audit use). The initial password is read from
     stdin when piped, else generated and shown once."""
-    from sites.admin import add_researcher
-    from sites.keychain import generate_password
+    from sites.common.keychain import generate_password
+    from sites.operator.admin import add_researcher
 
     if not sys.stdin.isatty():
         password = sys.stdin.readline().strip()
@@ -125,7 +120,6 @@ def site_add_researcher(
 
 
 @site_app.command("update-researcher")
-@friendly
 def site_update_researcher(
     email: str = typer.Argument(..., help="the researcher's current email"),
     new_email: str = typer.Option(None, "--email", help="new login email"),
@@ -136,7 +130,7 @@ def site_update_researcher(
     """Change a researcher's email, name or institution (researchers cannot change their
     own on a medsyft site). Audited; an email change carries the researcher's privacy
     ledger over, and plans naming the old email stop running until resubmitted."""
-    from sites.admin import update_researcher
+    from sites.operator.admin import update_researcher
 
     if new_email is None and name is None and institution is None:
         raise typer.BadParameter("give at least one of --email, --name, --institution")
@@ -146,14 +140,13 @@ def site_update_researcher(
 
 
 @site_app.command("researchers")
-@friendly
 def site_researchers(site_dir: Path = SiteDir,
                      json_out: bool = typer.Option(False, "--json", help="machine-readable")
                      ) -> None:
     """The site's own record of its researchers: the identity review and access rules use."""
-    from sites.config import load_site
-    from sites.governance import Governance
-    from sites.registry import Registry
+    from sites.governance.registry import Registry
+    from sites.governance.store import Governance
+    from sites.operator.config import load_site
 
     site_dir, _ = load_site(site_dir)
     people = Registry(Governance(site_dir)).all()
@@ -168,13 +161,12 @@ def site_researchers(site_dir: Path = SiteDir,
 
 
 def _when(ts: float) -> str:
-    from sites.console import format_time
+    from sites.review.console import format_time
 
     return format_time(ts)
 
 
 @site_app.command("publish")
-@friendly
 def site_publish(
     site_dir: Path = typer.Argument(Path("."), help="site folder"),
     manifest: Path = typer.Option(None, "--manifest", help="cohort manifest CSV (subject_id, "
@@ -192,7 +184,7 @@ def site_publish(
 ) -> None:
     """Publish a cohort: the private asset holds volumes and labels only (no identifiers);
     the mock is synthetic with the same schema and never derived from private values."""
-    from sites.admin import publish_manifest, publish_synthetic
+    from sites.operator.admin import publish_manifest, publish_synthetic
 
     if (manifest is None) == (synthetic is None):
         raise typer.BadParameter("give exactly one of --manifest FILE or --synthetic N")
@@ -224,11 +216,10 @@ def _checks_table(view) -> Table:
 
 
 @console_app.command("requests")
-@friendly
 def console_requests(site_dir: Path = SiteDir,
                      json_out: bool = typer.Option(False, "--json")) -> None:
     """Pending, approved and denied requests with researcher, dataset, plan, rounds, ε."""
-    from sites.console import list_requests
+    from sites.review.console import list_requests
 
     views = list_requests(site_dir)
     if json_out:
@@ -247,11 +238,10 @@ def console_requests(site_dir: Path = SiteDir,
 
 
 @console_app.command("show")
-@friendly
 def console_show(request_id: str = typer.Argument(..., help="request id (a prefix will do)"),
                  site_dir: Path = SiteDir, json_out: bool = typer.Option(False, "--json")) -> None:
     """The whole plan, its model source, template check, projected noise and policy checks."""
-    from sites.console import show
+    from sites.review.console import show
 
     v = show(site_dir, request_id)
     if json_out:
@@ -285,7 +275,6 @@ def console_show(request_id: str = typer.Argument(..., help="request id (a prefi
 
 
 @console_app.command("approve")
-@friendly
 def console_approve(
     request_id: str = typer.Argument(...), site_dir: Path = SiteDir,
     note: str = typer.Option("", "--note", help="recorded with the approval"),
@@ -298,7 +287,7 @@ def console_approve(
 ) -> None:
     """Approve a plan that passes every rule; recorded in the governance DB and audit.
     With two approvals required, the plan runs only after a second, different reviewer."""
-    from sites.console import approve
+    from sites.review.console import approve
 
     v = approve(site_dir, request_id, note=reason or note, reviewer=reviewer, override=override)
     what = f"{v.short_id}: {v.plan.name} v{v.plan.version} for {v.researcher}"
@@ -310,14 +299,13 @@ def console_approve(
 
 
 @console_app.command("deny")
-@friendly
 def console_deny(request_id: str = typer.Argument(...), site_dir: Path = SiteDir,
                  reason: str = typer.Option(..., "--reason", help="the researcher reads this"),
                  reviewer: str = typer.Option(None, "--reviewer")) -> None:
     """Deny (or revoke) a request with a reason the researcher will see. The researcher's
     plans on the dataset that were approved automatically are revoked with it; later plans
     of theirs there go to a reviewer until one is approved."""
-    from sites.console import deny
+    from sites.review.console import deny
 
     v = deny(site_dir, request_id, reason=reason, reviewer=reviewer)
     out.print(f"denied {v.short_id}")
@@ -327,13 +315,12 @@ def console_deny(request_id: str = typer.Argument(...), site_dir: Path = SiteDir
 
 
 @console_app.command("ledger")
-@friendly
 def console_ledger(site_dir: Path = SiteDir,
                    researcher: str = typer.Option(None, "--researcher"),
                    dataset: str = typer.Option(None, "--dataset"),
                    json_out: bool = typer.Option(False, "--json")) -> None:
     """Privacy budget per researcher and dataset: spent, reserved, remaining, per plan."""
-    from sites.ledger import ledger
+    from sites.review.ledger import ledger
 
     entries = ledger(site_dir, researcher, dataset)
     if json_out:
@@ -351,11 +338,10 @@ def console_ledger(site_dir: Path = SiteDir,
 
 
 @console_app.command("plans")
-@friendly
 def console_plans(site_dir: Path = SiteDir,
                   json_out: bool = typer.Option(False, "--json")) -> None:
     """Every plan decided at this site: rounds done and left, ε spent."""
-    from sites.ledger import plans
+    from sites.review.ledger import plans
 
     rows = plans(site_dir)
     if json_out:
@@ -371,7 +357,6 @@ def console_plans(site_dir: Path = SiteDir,
 
 
 @console_app.command("audit")
-@friendly
 def console_audit(
     site_dir: Path = SiteDir,
     since: str = typer.Option(None, "--since", help="only entries from this time on "
@@ -385,9 +370,9 @@ def console_audit(
     """Every decision, budget movement and execution recorded at this site, oldest first."""
     from datetime import datetime
 
-    from sites.config import load_site
-    from sites.console import format_time
-    from sites.governance import Governance
+    from sites.governance.store import Governance
+    from sites.operator.config import load_site
+    from sites.review.console import format_time
 
     site_dir, _ = load_site(site_dir)
     gov = Governance(site_dir)

@@ -1,25 +1,49 @@
-"""The `medsyft` console script: one typer app whose subcommands mirror the folders.
+"""The `medsyft` console script and the composition root: one typer app whose
+subcommands mirror the folders, and the CLI's one error boundary.
 
 site / console (sites/), policy (policies/), data (datasets/), researcher
-(researcher/), demo. Sub-apps import their heavy dependencies lazily.
+(researcher/), demo. Sub-apps import their heavy dependencies lazily. This is the one
+module of `sites` that imports the researcher package (its CLI and the demo, which
+plays every role); the import contracts in `pyproject.toml` name it as the exception.
+
+Any `MedsyftError` raised by any command ends here as one red line and exit 1; every
+other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
+import click
 import typer
+from typer.core import TyperGroup
 
 from datasets.cli import app as data_app
 from policies.cli import app as policy_app
+from policies.cli_output import print_error
+from policies.contract.errors import MedsyftError
 from researcher.cli import app as researcher_app
 from sites.cli import console_app, site_app
-from sites.cli_common import friendly
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
+
+
+class ErrorBoundary(TyperGroup):
+    """The root command: a `MedsyftError` from any subcommand is printed, exit status 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except MedsyftError as exc:
+            print_error(exc)
+            raise typer.Exit(1) from None
+
+
 app = typer.Typer(
+    cls=ErrorBoundary,
     help="medsyft: governed federated DP training on hospital MRI/PET datasites.",
     no_args_is_help=True, pretty_exceptions_show_locals=False)
 app.add_typer(site_app, name="site")
@@ -30,7 +54,6 @@ app.add_typer(researcher_app, name="researcher")
 
 
 @app.command("demo")
-@friendly
 def demo(workdir: Path = typer.Option(Path(".medsyft-demo"), "--workdir",
                                       help="scratch folder for the demo sites (recreated)"),
          report: Path = typer.Option(Path("demo-report.json"), "--report"),

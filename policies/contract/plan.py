@@ -1,0 +1,128 @@
+"""The training plan: what a researcher asks a hospital to run, as a pydantic model.
+
+A plan crosses the trust boundary: the site treats every field as untrusted and
+validates it with this same model before use. The plan's hash (canonical JSON)
+binds approvals, rounds and privacy accounting at the site, and names the syft
+function of each plan version. Never put secrets or data in a plan.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from policies.contract.errors import MedsyftError, error_lines
+
+Slug = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,39}$")]
+KwargValue = int | float | bool | str | list[int] | list[float]
+
+
+class ModelSpec(BaseModel):
+    """A `torch.nn.Module` subclass given as source code, plus constructor kwargs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: str = Field(min_length=1, max_length=100_000)
+    class_name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+    kwargs: dict[str, KwargValue] = Field(default_factory=dict)
+
+
+class DPSpec(BaseModel):
+    """Differential privacy target for the whole plan at each site."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    target_epsilon: float = Field(gt=0, le=100)
+    delta: float = Field(gt=0, lt=1e-2)
+    max_grad_norm: float = Field(gt=0, le=100)
+    accountant: Literal["rdp", "prv"] = "rdp"
+
+
+class TrainingPlan(BaseModel):
+    """Everything a site needs to review and run a federated DP training."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: Slug
+    version: int = Field(1, ge=1, le=10_000)
+    dataset: str = Field(min_length=1, max_length=80, pattern=r"^[A-Za-z0-9_.\- ]+$")
+    researcher: str = Field("", max_length=200,
+                            description="submitting account's email; set by the client")
+    model: ModelSpec
+    inputs: list[Literal["mri", "pet"]] = Field(min_length=1, max_length=2)
+    target: Literal["label"] = "label"
+    loss: Literal["bce_with_logits", "cross_entropy"] = "bce_with_logits"
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    learning_rate: float = Field(gt=0, le=10)
+    momentum: float = Field(0.0, ge=0, lt=1)
+    batch_size: int = Field(ge=1, le=4096, description="expected Poisson batch size")
+    local_epochs: int = Field(1, ge=1, le=100)
+    rounds: int = Field(ge=1, le=1000)
+    dp: DPSpec
+
+    @field_validator("inputs")
+    @classmethod
+    def _unique_inputs(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("each input modality may appear once")
+        return v
+
+    def canonical_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+    @property
+    def plan_hash(self) -> str:
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+
+    @property
+    def function_name(self) -> str:
+        """One syft function name per plan version (and content)."""
+        return f"medsyft_{self.name}_v{self.version}_{self.plan_hash[:10]}"
+
+    @property
+    def in_channels(self) -> int:
+        return len(self.inputs)
+
+
+class PlanFileError(MedsyftError, ValueError):
+    """A plan file that cannot be read; the message names the file and field."""
+
+
+def load_plan(path: str | Path, researcher: str = "") -> TrainingPlan:
+    """Read a plan YAML. `model.source_file` (relative to the plan) may replace `source`."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise PlanFileError(f"{path}: cannot read plan: {exc}") from None
+    if not isinstance(raw, dict):
+        raise PlanFileError(f"{path}: a plan is a mapping of fields, got {type(raw).__name__}")
+    model = raw.get("model")
+    if isinstance(model, dict) and "source_file" in model:
+        src_path = (path.parent / str(model.pop("source_file"))).resolve()
+        try:
+            model["source"] = src_path.read_text()
+        except OSError as exc:
+            raise PlanFileError(f"{path}: model.source_file: {exc}") from None
+    if researcher:
+        raw["researcher"] = researcher
+    try:
+        return TrainingPlan.model_validate(raw)
+    except ValidationError as exc:
+        raise PlanFileError(format_validation_error(path, exc)) from None
+
+
+def format_validation_error(path: str | Path, exc: ValidationError) -> str:
+    lines = [f"{path}: invalid plan"]
+    lines.extend(f"  {field}: {msg}" for field, msg in error_lines(exc))
+    return "\n".join(lines)
+
+
+def plan_slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9_]", "_", text.lower())[:40]

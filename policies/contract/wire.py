@@ -1,0 +1,164 @@
+"""What one round at a site sends back to the researcher, defined once for both sides.
+
+syft carries plain values only, so a round's answer travels as a dict; this module is
+its only definition. The site builds a `RoundResult` or a `RoundFailure` and sends
+`to_wire()`; the researcher turns the dict back with `parse_round`, which checks every
+field and the parameters' names and shapes against the weights sent out, before
+anything is averaged. A failure carries a `FailureCode`, which says whether trying
+again makes sense; nobody matches English sentences.
+
+Must never hold anything but what the site's release filter let through: parameter
+values, counts the policy allows, timings and the privacy accounting.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from enum import Enum
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from policies.contract.errors import MedsyftError, format_errors
+
+#: Version of the wire layout; a site and a client agree on it or refuse each other.
+WIRE_VERSION = 1
+
+
+class FailureCode(str, Enum):
+    """Why a round released nothing, and whether a retry can help."""
+
+    MOCK = "mock"                          # syft's second call, on the mock: no training
+    INVALID = "invalid"                    # the plan, the input or the weights are malformed
+    NOT_APPROVED = "not_approved"          # no approval at this site (or no longer)
+    POLICY = "policy"                      # the current policy refuses the plan
+    ROUNDS_EXHAUSTED = "rounds_exhausted"  # every round of the plan has been run
+    BUDGET_EXHAUSTED = "budget_exhausted"  # the researcher's ε budget would be exceeded
+    MODEL = "model"                        # the model failed to load, fit or run
+    RELEASE = "release"                    # the release filter rejected the output
+    TIMEOUT = "timeout"                    # training ran past the site's time limit
+    OUT_OF_MEMORY = "oom"
+    INTERNAL = "internal"                  # a fault at the site; see the site's log
+
+    @property
+    def retry(self) -> bool:
+        """True where the same round, sent again unchanged, may succeed."""
+        return self in (FailureCode.TIMEOUT, FailureCode.OUT_OF_MEMORY, FailureCode.INTERNAL)
+
+
+class RoundAccounting(BaseModel):
+    """Privacy accounting of a site for one plan, cumulative up to this round."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sample_rate: float = Field(gt=0, le=1)
+    noise_multiplier: float = Field(gt=0)
+    steps: int = Field(ge=1, description="DP-SGD steps of this plan at this site so far")
+    round_steps: int = Field(ge=1, description="steps of this round")
+    delta: float
+    epsilon: float = Field(ge=0, description="ε spent by this plan at this site so far")
+    target_epsilon: float
+    accountant: str
+    max_grad_norm: float
+
+
+class RoundResult(BaseModel):
+    """A released round: DP-noised parameters and what the site may say about them."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    medsyft: Literal[1] = WIRE_VERSION
+    ok: Literal[True] = True
+    site: str
+    round: int = Field(ge=1)
+    rounds: int = Field(ge=1)
+    plan_hash: str
+    n_k: int | None = Field(None, ge=1, description="None when the site's policy hides it")
+    seconds: float = Field(description="the site's runtime for this round, training included")
+    train_seconds: float | None = Field(None, description="DP-SGD training alone")
+    device: Literal["cpu", "cuda"]
+    weights_sha256: str
+    accounting: RoundAccounting
+    params: dict[str, Any] = Field(repr=False)
+
+    def to_wire(self) -> dict[str, Any]:
+        """The plain dict syft carries (numpy arrays stay arrays)."""
+        return self.model_dump()
+
+
+class RoundFailure(BaseModel):
+    """A round that released nothing; `error` is one line safe for the researcher."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    medsyft: Literal[1] = WIRE_VERSION
+    ok: Literal[False] = False
+    code: FailureCode
+    error: str = Field(max_length=2000)
+    mock: bool = False
+
+    def to_wire(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+class SiteFailed(MedsyftError):
+    """A site answered a round with a failure, or with an answer that is not valid.
+
+    Args:
+        message: the site's safe message, or what was wrong with its answer.
+        code: the failure's code; `None` when the answer itself was malformed.
+    """
+
+    def __init__(self, message: str, code: FailureCode | None = None) -> None:
+        super().__init__(message, retry=code.retry if code is not None else False)
+        self.code = code
+
+
+def weights_digest(params: dict[str, np.ndarray]) -> str:
+    """SHA-256 over the parameters' names, shapes and float32 bytes, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(params):
+        h.update(name.encode() + b"\0" + str(params[name].shape).encode() + b"\0")
+        h.update(np.ascontiguousarray(params[name]).tobytes())
+    return h.hexdigest()
+
+
+def parse_round(payload: Any, expected: dict[str, np.ndarray]) -> RoundResult:
+    """A site's answer as a `RoundResult`, checked against the weights sent out.
+
+    Args:
+        payload: what syft returned for the round (untrusted).
+        expected: the global weights of this round: names and shapes the result must match.
+
+    Returns:
+        The validated result; its parameters are finite arrays of the expected shapes.
+
+    Raises:
+        SiteFailed: the site reported a failure (with its code), or the answer is not a
+            valid medsyft result of this wire version.
+    """
+    if not isinstance(payload, dict) or payload.get("medsyft") != WIRE_VERSION:
+        raise SiteFailed("answer is not a medsyft result of wire version "
+                         f"{WIRE_VERSION}")
+    if payload.get("ok") is not True:
+        try:
+            failure = RoundFailure.model_validate(payload)
+        except ValidationError:  # an older site: no code; keep its message
+            raise SiteFailed(str(payload.get("error", "site reported a failure"))[:300],
+                             FailureCode.INTERNAL) from None
+        raise SiteFailed(failure.error[:300], failure.code)
+    params = payload.get("params")
+    if not isinstance(params, dict) or set(params) != set(expected):
+        raise SiteFailed("returned parameters do not match the model")
+    for name, ref in expected.items():
+        arr = params[name]
+        if not isinstance(arr, np.ndarray) or arr.shape != ref.shape:
+            raise SiteFailed(f"returned parameter {name} has the wrong shape")
+        if not np.isfinite(arr).all():
+            raise SiteFailed(f"returned parameter {name} is not finite")
+    try:
+        return RoundResult.model_validate(payload)
+    except ValidationError as exc:
+        raise SiteFailed(f"invalid result: {format_errors(exc)}"[:300]) from None
+

@@ -1,0 +1,419 @@
+"""The site's governance database: datasets, plans, decisions, rounds and audit.
+
+SQLite in the site folder (one file, WAL). This is where approval lives: the
+runtime refuses any execution without an approval record bound to the plan
+hash, whatever syft's own request status says, and counts rounds here (syft
+0.9.5 output policies do not limit executions). Round reservation is atomic
+(`BEGIN IMMEDIATE`) and charges the researcher's privacy ledger on the dataset
+(composition of every released and reserved run of all their plans there).
+Every decision, reservation, commit, release and execution appends to
+`audit`, an append-only hash chain (`sites.governance.audit`): each entry holds
+the previous entry's hash, so `verify_audit` finds any altered, removed or
+reordered entry.
+
+Never store pixel values, labels or secrets here.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from policies.contract.errors import Refused
+from policies.contract.wire import FailureCode
+from sites.governance import audit
+
+DB_FILE = "governance.sqlite"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS datasets (
+    name TEXT PRIMARY KEY, cohort_id TEXT NOT NULL UNIQUE, n INTEGER NOT NULL,
+    description TEXT NOT NULL, published_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS decisions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, request_id TEXT NOT NULL, plan_hash TEXT NOT NULL,
+    researcher TEXT NOT NULL, institution TEXT, dataset TEXT NOT NULL, decision TEXT NOT NULL,
+    policy_hash TEXT NOT NULL, reviewer TEXT NOT NULL, actor TEXT NOT NULL,
+    note TEXT NOT NULL, method TEXT NOT NULL, overridden TEXT NOT NULL DEFAULT '[]',
+    approvals_required INTEGER NOT NULL DEFAULT 1, plan_json TEXT NOT NULL,
+    decided_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, plan_hash TEXT NOT NULL, round INTEGER NOT NULL,
+    researcher TEXT NOT NULL DEFAULT '', dataset TEXT NOT NULL DEFAULT '',
+    status TEXT NOT NULL, started_at REAL NOT NULL, ended_at REAL,
+    noise_multiplier REAL NOT NULL, sample_rate REAL NOT NULL, steps INTEGER NOT NULL,
+    n_k INTEGER, epsilon REAL, category TEXT);
+CREATE TABLE IF NOT EXISTS verdicts (
+    request_id TEXT NOT NULL, policy_hash TEXT NOT NULL, plan_hash TEXT NOT NULL,
+    computed_at REAL NOT NULL, report TEXT NOT NULL, PRIMARY KEY (request_id, policy_hash));
+CREATE TABLE IF NOT EXISTS model_facts (
+    model_hash TEXT PRIMARY KEY, n INTEGER, error TEXT);
+CREATE TABLE IF NOT EXISTS researchers (
+    user_id TEXT PRIMARY KEY, verify_key TEXT NOT NULL UNIQUE, email TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL, institution TEXT NOT NULL DEFAULT '', created_at REAL NOT NULL,
+    updated_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS audit (
+    seq INTEGER PRIMARY KEY, at REAL NOT NULL, actor TEXT NOT NULL,
+    event TEXT NOT NULL, subject TEXT NOT NULL, details TEXT NOT NULL,
+    prev_hash TEXT NOT NULL, hash TEXT NOT NULL);
+"""
+
+RUN_ACTIVE = ("running", "released")
+#: Decision method of the steward's refusal of a request that fails a hard check.
+REFUSED = "refused"
+#: The reviewer name of the steward's own decisions (automatic approvals and refusals).
+AUTO_REVIEWER = "policy:auto"
+@dataclass(frozen=True)
+class Approval:
+    """A plan that is runnable: enough distinct reviewers approved it since any denial."""
+
+    request_id: str
+    plan_hash: str
+    researcher: str
+    institution: str | None
+    dataset: str
+    policy_hash: str
+    reviewers: tuple[str, ...]
+    overridden: tuple[str, ...]
+    decided_at: float
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A researcher's privacy ledger on one dataset: cap and how to compose ε."""
+
+    researcher: str
+    dataset: str
+    cap: float
+    epsilon_of: Callable[[list[tuple[float, float, int]]], float]
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    id: int
+    plan_hash: str
+    round: int
+    status: str
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    n_k: int | None
+    epsilon: float | None
+    started_at: float
+    ended_at: float | None
+
+
+class Governance:
+    def __init__(self, site_dir: str | Path) -> None:
+        self.path = Path(site_dir) / DB_FILE
+        db = sqlite3.connect(self.path, timeout=30)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(SCHEMA)
+        finally:
+            db.close()
+
+    @contextmanager
+    def _connect(self, immediate: bool = True) -> Iterator[sqlite3.Connection]:
+        """One transaction. IMMEDIATE by default: every writer is serialised, so the audit
+        chain never forks and reservations never race."""
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        try:
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        finally:
+            db.close()
+
+    # -- audit (the chain itself is `sites.governance.audit`) -------------------
+    _audit = staticmethod(audit.append)
+
+    def audit(self, actor: str, event: str, subject: str, **details: object) -> None:
+        """Append one entry to the audit chain in a transaction of its own."""
+        with self._connect() as db:
+            audit.append(db, actor, event, subject, **details)
+
+    def verify_audit(self) -> tuple[bool, int, str]:
+        """(ok, entries checked, message naming the first broken entry)."""
+        with self._connect(immediate=False) as db:
+            return audit.verify(db)
+
+    def audit_entries(self, since: float = 0.0) -> list[dict]:
+        """Audit entries since a time, oldest first, with their details decoded."""
+        with self._connect(immediate=False) as db:
+            return audit.entries(db, since)
+
+    # -- datasets ------------------------------------------------------------
+    def register_dataset(self, name: str, cohort_id: str, n: int, description: str,
+                         actor: str) -> None:
+        with self._connect() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO datasets VALUES (?,?,?,?,?)",
+                (name, cohort_id, n, description, time.time()),
+            )
+            self._audit(db, actor, "dataset.published", name, n=n)
+
+    def dataset(self, name: str) -> dict | None:
+        with self._connect() as db:
+            row = db.execute("SELECT * FROM datasets WHERE name = ?", (name,)).fetchone()
+            return dict(row) if row else None
+
+    def private_cohort_ids(self) -> set[str]:
+        with self._connect() as db:
+            return {r[0] for r in db.execute("SELECT cohort_id FROM datasets")}
+
+    # -- decisions -----------------------------------------------------------
+    def record_decision(self, *, request_id: str, plan_hash: str, researcher: str,
+                        dataset: str, decision: str, policy_hash: str, reviewer: str,
+                        actor: str, note: str, method: str, plan_json: str,
+                        institution: str | None = None, overridden: list[str] | None = None,
+                        approvals_required: int = 1, verdict: list[dict] | None = None) -> None:
+        """Append a decision. An approval by a reviewer who already approved since the
+        last denial, or of a plan bound to another request, is refused."""
+        if decision not in ("approved", "denied"):
+            raise ValueError(decision)
+        with self._connect(immediate=True) as db:
+            if decision == "approved":
+                other = db.execute(
+                    "SELECT request_id FROM decisions WHERE plan_hash = ? AND request_id != ?"
+                    " AND decision = 'approved'", (plan_hash, request_id)).fetchone()
+                if other:
+                    raise ValueError(
+                        f"plan {plan_hash[:12]} is already bound to request {other[0][:8]}")
+                if reviewer in self._current_approvers(db, request_id):
+                    raise ValueError(f"{reviewer} already approved this request; a second, "
+                                     "different reviewer must approve")
+            db.execute(
+                "INSERT INTO decisions (request_id, plan_hash, researcher, institution, dataset,"
+                " decision, policy_hash, reviewer, actor, note, method, overridden,"
+                " approvals_required, plan_json, decided_at)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (request_id, plan_hash, researcher, institution, dataset, decision, policy_hash,
+                 reviewer, actor, note, method, json.dumps(overridden or []),
+                 approvals_required, plan_json, time.time()),
+            )
+            event = f"request.{decision}" if method != "override" else "request.override"
+            self._audit(db, actor, event, request_id, plan_hash=plan_hash,
+                        researcher=researcher, dataset=dataset, policy_hash=policy_hash,
+                        reviewer=reviewer, note=note, method=method,
+                        overridden=overridden or [], approvals_required=approvals_required,
+                        failing=[v["rule"] for v in (verdict or []) if v["status"] == "fail"])
+
+    @staticmethod
+    def _current_approvers(db: sqlite3.Connection, request_id: str) -> list[str]:
+        rows = db.execute("SELECT decision, reviewer FROM decisions WHERE request_id = ?"
+                          " AND method != ? ORDER BY id", (request_id, REFUSED)).fetchall()
+        approvers: list[str] = []
+        for r in rows:
+            if r["decision"] == "denied":
+                approvers = []
+            elif r["reviewer"] not in approvers:
+                approvers.append(r["reviewer"])
+        return approvers
+
+    def approvers(self, request_id: str) -> list[str]:
+        with self._connect() as db:
+            return self._current_approvers(db, request_id)
+
+    def approval(self, plan_hash: str) -> Approval | None:
+        """The plan's approval if enough distinct reviewers approved it since any denial."""
+        with self._connect() as db:
+            # A refusal is of a request that could never be approved (anyone may send one
+            # carrying any plan): it neither grants nor revokes the plan's approval.
+            rows = db.execute("SELECT * FROM decisions WHERE plan_hash = ? AND method != ?"
+                              " ORDER BY id", (plan_hash, REFUSED)).fetchall()
+            if not rows:
+                return None
+            last = rows[-1]
+            if last["decision"] != "approved":
+                return None
+            approvers = self._current_approvers(db, last["request_id"])
+        if len(approvers) < last["approvals_required"]:
+            return None
+        overridden = sorted({rule for r in rows if r["decision"] == "approved"
+                             for rule in json.loads(r["overridden"])})
+        return Approval(last["request_id"], plan_hash, last["researcher"], last["institution"],
+                        last["dataset"], last["policy_hash"], tuple(approvers),
+                        tuple(overridden), last["decided_at"])
+
+    def committed_epsilon(self, researcher: str, dataset: str, exclude_plan: str) -> float:
+        """Σ ε targets of the researcher's other approved plans on the dataset."""
+        total = 0.0
+        with self._connect() as db:
+            hashes = {r[0] for r in db.execute(
+                "SELECT plan_hash FROM decisions WHERE researcher = ? AND dataset = ?"
+                " AND plan_hash != ?", (researcher, dataset, exclude_plan))}
+        for h in hashes:
+            appr = self.approval(h)
+            if appr is not None:
+                with self._connect() as db:
+                    row = db.execute("SELECT plan_json FROM decisions WHERE plan_hash = ?"
+                                     " ORDER BY id DESC LIMIT 1", (h,)).fetchone()
+                total += float(json.loads(row["plan_json"])["dp"]["target_epsilon"])
+        return total
+
+    def decisions(self) -> list[dict]:
+        with self._connect() as db:
+            return [dict(r) for r in db.execute("SELECT * FROM decisions ORDER BY id")]
+
+    # -- model facts ----------------------------------------------------------
+    def cached_parameters(self, model_hash: str) -> tuple[int | None, str | None] | None:
+        """(count, error) measured earlier for this model, or None if never measured."""
+        with self._connect() as db:
+            row = db.execute("SELECT n, error FROM model_facts WHERE model_hash = ?",
+                             (model_hash,)).fetchone()
+            return (row["n"], row["error"]) if row else None
+
+    def cache_parameters(self, model_hash: str, n: int | None, error: str | None = None) -> None:
+        """Remember a measurement, failures too: a model that times out is not re-run at
+        every listing."""
+        with self._connect() as db:
+            db.execute("INSERT OR REPLACE INTO model_facts VALUES (?, ?, ?)",
+                       (model_hash, n, error))
+
+    # -- verdicts -------------------------------------------------------------
+    def verdict_seen(self, request_id: str, policy_hash: str) -> bool:
+        with self._connect() as db:
+            return db.execute("SELECT 1 FROM verdicts WHERE request_id = ? AND policy_hash = ?",
+                              (request_id, policy_hash)).fetchone() is not None
+
+    def record_verdict(self, request_id: str, plan_hash: str, policy_hash: str,
+                       report: list[dict], researcher: str) -> None:
+        """Store a request's verdict under a policy version; audit its arrival and result."""
+        failing = [r["rule"] for r in report if r["status"] == "fail"]
+        with self._connect(immediate=True) as db:
+            first = db.execute("SELECT 1 FROM verdicts WHERE request_id = ?",
+                               (request_id,)).fetchone() is None
+            db.execute("INSERT OR REPLACE INTO verdicts VALUES (?,?,?,?,?)",
+                       (request_id, policy_hash, plan_hash, time.time(), json.dumps(report)))
+            if first:
+                self._audit(db, "steward", "request.received", request_id,
+                            researcher=researcher, plan_hash=plan_hash)
+            self._audit(db, "steward", "request.verdict", request_id, policy_hash=policy_hash,
+                        result="pass" if not failing else "fail", failing=failing)
+
+    # -- rounds --------------------------------------------------------------
+    def begin_run(self, plan_hash: str, max_rounds: int, noise_multiplier: float,
+                  sample_rate: float, steps: int, actor: str,
+                  budget: Budget | None = None) -> RunRecord:
+        """Atomically reserve the next round of an approved plan, or refuse.
+
+        With a `budget`, the reservation is also charged to the researcher's privacy
+        ledger on the dataset: the composition of every released and reserved run of all
+        their plans there, plus this one, must stay within the cap. Both checks and the
+        insert happen in one `BEGIN IMMEDIATE` transaction, so parallel triggers at the
+        budget's edge are serialised and never overspend.
+        """
+        refusal = None
+        with self._connect(immediate=True) as db:
+            used = db.execute(
+                f"SELECT COUNT(*) FROM runs WHERE plan_hash = ? AND status IN {RUN_ACTIVE}",
+                (plan_hash,)).fetchone()[0]
+            if used >= max_rounds:
+                self._audit(db, actor, "run.refused", plan_hash, reason="rounds exhausted",
+                            rounds=max_rounds)
+                refusal = f"all {max_rounds} rounds of this plan have been run"
+                code = FailureCode.ROUNDS_EXHAUSTED
+            elif budget is not None:
+                rows = db.execute(
+                    f"SELECT noise_multiplier, sample_rate, steps FROM runs WHERE researcher = ?"
+                    f" AND dataset = ? AND status IN {RUN_ACTIVE}",
+                    (budget.researcher, budget.dataset)).fetchall()
+                history = [(r[0], r[1], r[2]) for r in rows]
+                spent = budget.epsilon_of(history)
+                after = budget.epsilon_of(history + [(noise_multiplier, sample_rate, steps)])
+                if after > budget.cap:
+                    self._audit(db, actor, "run.refused", plan_hash, reason="budget exhausted",
+                                spent=spent, cap=budget.cap, would_be=after)
+                    code = FailureCode.BUDGET_EXHAUSTED
+                    refusal = (f"privacy budget exhausted for {budget.dataset}: spent "
+                               f"{spent:.2f} of {budget.cap:g}; this round would take it to "
+                               f"{after:.2f}")
+            if refusal is None:
+                now = time.time()
+                cur = db.execute(
+                    "INSERT INTO runs (plan_hash, round, researcher, dataset, status, started_at,"
+                    " noise_multiplier, sample_rate, steps) VALUES (?,?,?,?,?,?,?,?,?)",
+                    (plan_hash, used + 1, budget.researcher if budget else "",
+                     budget.dataset if budget else "", "running", now, noise_multiplier,
+                     sample_rate, steps))
+                self._audit(db, actor, "run.started", plan_hash, round=used + 1,
+                            run=cur.lastrowid)
+                self._audit(db, actor, "budget.reserved", plan_hash, run=cur.lastrowid,
+                            noise_multiplier=noise_multiplier, sample_rate=sample_rate,
+                            steps=steps)
+                record = RunRecord(cur.lastrowid, plan_hash, used + 1, "running",
+                                   noise_multiplier, sample_rate, steps, None, None, now, None)
+        if refusal is not None:
+            raise Refused(refusal, code=code)
+        return record
+
+    def ledger_history(self, researcher: str, dataset: str,
+                       statuses: tuple[str, ...] = ("released",)) -> list[RunRecord]:
+        placeholders = ",".join("?" * len(statuses))
+        with self._connect() as db:
+            rows = db.execute(
+                f"SELECT * FROM runs WHERE researcher = ? AND dataset = ? AND status IN"
+                f" ({placeholders}) ORDER BY id", (researcher, dataset, *statuses)).fetchall()
+        return [self._run(r) for r in rows]
+
+    def ledger_keys(self) -> list[tuple[str, str]]:
+        with self._connect() as db:
+            return [(r[0], r[1]) for r in db.execute(
+                "SELECT DISTINCT researcher, dataset FROM runs WHERE researcher != ''"
+                " ORDER BY researcher, dataset")]
+
+    def finish_run(self, run_id: int, *, released: bool, actor: str, n_k: int | None = None,
+                   epsilon: float | None = None, category: str | None = None,
+                   weights_sha256: str | None = None) -> None:
+        status = "released" if released else "failed"
+        with self._connect(immediate=True) as db:
+            row = db.execute("SELECT plan_hash, round FROM runs WHERE id = ?",
+                             (run_id,)).fetchone()
+            db.execute(
+                "UPDATE runs SET status = ?, ended_at = ?, n_k = ?, epsilon = ?, category = ?"
+                " WHERE id = ?", (status, time.time(), n_k, epsilon, category, run_id))
+            self._audit(db, actor, "budget.committed" if released else "budget.returned",
+                        row["plan_hash"], run=run_id)
+            self._audit(db, actor, f"run.{status}", row["plan_hash"], round=row["round"],
+                        run=run_id, n_k=n_k, epsilon=epsilon, category=category,
+                        weights_sha256=weights_sha256)
+
+    def abort_running(self, actor: str = "site") -> int:
+        """Mark runs left 'running' by a crash as aborted (called at site start)."""
+        with self._connect(immediate=True) as db:
+            rows = db.execute("SELECT id, plan_hash, round FROM runs WHERE status = 'running'")
+            rows = rows.fetchall()
+            for r in rows:
+                db.execute("UPDATE runs SET status = 'aborted', ended_at = ? WHERE id = ?",
+                           (time.time(), r["id"]))
+                self._audit(db, actor, "budget.returned", r["plan_hash"], run=r["id"])
+                self._audit(db, actor, "run.aborted", r["plan_hash"], round=r["round"],
+                            run=r["id"])
+            return len(rows)
+
+    def runs(self, plan_hash: str | None = None) -> list[RunRecord]:
+        q = "SELECT * FROM runs" + (" WHERE plan_hash = ?" if plan_hash else "") + " ORDER BY id"
+        with self._connect() as db:
+            rows = db.execute(q, (plan_hash,) if plan_hash else ()).fetchall()
+        return [self._run(r) for r in rows]
+
+    @staticmethod
+    def _run(r: sqlite3.Row) -> RunRecord:
+        return RunRecord(r["id"], r["plan_hash"], r["round"], r["status"], r["noise_multiplier"],
+                         r["sample_rate"], r["steps"], r["n_k"], r["epsilon"], r["started_at"],
+                         r["ended_at"])
+
+    def released_history(self, plan_hash: str) -> list[tuple[float, float, int]]:
+        return [(r.noise_multiplier, r.sample_rate, r.steps)
+                for r in self.runs(plan_hash) if r.status == "released"]

@@ -1,0 +1,212 @@
+"""Data-owner operations on a running site: researcher accounts and dataset publication.
+
+Logs in as the site admin with the password from the keyring. Researchers can
+only be created here (sign-up stays off), and each one is recorded in the
+site's own registry (`sites.governance.registry`) with the syft account's id and verify
+key: that record, not syft's editable profile, is who the researcher is. A
+published dataset's mock is
+generated from public parameters only, never from private values, and the
+description states schema and N only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from datasets.cohort import Cohort
+from datasets.ingest import IngestReport, Progress, ingest_manifest
+from datasets.preprocess import Preprocessing
+from datasets.synthetic import DEMO_PROFILES, NEUTRAL, SiteProfile, generate_cohort, generate_mock
+from policies.contract.errors import MedsyftError
+from policies.schema import PolicyError, Release
+from sites.common.syft_client import login, quiet, syft
+from sites.governance.registry import Registry, RegistryError, Researcher, normalise_email
+from sites.governance.store import Governance
+from sites.operator import lifecycle
+from sites.operator.config import SiteConfig, load_site
+from sites.operator.site import Site
+
+ASSET_NAME = "cohort"
+#: Subjects in every mock, whatever the cohort's size: a mock sized after N would reveal N.
+MOCK_SIZE = 16
+
+
+class AdminError(MedsyftError, RuntimeError):
+    pass
+
+
+@contextlib.contextmanager
+def admin_client(site_dir: Path) -> Iterator[tuple[Path, SiteConfig, Any]]:
+    site_dir, cfg = load_site(site_dir)
+    st = lifecycle.status(site_dir)
+    if not st.running:
+        raise AdminError(f"site {cfg.name} is not running (start it with `medsyft site up "
+                         f"{site_dir}`)")
+    client = login(cfg.host, cfg.port, cfg.admin_email, lifecycle.admin_password(cfg))
+    yield site_dir, cfg, client
+
+
+def _ok(result: Any, what: str) -> Any:
+    sy = syft()
+    if isinstance(result, sy.SyftError):
+        raise AdminError(f"{what}: {result.message}")
+    return result
+
+
+def add_researcher(site_dir: Path, email: str, name: str, password: str,
+                   institution: str = "") -> Researcher:
+    """Create a data-scientist account and the site's record of it."""
+    email = normalise_email(email)
+    with admin_client(site_dir) as (site_dir, cfg, client):
+        existing = [u.email.lower() for u in client.users.get_all()]
+        if email in existing:
+            raise AdminError(f"{email} already has an account on {cfg.name}")
+        syft()
+        from syft.service.user.user_roles import ServiceRole
+
+        with quiet():
+            try:
+                res = client.users.create(
+                    name=name, email=email, password=password, password_verify=password,
+                    institution=institution or None, role=ServiceRole.DATA_SCIENTIST)
+            except Exception as exc:
+                raise AdminError(f"cannot create {email}: "
+                                 f"{getattr(exc, 'public_message', type(exc).__name__)}") from None
+        _ok(res, f"cannot create {email}")
+        # The verify key that will sign this researcher's calls: read by logging in once.
+        # Without it there is no record, so the account would be useless: remove it again.
+        try:
+            account = login(cfg.host, cfg.port, email, password)
+            user_id = str(account.account.id).replace("-", "")
+        except Exception as exc:
+            with quiet():
+                client.users.delete(uid=getattr(res, "id", None))
+            raise AdminError(f"cannot record {email}: first login failed "
+                             f"({type(exc).__name__}); the account was removed, try again"
+                             ) from None
+        gov = Governance(site_dir)
+        gov.audit(cfg.admin_email, "account.created", email, role="data_scientist",
+                  institution=institution)
+        try:
+            return Registry(gov).add(user_id=user_id, verify_key=str(account.verify_key),
+                                     email=email, name=name, institution=institution,
+                                     actor=cfg.admin_email)
+        except RegistryError as exc:
+            raise AdminError(str(exc)) from None
+
+
+def update_researcher(site_dir: Path, email: str, *, new_email: str | None = None,
+                      name: str | None = None, institution: str | None = None) -> Researcher:
+    """Change a researcher's email, name or institution: the site's record and syft's
+    profile together (the record decides; the profile only follows it)."""
+    with admin_client(site_dir) as (site_dir, cfg, client):
+        registry = Registry(Governance(site_dir))
+        current = registry.by_email(email)
+        if current is None:
+            raise AdminError(f"{email}: no researcher with this email on {cfg.name} "
+                             "(see `medsyft site researchers`)")
+        if new_email and normalise_email(new_email) != current.email and \
+                registry.by_email(new_email) is not None:
+            raise AdminError(f"{new_email}: another researcher already has this email")
+        fields = {k: v for k, v in (("email", normalise_email(new_email) if new_email else None),
+                                    ("name", name), ("institution", institution))
+                  if v is not None}
+        if fields:
+            with quiet():
+                try:
+                    res = client.users.update(uid=_syft_uid(current.user_id), **fields)
+                except Exception as exc:
+                    raise AdminError(f"cannot update {email}: "
+                                     f"{getattr(exc, 'public_message', type(exc).__name__)}"
+                                     ) from None
+            _ok(res, f"cannot update {email}")
+        try:
+            return registry.update(current.email, actor=cfg.admin_email, new_email=new_email,
+                                   name=name, institution=institution)
+        except RegistryError as exc:
+            raise AdminError(str(exc)) from None
+
+
+def _syft_uid(hex_id: str) -> Any:
+    from syft.types.uid import UID
+
+    return UID(hex_id)
+
+
+def _release_rule(site_dir: Path, cfg: SiteConfig, dataset: str) -> Release | None:
+    """The policy's release rule for `dataset` (None when the policy does not cover it)."""
+    try:
+        policy, _ = Site(site_dir, cfg).policy()
+    except (PolicyError, OSError):
+        return Release(sample_count="hidden")  # no readable policy: reveal the least
+    rules = policy.for_dataset(dataset)
+    return rules.release if rules else Release(sample_count="hidden")
+
+
+def publish_cohort(site_dir: Path, dataset: str, cohort: Cohort, mock: Cohort,
+                   summary: str) -> str:
+    """Upload private asset + mock; the description states N and label counts only as far
+    as the policy's release rule allows. Returns the description."""
+    if mock.volume_shape != cohort.volume_shape or set(mock.volumes) != set(cohort.volumes):
+        raise AdminError("mock schema differs from the private cohort")
+    with admin_client(site_dir) as (site_dir, cfg, client):
+        sy = syft()
+        if any(d.name == dataset for d in client.datasets.get_all()):
+            raise AdminError(f"dataset {dataset!r} is already published on {cfg.name}")
+        public = cohort.describe(_release_rule(site_dir, cfg, dataset))
+        description = f"{summary} {public} Mock: synthetic, same schema."
+        ds = sy.Dataset(name=dataset, description=description)
+        ds.add_asset(sy.Asset(name=ASSET_NAME, data=cohort.to_asset(), mock=mock.to_asset(),
+                              description=public))
+        with quiet():
+            res = client.upload_dataset(ds)
+        _ok(res, f"cannot publish {dataset}")
+        Governance(site_dir).register_dataset(dataset, cohort.cohort_id, cohort.n,
+                                              description, actor=cfg.admin_email)
+    return description
+
+
+def publish_synthetic(site_dir: Path, dataset: str, n: int, seed: int,
+                      profile: str | None = None, shape: tuple[int, int, int] = (24, 24, 24),
+                      mock_n: int = MOCK_SIZE) -> Cohort:
+    _, cfg = load_site(site_dir)
+    prof: SiteProfile = DEMO_PROFILES.get(profile or cfg.name, NEUTRAL)
+    cohort = generate_cohort(n=n, seed=seed, profile=prof, shape=shape)
+    mock = generate_mock(n=mock_n, shape=shape, seed=seed)
+    publish_cohort(site_dir, dataset, cohort, mock,
+                   summary=f"Synthetic brain MRI+PET cohort (profile {prof.name}).")
+    return cohort
+
+
+def mock_for(cohort: Cohort, seed: int = 0, n: int = MOCK_SIZE) -> Cohort:
+    """A synthetic mock with the cohort's modalities, shape and normalisation.
+
+    Made by the generator from the public neutral profile and then normalised
+    with the same per-volume method as the private data, so a researcher's code
+    sees the same value ranges. Nothing of the private cohort is read but its
+    shape and its meta (which holds only allowlisted technical fields).
+    """
+    from datasets.preprocess import normalise_volumes
+
+    mock = generate_mock(n=n, shape=cohort.volume_shape, seed=seed)
+    volumes = normalise_volumes({m: mock.volumes[m] for m in cohort.volumes},
+                                cohort.meta.get("normalisation") or {})
+    return Cohort(volumes=volumes, labels=mock.labels, meta=dict(cohort.meta))
+
+
+def publish_manifest(site_dir: Path, dataset: str, manifest: Path, pp: Preprocessing,
+                     progress: Progress | None = None) -> tuple[Cohort, IngestReport, str]:
+    """Ingest a DICOM/NIfTI cohort from its manifest, then publish it with a synthetic mock."""
+    load_site(site_dir)  # fail on a bad site folder before the long read
+    if not lifecycle.status(site_dir).running:
+        raise AdminError(f"the site in {site_dir} is not running (start it with `medsyft site "
+                         f"up {site_dir}`)")
+    cohort, report = ingest_manifest(manifest, pp, progress=progress)
+    kinds = ", ".join(sorted({k for m in report.sources.values() for k in m}))
+    description = publish_cohort(site_dir, dataset, cohort, mock_for(cohort),
+                                 summary=f"Brain {'+'.join(m.upper() for m in report.modalities)}"
+                                 f" cohort ingested from {kinds}.")
+    return cohort, report, description

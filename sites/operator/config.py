@@ -1,0 +1,78 @@
+"""`site.yaml`: what a site operator configures, validated with pydantic.
+
+The file holds no secret: the signing key and admin password live in the
+keyring (see `keychain`). Paths inside are relative to the site folder.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from policies.contract.errors import MedsyftError, format_errors
+
+SITE_FILE = "site.yaml"
+NAME_RE = r"^[a-z][a-z0-9-]{1,39}$"
+
+
+class SiteConfigError(MedsyftError, ValueError):
+    """site.yaml missing or invalid; the message names the file and field."""
+
+
+class SiteConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=NAME_RE)
+    host: str = "127.0.0.1"
+    port: int = Field(ge=1, le=65535)
+    storage: str = "storage"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    policy: str = "policy.yaml"
+    server_uid: str = Field(pattern=r"^[0-9a-f]{32}$")
+    admin_email: str
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    training_timeout_s: int = Field(3600, ge=10)
+    train_threads: int = Field(0, ge=0, le=256,
+                               description="CPU threads per training run; 0 = all cores")
+    review_timeout_s: int = Field(
+        20, ge=2, le=600, description="longest a review may build a plan's model to count its "
+                                      "parameters (researcher code runs there)")
+    warm_training_process: bool = Field(
+        True, description="keep the next run's training process started and waiting "
+                          "(saves its start-up, ~2 s a round; costs ~300 MB of RAM)")
+
+    def path(self, site_dir: Path, rel: str) -> Path:
+        p = Path(rel)
+        return p if p.is_absolute() else (site_dir / p)
+
+
+def load_site(site_dir: str | Path) -> tuple[Path, SiteConfig]:
+    site_dir = Path(site_dir).resolve()
+    file = site_dir / SITE_FILE
+    if not file.exists():
+        raise SiteConfigError(f"{file}: no site here (run `medsyft site init` first)")
+    try:
+        raw = yaml.safe_load(file.read_text())
+        return site_dir, SiteConfig.model_validate(raw)
+    except yaml.YAMLError as exc:
+        raise SiteConfigError(f"{file}: not valid YAML: {exc}") from None
+    except ValidationError as exc:
+        raise SiteConfigError(f"{file}: {format_errors(exc)}") from None
+
+
+def save_site(site_dir: Path, cfg: SiteConfig) -> Path:
+    file = site_dir / SITE_FILE
+    text = "# medsyft site configuration (no secrets here: they live in the keyring)\n"
+    text += yaml.safe_dump(cfg.model_dump(), sort_keys=False)
+    tmp = file.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(file)
+    return file
+
+
+def valid_site_name(name: str) -> bool:
+    return re.match(NAME_RE, name) is not None

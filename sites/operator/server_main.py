@@ -1,0 +1,121 @@
+"""Process entry of one datasite: `python -m sites.operator.server_main SITE_DIR`.
+
+Reads the site's secrets (server signing key, admin password) as one JSON line
+on stdin, never from argv, files or the inherited environment; sets the
+variables syft 0.9.5 reads once at import (stable server uid + key so a
+restart keeps users, datasets, requests and approvals; admin account; storage
+inside the site folder); then serves syft's FastAPI app with uvicorn in this
+very process. Once the server object exists the secrets are removed from
+`os.environ`. stdout/stderr go to the site log; nothing is printed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+SECRET_ENV = ("SERVER_PRIVATE_KEY", "DEFAULT_ROOT_PASSWORD")
+
+
+def _redirect_output(log_file: Path) -> None:
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    sys.stdout = os.fdopen(1, "w", buffering=1)
+    sys.stderr = os.fdopen(2, "w", buffering=1)
+
+
+def _configure_logging(site_dir: Path, level: str) -> None:
+    """medsyft's own records go to logs/site.log; uvicorn's and syft's to stderr (server.log)."""
+    handler = logging.FileHandler(site_dir / "logs" / "site.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    medsyft = logging.getLogger("medsyft")
+    medsyft.handlers[:] = [handler]
+    medsyft.setLevel(getattr(logging, level.upper()))
+    medsyft.propagate = False
+
+
+def app_factory():  # called by uvicorn
+    from syft.server.uvicorn import app_factory as syft_app_factory
+
+    from sites.common.syft_guard import apply as apply_syft_guard
+    from sites.common.syft_patches import apply as apply_syft_patches
+    from sites.operator.config import load_site
+    from sites.review.researcher_api import refusal
+    from sites.runtime.rounds import SITE_DIR_ENV
+
+    patched = apply_syft_patches()
+    guarded = apply_syft_guard(refusal)  # raises if it cannot be installed: no unguarded site
+    app = syft_app_factory()
+    site_dir, cfg = load_site(os.environ[SITE_DIR_ENV])
+    _configure_logging(site_dir, cfg.log_level)  # after syft, which configures logging too
+    site_log = logging.getLogger("medsyft.site")
+    site_log.info("syft speed patches: %s", ", ".join(patched) or "none")
+    site_log.info("syft request guard: %s", ", ".join(guarded))
+    from sites.sandbox import launcher as training_process
+
+    training_process.for_site(site_dir / "runs", site_dir / "logs" / "training.log",
+                              cfg.train_threads, cfg.warm_training_process).prestart()
+    for key in SECRET_ENV:
+        os.environ.pop(key, None)
+    import syft.server.server as syft_server
+
+    syft_server.default_root_password = None
+    return app
+
+
+def main() -> int:
+    site_dir = Path(sys.argv[1]).resolve()
+    secrets = json.loads(sys.stdin.readline())
+    sys.stdin.close()
+
+    from sites.governance.store import Governance
+    from sites.operator.config import load_site
+    from sites.runtime.rounds import SITE_DIR_ENV
+
+    site_dir, cfg = load_site(site_dir)
+    _redirect_output(site_dir / "logs" / "server.log")
+    _configure_logging(site_dir, cfg.log_level)
+    aborted = Governance(site_dir).abort_running(actor="site")
+    if aborted:
+        logging.getLogger("medsyft.site").warning("%d run(s) left by a crash marked aborted",
+                                                  aborted)
+    storage = cfg.path(site_dir, cfg.storage)
+    storage.mkdir(parents=True, exist_ok=True)
+    os.environ.update({
+        "SERVER_UID": cfg.server_uid,
+        "SERVER_PRIVATE_KEY": secrets["signing_key"],
+        "DEFAULT_ROOT_EMAIL": cfg.admin_email,
+        "DEFAULT_ROOT_USERNAME": f"{cfg.name} data owner",
+        "DEFAULT_ROOT_PASSWORD": secrets["admin_password"],
+        "SYFT_TEMP_ROOT": str(storage),
+        "TQDM_DISABLE": "1",
+        SITE_DIR_ENV: str(site_dir),
+        # syft's AppSettings (read by app_factory)
+        "SYFT_NAME": cfg.name,
+        "SYFT_SERVER_TYPE": "datasite",
+        "SYFT_DEV_MODE": "False",
+        "SYFT_RESET": "False",
+        "SYFT_N_CONSUMERS": "0",
+        "SYFT_CREATE_PRODUCER": "False",
+        "SYFT_IN_MEMORY_WORKERS": "True",
+        "SYFT_ENABLE_WARNINGS": "False",
+    })
+    from sites.review.steward import Steward
+
+    Steward(site_dir, secrets["admin_password"]).start()
+    del secrets
+    import uvicorn
+
+    uvicorn.run("sites.operator.server_main:app_factory", factory=True, host=cfg.host,
+                port=cfg.port, log_level=cfg.log_level, access_log=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""Reports on the privacy ledger and on plans: `medsyft console ledger` and `console plans`.
+
+The ledger of a researcher on a dataset is the accountant's composition of every
+released run of all their plans there (reserved runs shown apart), at the
+policy's δ, against the policy's ε total. Read-only: reservation and commit
+happen in `Governance.begin_run` / `finish_run`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from policies.contract import privacy as accounting
+from policies.schema import PolicyError
+from sites.governance.store import REFUSED, Governance
+from sites.operator.config import load_site
+from sites.operator.site import Site
+
+
+class PlanSpend(BaseModel):
+    plan_hash: str
+    plan: str
+    rounds_released: int
+    epsilon: float
+
+
+class LedgerEntry(BaseModel):
+    researcher: str
+    dataset: str
+    accountant: str
+    delta: float
+    cap: float | None
+    spent: float
+    reserved: float
+    remaining: float | None
+    plans: list[PlanSpend]
+
+
+class PlanProgress(BaseModel):
+    plan_hash: str
+    plan: str
+    researcher: str
+    dataset: str
+    status: str
+    rounds: int
+    rounds_done: int
+    rounds_left: int
+    running: int
+    epsilon: float | None
+
+
+def _plan_docs(gov: Governance) -> dict[str, dict]:
+    docs: dict[str, dict] = {}
+    for d in gov.decisions():
+        if d["plan_json"] and d["method"] != REFUSED:  # refused requests are not plans here
+            docs[d["plan_hash"]] = json.loads(d["plan_json"]) | {"_status": d["decision"]}
+    return docs
+
+
+def ledger(site_dir: Path, researcher: str | None = None,
+           dataset: str | None = None) -> list[LedgerEntry]:
+    site_dir, cfg = load_site(site_dir)
+    gov = Governance(site_dir)
+    try:
+        policy = Site(site_dir, cfg).policy()[0]
+    except PolicyError:
+        policy = None
+    docs = _plan_docs(gov)
+    out = []
+    for r_email, ds in gov.ledger_keys():
+        if (researcher and r_email != researcher) or (dataset and ds != dataset):
+            continue
+        rule = policy.for_dataset(ds) if policy else None
+        acct = rule.privacy.accountants[0] if rule else "rdp"
+        delta = rule.privacy.delta_max if rule else 1e-5
+        cap = rule.privacy.epsilon_total if rule else None
+        released = gov.ledger_history(r_email, ds)
+        both = gov.ledger_history(r_email, ds, ("released", "running"))
+        history = [(r.noise_multiplier, r.sample_rate, r.steps) for r in released]
+        spent = accounting.epsilon_spent(history, delta, acct)
+        with_reserved = accounting.epsilon_spent(
+            [(r.noise_multiplier, r.sample_rate, r.steps) for r in both], delta, acct)
+        per_plan: dict[str, list] = {}
+        for r in released:
+            per_plan.setdefault(r.plan_hash, []).append(r)
+        plans = [PlanSpend(plan_hash=h, plan=_name(docs.get(h)), rounds_released=len(rs),
+                           epsilon=accounting.epsilon_spent(
+                               [(r.noise_multiplier, r.sample_rate, r.steps) for r in rs],
+                               delta, acct)) for h, rs in per_plan.items()]
+        out.append(LedgerEntry(researcher=r_email, dataset=ds, accountant=acct, delta=delta,
+                               cap=cap, spent=spent, reserved=with_reserved - spent,
+                               remaining=None if cap is None else max(0.0, cap - with_reserved),
+                               plans=plans))
+    return out
+
+
+def _name(doc: dict | None) -> str:
+    return f"{doc['name']} v{doc['version']}" if doc else "(unknown)"
+
+
+def plans(site_dir: Path) -> list[PlanProgress]:
+    site_dir, _ = load_site(site_dir)
+    gov = Governance(site_dir)
+    out = []
+    for plan_hash, doc in _plan_docs(gov).items():
+        runs = gov.runs(plan_hash)
+        done = sum(r.status == "released" for r in runs)
+        running = sum(r.status == "running" for r in runs)
+        eps = [r.epsilon for r in runs if r.status == "released" and r.epsilon is not None]
+        approval = gov.approval(plan_hash)
+        status = "approved" if approval else ("denied" if doc["_status"] == "denied"
+                                              else "awaiting approval")
+        out.append(PlanProgress(
+            plan_hash=plan_hash, plan=_name(doc), researcher=doc["researcher"],
+            dataset=doc["dataset"], status=status, rounds=int(doc["rounds"]),
+            rounds_done=done, rounds_left=max(0, int(doc["rounds"]) - done - running),
+            running=running, epsilon=max(eps) if eps else None))
+    return out

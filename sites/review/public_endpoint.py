@@ -1,0 +1,61 @@
+"""The public part of a site's policy, served to logged-in researchers through syft.
+
+A syft custom API endpoint (`medsyft.policy`) whose code only calls
+`public_policy`: limits, allowed model code and dataset sizes, never who is
+allowed or who reviews. Researchers call it for `Federation.check(plan)`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from policies.contract.public import ENDPOINT_PATH
+
+
+def public_policy(site_dir: str | Path) -> dict[str, Any]:
+    from policies.schema import PolicyError
+    from sites.governance.store import Governance
+    from sites.operator.config import load_site
+    from sites.operator.site import Site
+
+    site_dir, cfg = load_site(site_dir)
+    try:
+        policy, digest = Site(site_dir, cfg).policy()
+    except PolicyError:
+        return {"error": "the site's policy file is invalid"}
+    doc = policy.public() | {"site": cfg.name, "policy_sha256": digest}
+    gov = Governance(site_dir)
+    for name in list(doc["datasets"]):
+        record = gov.dataset(name) if name != "*" else None
+        rule = policy.for_dataset(name)
+        if record and rule and rule.release.sample_count != "hidden":
+            doc["datasets"][name]["cohort_n"] = int(record["n"])
+    return doc
+
+
+def medsyft_policy(context) -> dict:  # noqa: ANN001 - syft passes its own context
+    import os
+
+    from sites.review.public_endpoint import public_policy
+
+    return public_policy(os.environ["MEDSYFT_SITE_DIR"])
+
+
+def register(client: Any) -> None:
+    """Add the endpoint on a site (admin client) unless it is there already."""
+    from sites.common.syft_client import quiet, syft
+
+    sy = syft()
+    with quiet():
+        existing = [e.path for e in client.custom_api.get_all()]
+        if ENDPOINT_PATH in existing:
+            return
+        endpoint = sy.api_endpoint(path=ENDPOINT_PATH, description="medsyft public policy")(
+            medsyft_policy)
+        client.custom_api.add(endpoint=endpoint)
+
+
+def site_dir_from_env() -> Path:
+    return Path(os.environ["MEDSYFT_SITE_DIR"])

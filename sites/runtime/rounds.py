@@ -1,0 +1,222 @@
+"""The trusted training runtime, called by the fixed syft function template.
+
+Runs inside the syft server process, so it never executes researcher code
+itself: it checks the plan's approval and round budget in the governance DB,
+recognises syft's second call on the mock (returns at once, no training, no
+budget), hands the private tensors and start weights to a child process with a
+clean environment, filters what comes back (the plan's parameter names, shapes
+and dtypes, finite values; nothing else) and returns parameters, n_k and the
+privacy accounting.
+
+What it returns is all a researcher ever sees of a run: failures become one
+short category from `sites.sandbox.job.CATEGORIES`; tracebacks and anything the
+child printed stay in the site log. It must never print.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+import time
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import ValidationError
+
+from datasets.cohort import ASSET_FORMAT, Cohort
+from policies.contract import privacy
+from policies.contract.errors import Refused
+from policies.contract.plan import TrainingPlan
+from policies.contract.wire import (
+    FailureCode,
+    RoundAccounting,
+    RoundFailure,
+    RoundResult,
+    weights_digest,
+)
+from policies.schema import DatasetPolicy, PolicyError
+from policies.verdict import Facts, review_plan
+from sites.governance.registry import Registry, Researcher
+from sites.governance.store import Approval, Budget, Governance
+from sites.operator.site import Site
+from sites.runtime.release import refused, release_filter, validate_weights
+from sites.sandbox import launcher
+from sites.sandbox.job import CATEGORIES, Job, RunStatus, load_output, save_private
+
+log = logging.getLogger("medsyft.runtime")
+
+SITE_DIR_ENV = "MEDSYFT_SITE_DIR"
+ACTOR = "runtime"
+
+
+def _failure(message: str, code: FailureCode, mock: bool = False) -> dict:
+    return RoundFailure(code=code, error=message, mock=mock).to_wire()
+
+
+def _run_child(run_dir: Path, timeout_s: int, site: Site) -> RunStatus:
+    cfg = site.config
+    procs = launcher.for_site(site.runs_dir, site.training_log, cfg.train_threads,
+                              cfg.warm_training_process)
+    try:
+        procs.run(run_dir, timeout_s)
+    except launcher.ChildTimeout:
+        raise refused("timeout") from None
+    status = RunStatus.load(run_dir)
+    if not status.ok:
+        raise refused(status.category or "internal")
+    return status
+
+
+def execute_round(plan_json: str, data: Any, weights: Any) -> dict:
+    """One round of an approved plan at this site. Called by the syft template only."""
+    site_dir = Path(os.environ[SITE_DIR_ENV])
+    try:
+        return _execute(site_dir, plan_json, data, weights)
+    except Refused as exc:
+        return _failure(str(exc), exc.code or FailureCode.INVALID)
+    except Exception:
+        log.exception("runtime internal error")
+        message, code = CATEGORY_INTERNAL
+        return _failure(message, code)
+
+
+def _recheck_policy(site: Site, gov: Governance, plan: TrainingPlan, approval: Approval,
+                    record: Researcher, n: int) -> DatasetPolicy:
+    """Re-run the verdict against the current policy file before every round.
+
+    Rules overridden at approval stay overridden only while the policy file is the one
+    approved under; the parameter cap is enforced by the training child itself. The
+    access rules read the site's current record of the researcher (a data owner's change
+    of institution applies from the next round).
+    """
+    try:
+        policy, policy_hash = site.policy()
+    except PolicyError:
+        log.error("policy file is invalid; refusing every run until it is fixed")
+        raise Refused("the site's policy file is invalid; no run is possible",
+                      code=FailureCode.POLICY) from None
+    dataset_policy = policy.for_dataset(plan.dataset)
+    if dataset_policy is None:
+        raise Refused(f"policy changed: no rule covers dataset {plan.dataset} any more",
+                      code=FailureCode.POLICY)
+    changed = policy_hash != approval.policy_hash
+    facts = Facts(researcher=plan.researcher, institution=record.institution,
+                  today=date.today(), cohort_n=n, n_parameters=0,
+                  noise_multiplier=privacy.noise_for(plan, n).noise_multiplier,
+                  epsilon_committed=gov.committed_epsilon(plan.researcher, plan.dataset,
+                                                          plan.plan_hash))
+    waived = set() if changed else set(approval.overridden)
+    for line in review_plan(policy, plan, facts):
+        if line.failed and line.rule not in waived:
+            prefix = "policy changed" if changed else "policy"
+            gov.audit(ACTOR, "run.refused", plan.plan_hash, reason=line.rule,
+                      policy_hash=policy_hash)
+            raise Refused(f"{prefix}: {line.message} ({line.rule}: {line.seen}, "
+                          f"limit {line.limit})", code=FailureCode.POLICY)
+    return dataset_policy
+
+
+def _execute(site_dir: Path, plan_json: str, data: Any, weights: Any) -> dict:
+    site = Site.open(site_dir)
+    cfg = site.config
+    try:
+        plan = TrainingPlan.model_validate_json(plan_json)
+    except ValidationError:
+        raise Refused("invalid plan", code=FailureCode.INVALID) from None
+    gov = site.governance()
+
+    # syft runs every call a second time on the mock: recognise it, spend nothing.
+    dataset = gov.dataset(plan.dataset)
+    is_asset = isinstance(data, dict) and data.get("format") == ASSET_FORMAT
+    if not is_asset or dataset is None or data.get("cohort_id") != dataset["cohort_id"]:
+        if is_asset and data.get("cohort_id") in gov.private_cohort_ids():
+            raise Refused("input is not the plan's dataset", code=FailureCode.INVALID)
+        return _failure("mock data: no training is done on mocks", FailureCode.MOCK, mock=True)
+
+    approval = gov.approval(plan.plan_hash)
+    if approval is None:
+        gov.audit(ACTOR, "run.refused", plan.plan_hash, reason="not approved")
+        raise Refused("plan is not approved at this site", code=FailureCode.NOT_APPROVED)
+    record = Registry(gov).by_email(plan.researcher)
+    if record is None:
+        gov.audit(ACTOR, "run.refused", plan.plan_hash, reason="researcher not registered")
+        raise Refused("the site has no record of the plan's researcher any more (an email "
+                      "changed or the account was removed); resubmit the plan",
+                      code=FailureCode.NOT_APPROVED)
+    if approval.researcher != plan.researcher or approval.dataset != plan.dataset:
+        raise Refused("plan is not approved at this site", code=FailureCode.NOT_APPROVED)
+    dataset_policy = _recheck_policy(site, gov, plan, approval, record, int(dataset["n"]))
+
+    start = validate_weights(weights, dataset_policy.training.max_parameters)
+    cohort = Cohort.from_asset(data)
+    missing = [m for m in plan.inputs if m not in cohort.volumes]
+    if missing:
+        raise Refused(f"dataset {plan.dataset} has no {', '.join(missing)} images",
+                      code=FailureCode.INVALID)
+    noise = privacy.noise_for(plan, cohort.n)
+    sigma = noise.noise_multiplier
+    ledger_accountant = dataset_policy.privacy.accountants[0]
+    budget = Budget(
+        researcher=plan.researcher, dataset=plan.dataset,
+        cap=dataset_policy.privacy.epsilon_total,
+        epsilon_of=lambda h: privacy.epsilon_spent(h, dataset_policy.privacy.delta_max,
+                                                   ledger_accountant))
+    run = gov.begin_run(plan.plan_hash, plan.rounds, sigma, noise.sample_rate, noise.steps,
+                        ACTOR, budget=budget)
+    log.info("run %s: plan %s round %d/%d started (n=%d, q=%.4f, sigma=%.4f, steps=%d)",
+             run.id, plan.plan_hash[:12], run.round, plan.rounds, cohort.n,
+             noise.sample_rate, sigma, noise.steps)
+    t0 = time.perf_counter()
+    run_dir = site.runs_dir / f"run-{run.id}"
+    released = False
+    category = CATEGORY_INTERNAL[0]
+    try:
+        run_dir.mkdir(parents=True, mode=0o700)
+        Job(plan_json=plan.canonical_json(), weights=start, sample_rate=noise.sample_rate,
+            noise_multiplier=sigma, steps=noise.steps, threads=cfg.train_threads,
+            device=cfg.device if dataset_policy.training.device == "auto"
+            else dataset_policy.training.device,
+            max_parameters=dataset_policy.training.max_parameters,
+            seed=secrets.randbits(62)).save(run_dir)
+        save_private(run_dir, torch.from_numpy(cohort.stacked(list(plan.inputs))),
+                     torch.from_numpy(cohort.labels))
+        timeout = min(cfg.training_timeout_s, dataset_policy.training.max_wall_time_s)
+        status = _run_child(run_dir, timeout, site)
+        params = release_filter(load_output(run_dir), start)
+        history = gov.released_history(plan.plan_hash) + [noise.as_history_entry()]
+        eps = privacy.epsilon_spent(history, plan.dp.delta, plan.dp.accountant)
+        digest = weights_digest(params)
+        seconds = time.perf_counter() - t0
+        gov.finish_run(run.id, released=True, actor=ACTOR, n_k=cohort.n, epsilon=eps,
+                       weights_sha256=digest)
+        released = True
+        log.info("run %s released in %.1fs, epsilon %.3f", run.id, seconds, eps)
+        return RoundResult(
+            site=cfg.name, round=run.round, rounds=plan.rounds, plan_hash=plan.plan_hash,
+            params=params, n_k=dataset_policy.release.count(cohort.n),
+            seconds=round(seconds, 3), train_seconds=status.train_seconds,
+            device="cuda" if status.device == "cuda" else "cpu", weights_sha256=digest,
+            accounting=RoundAccounting(
+                sample_rate=noise.sample_rate, noise_multiplier=sigma,
+                steps=sum(h[2] for h in history), round_steps=noise.steps,
+                delta=plan.dp.delta, epsilon=eps, target_epsilon=plan.dp.target_epsilon,
+                accountant=plan.dp.accountant, max_grad_norm=plan.dp.max_grad_norm),
+        ).to_wire()
+    except Refused as exc:
+        category = str(exc)
+        log.warning("run %s failed: %s", run.id, exc)
+        raise
+    except Exception:
+        log.exception("run %s failed inside the runtime", run.id)
+        raise refused("internal") from None
+    finally:
+        if not released:
+            gov.finish_run(run.id, released=False, actor=ACTOR, category=category)
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+CATEGORY_INTERNAL = (CATEGORIES["internal"][0], CATEGORIES["internal"][1])

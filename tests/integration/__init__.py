@@ -1,0 +1,1 @@
+"""Integration tests: real syft datasites on loopback, the real client, whole rounds."""

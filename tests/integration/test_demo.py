@@ -1,0 +1,50 @@
+"""`medsyft demo` end to end (two rounds, a quarter of the subjects): the report holds
+what it promises."""
+
+from __future__ import annotations
+
+import json
+
+import keyring
+import pytest
+from rich.console import Console
+
+from sites.common import keychain
+from sites.operator import lifecycle
+from tests.support.reference import reference_epsilon
+
+pytestmark = pytest.mark.integration
+
+SITE_FIELDS = {"n_k", "sample_rate", "noise_multiplier", "steps", "delta", "epsilon",
+               "target_epsilon", "seconds", "train_seconds"}
+
+
+def test_demo_trains_across_three_hospitals_and_stops_its_servers(tmp_path, memory_keyring):
+    from researcher.demo import run_demo
+
+    previous = keyring.get_keyring()
+    report_path = tmp_path / "demo-report.json"
+    try:
+        run_demo(tmp_path / "work", report_path, rounds=2, cohort_scale=0.25,
+                 console=Console(file=open(tmp_path / "out.txt", "w")))
+    finally:
+        keychain.use_backend(previous)
+    report = json.loads(report_path.read_text())
+    assert [r["round"] for r in report["rounds"]] == [1, 2]
+    for rnd in report["rounds"]:
+        assert rnd["auc"] is not None and 0.0 <= rnd["auc"] <= 1.0
+        assert {s["site"] for s in rnd["sites"]} == {"st-agnes", "riverside", "northgate"}
+        for s in rnd["sites"]:
+            assert s["ok"] and SITE_FIELDS <= set(s)
+            assert s["epsilon"] <= s["target_epsilon"]
+            assert s["epsilon"] >= reference_epsilon(
+                [(s["noise_multiplier"], s["sample_rate"], s["steps"])], s["delta"]) - 1e-9
+    sizes = {s["site"]: s["n_k"] for s in report["rounds"][0]["sites"]}
+    assert len(set(sizes.values())) == 3  # non-IID: different cohorts
+    for site_yaml in (tmp_path / "work" / "sites").glob("*/site.yaml"):
+        assert not lifecycle.status(site_yaml.parent).running
+    out = (tmp_path / "out.txt").read_text()
+    assert "approved in the console" in out and "keyring file" in out
+    assert "awaiting second approval" in out  # st-agnes: four-eyes
+    assert "approved automatically" in out  # northgate: approval: auto
+    assert "round 2" in out and "global AUC" in out

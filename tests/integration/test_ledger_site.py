@@ -1,0 +1,196 @@
+"""Against a real datasite: side channels closed, crash safety, and the privacy ledger's
+edge under parallel triggers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from policies.contract import privacy as accounting
+from researcher.federation import (
+    Federation,
+    initial_weights,
+)
+from sites.common.syft_client import quiet
+from sites.governance.store import Governance
+from sites.operator import lifecycle
+from sites.review import console
+from tests.support.plans import make_plan
+from tests.support.sites import one_site
+
+pytestmark = pytest.mark.integration
+
+EMAIL = "ada@lovelace-institute.org"
+PASSWORD = "ledger-site-pw-42"
+SHAPE = (8, 8, 8)
+
+BROKEN = '''
+class Broken(nn.Module):
+    def __init__(self, in_channels=2):
+        super().__init__()
+        self.head = nn.Linear(3, 1)
+
+    def forward(self, x):
+        assert x.mean(dim=(1, 2, 3, 4)) > 1e12, x
+        return self.head(x.mean(dim=(2, 3, 4)))
+'''
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory, memory_keyring, repo_root):
+    with one_site(tmp_path_factory.mktemp("ledger"), "delta",
+                  repo_root / "tests" / "policies" / "ledger.yaml", EMAIL, PASSWORD, n=32, seed=4,
+                  shape=SHAPE) as env:
+        yield env
+
+
+def approved(fed, plan, timeout_s=180.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while fed.status(plan)["delta"].status != "approved":
+        assert time.monotonic() < deadline, "plan was not approved automatically"
+        time.sleep(1.0)
+
+
+def plan_of(name, version, rounds, epsilon, **kw):
+    p = make_plan(name=name, version=version, rounds=rounds, epsilon=epsilon, **kw)
+    return p.model_copy(update={"batch_size": 8})
+
+
+def _visible_text(client) -> str:
+    """Everything a researcher can read back through the syft APIs they can call."""
+    chunks = []
+    probes = {
+        "requests": lambda: [(str(r), str(r.status), str(r.code), str(r.code.status),
+                              str(getattr(r.code, "status_dict", ""))) for r in
+                             client.requests.get_all()],
+        "code": lambda: [str(c) for c in client.code.get_all()],
+        "jobs": lambda: [(str(j), str(getattr(j, "logs", lambda: "")()))
+                         for j in client.jobs.get_all()],
+        "notifications": lambda: [str(n) for n in client.notifications.get_all()],
+        "logs": lambda: [str(x) for x in client.api.services.log.get_all()],
+        "outputs": lambda: [str(o) for o in client.api.services.output.get_all()],
+    }
+    for name, probe in probes.items():
+        with quiet() as captured:
+            try:
+                chunks.append(f"{name}: {probe()}")
+            except Exception as exc:
+                chunks.append(f"{name}: {type(exc).__name__}: {exc}")
+        chunks.append(captured.getvalue())
+    return "\n".join(chunks)
+
+
+def test_failing_model_leaks_nothing_through_any_researcher_api(site):
+    fed, d, cohort = site["fed"], site["dir"], site["cohort"]
+    plan = plan_of("leaky", 1, 1, 0.5, source=BROKEN, class_name="Broken")
+    fed.submit(plan)
+    approved(fed, plan)
+    bound = fed.bind(plan)
+    with pytest.raises(Exception) as exc:
+        fed.run_site_round("delta", bound, initial_weights(bound))
+    assert str(exc.value) == "delta: model forward raised"
+    text = _visible_text(fed.client("delta"))
+    vol = cohort.volumes["mri"]
+    rng = np.random.default_rng(0)
+    values = [float(vol.flat[i]) for i in rng.choice(vol.size, 40, replace=False)]
+    needles = {f"{v:.4f}" for v in values if abs(v) > 0.05} | {f"{v:.6f}" for v in values}
+    assert not [n for n in needles if n in text]
+    assert "Traceback" not in text and "AssertionError" not in text
+    site_log = (d / "logs" / "training.log").read_text()
+    assert "Traceback" in site_log  # the data owner keeps it
+    assert Governance(d).ledger_history(EMAIL, "brain-mri-pet", ("released", "running")) == []
+
+
+def test_killed_site_mid_round_returns_the_reservation_and_continues(site):
+    fed, d = site["fed"], site["dir"]
+    plan = plan_of("crashy", 1, 2, 0.5)
+    plan = plan.model_copy(update={"local_epochs": 10})
+    fed.submit(plan)
+    approved(fed, plan)
+    bound = fed.bind(plan)
+    gov = Governance(d)
+    caller = threading.Thread(target=lambda: _ignore(fed.run_site_round, "delta", bound,
+                                                     initial_weights(bound)), daemon=True)
+    caller.start()
+    deadline = time.monotonic() + 60
+    while not [r for r in gov.runs(bound.plan_hash) if r.status == "running"]:
+        assert time.monotonic() < deadline, "run never started"
+        time.sleep(0.05)
+    pid = int((d / "run" / "server.pid").read_text())
+    os.killpg(pid, signal.SIGKILL)  # the server and its training child, mid-round
+    caller.join(timeout=60)
+    lifecycle.up(d)
+    runs = gov.runs(bound.plan_hash)
+    assert [r.status for r in runs] == ["aborted"]
+    assert gov.ledger_history(EMAIL, "brain-mri-pet", ("released", "running")) == []
+    assert "run.aborted" in [e["event"] for e in gov.audit_entries()]
+    assert gov.verify_audit()[0]
+    fresh = Federation(site["config"]).connect()
+    site["fed"] = fresh
+    result = fresh.run_site_round("delta", bound, initial_weights(bound))
+    assert result.round == 1  # the aborted round did not count
+
+
+def _ignore(fn, *args):
+    try:
+        fn(*args)
+    except Exception:
+        pass
+
+
+def test_parallel_triggers_at_the_budget_edge_never_overspend(site):
+    fed, d = site["fed"], site["dir"]
+    gov = Governance(d)
+    first = plan_of("first", 1, 2, 6.0)
+    fed.submit(first)
+    approved(fed, first)
+    fed.run(first)
+    second = plan_of("second", 1, 3, 6.0)
+    fed.submit(second)
+    bound = fed.bind(second)
+    view = None
+    deadline = time.monotonic() + 60
+    while view is None or not gov.verdict_seen(view.id, view.policy_hash):
+        assert time.monotonic() < deadline
+        time.sleep(1.0)
+        view = next((v for v in console.list_requests(d) if v.plan == bound), None)
+    assert "privacy.epsilon_total" in [c.rule for c in view.failing]
+    console.approve(d, view.id, reviewer="dpo", override=True, note="ledger edge test")
+
+    cap = 8.0
+    history = [(r.noise_multiplier, r.sample_rate, r.steps)
+               for r in gov.ledger_history(EMAIL, "brain-mri-pet")]
+    shape = accounting.run_shape(32, bound.batch_size, bound.local_epochs)
+    sigma = accounting.derive_noise_multiplier(6.0, 1e-5, shape, 3)
+    fits = 0
+    while fits < 3 and accounting.epsilon_spent(
+            history + [(sigma, shape.sample_rate, shape.steps)] * (fits + 1), 1e-5) <= cap:
+        fits += 1
+    assert fits < 3  # the test is at the edge: the plan's own 3 rounds do not all fit
+
+    weights = initial_weights(bound)
+    with ThreadPoolExecutor(3) as pool:
+        outcomes = list(pool.map(lambda _: _outcome(fed, bound, weights), range(3)))
+    released = [o for o in outcomes if o == "ok"]
+    refused = [o for o in outcomes if o != "ok"]
+    assert len(released) == fits
+    assert all("privacy budget exhausted for brain-mri-pet: spent" in o for o in refused)
+    spent = accounting.epsilon_spent([(r.noise_multiplier, r.sample_rate, r.steps)
+                                      for r in gov.ledger_history(EMAIL, "brain-mri-pet")],
+                                     1e-5)
+    assert spent <= cap
+    assert gov.verify_audit()[0]
+
+
+def _outcome(fed, plan, weights) -> str:
+    try:
+        fed.run_site_round("delta", plan, weights)
+        return "ok"
+    except Exception as exc:
+        return str(exc)

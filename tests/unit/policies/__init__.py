@@ -1,0 +1,1 @@
+"""unit/policies tests."""

@@ -1,0 +1,188 @@
+"""Review that cannot be stalled or misled: bounded parsing, sticky-denial fingerprints and
+parameter counts that never ask the model. (The same attacks against a live site are in
+tests/security/test_request_surface.py.)"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from policies.code_review import review_model_code
+from policies.contract.errors import Refused
+from policies.contract.model_code import build_model, parameter_count, trainable_parameters
+from policies.contract.parsing import MAX_DEPTH, TooComplex, bounded_parse
+from policies.contract.template import TemplateMismatch, extract_plan, render_source
+from policies.schema import DEFAULT_FUNCTIONS, DEFAULT_LAYERS
+from sites.governance.denials import model_fingerprint, settings_fingerprint
+from tests.support.plans import make_plan, small_model_source
+
+
+def _review(source: str, class_name: str = "Tiny") -> list[str]:
+    return [f.rule for f in review_model_code(source, class_name, DEFAULT_LAYERS,
+                                              DEFAULT_FUNCTIONS)]
+
+
+@pytest.mark.parametrize("expression", [
+    "1" + " + 1" * 20000,              # Python's parser runs out of recursion
+    "-" * 60000 + "1",                  # ... or of memory
+    "[" * 150 + "]" * 150,              # parses, but deeper than any model
+    "x" + ".real" * 400,
+])
+def test_a_model_too_deep_to_walk_is_one_finding_not_an_exception(expression):
+    source = small_model_source().replace("x = F.relu", f"z = {expression}\n        x = F.relu")
+    assert _review(source) == ["model_code.depth"]
+
+
+def test_bounded_parse_allows_ordinary_models_and_names_its_limit():
+    assert isinstance(bounded_parse(small_model_source()), ast.Module)
+    with pytest.raises(TooComplex, match=str(MAX_DEPTH)):
+        bounded_parse("y = " + "[" * (MAX_DEPTH + 5) + "]" * (MAX_DEPTH + 5))
+
+
+def test_submitted_code_too_deep_for_the_parser_is_not_the_template():
+    for source in ("def f(data, weights):\n    return " + "1" + "+1" * 20000,
+                   "def f(data, weights):\n    return " + "-" * 60000 + "1"):
+        with pytest.raises(TemplateMismatch, match="nested too deeply"):
+            extract_plan(source)
+    plan = make_plan()
+    assert extract_plan(render_source(plan)) == plan
+
+
+def test_review_names_methods_that_redefine_nn_module_machinery():
+    source = small_model_source().replace(
+        "    def forward(self, x):",
+        "    def parameters(self, recurse=True):\n        return []\n\n"
+        "    def forward(self, x):")
+    assert "model_code.override" in _review(source)
+    helper = small_model_source().replace(
+        "    def forward(self, x):",
+        "    def _block(self, x):\n        return x\n\n    def forward(self, x):")
+    assert _review(helper) == []  # private helpers of one's own are fine
+
+
+class _Honest(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.wide = nn.Linear(50, 50)
+        self.shared = nn.Linear(3, 3)
+        self.again = self.shared  # same module twice: counted once, as torch does
+        self.head = nn.Sequential(nn.Linear(3, 1), nn.ReLU())
+
+
+class _Liar(_Honest):
+    def parameters(self, recurse: bool = True):  # type: ignore[override]
+        return iter([])
+
+    def named_parameters(self, *args, **kwargs):  # type: ignore[override]
+        return iter([])
+
+    def named_modules(self, *args, **kwargs):  # type: ignore[override]
+        return iter([])
+
+
+def test_trainable_parameters_never_ask_the_model():
+    model = _Liar()
+    assert list(model.named_parameters()) == []
+    found = trainable_parameters(model)
+    assert list(found) == [n for n, _ in _Honest().named_parameters()]  # torch's names, order
+    assert found["wide.weight"] is model.wide.weight and found["shared.bias"] is \
+        model.again.bias
+    assert parameter_count(model) == 50 * 50 + 50 + 12 + 4 > sum(1 for _ in model.parameters())
+
+
+def test_trainable_parameters_match_torch_for_an_ordinary_model():
+    torch.manual_seed(0)
+    model = build_model(make_plan().model)
+    assert list(trainable_parameters(model)) == [n for n, _ in model.named_parameters()]
+
+
+def test_a_module_that_hides_torchs_bookkeeping_is_refused():
+    model = nn.Linear(2, 2)
+    object.__getattribute__(model, "__dict__")["_parameters"] = ["not", "a", "dict"]
+    with pytest.raises(Refused, match="bookkeeping"):
+        trainable_parameters(model)
+
+
+def test_denial_fingerprints_see_through_renames_versions_and_layout():
+    plan = make_plan(name="one", version=1)
+    relabelled = plan.model_copy(update={"name": "two", "version": 7,
+                                         "researcher": "someone@else.org"})
+    assert model_fingerprint(relabelled) == model_fingerprint(plan)
+    assert settings_fingerprint(relabelled) == settings_fingerprint(plan)
+    reformatted = make_plan(source=small_model_source().replace(
+        "super().__init__()", "super().__init__()   # same model\n"))
+    assert model_fingerprint(reformatted) == model_fingerprint(plan)
+    faster = plan.model_copy(update={"learning_rate": 0.5})
+    assert model_fingerprint(faster) == model_fingerprint(plan)
+    assert settings_fingerprint(faster) != settings_fingerprint(plan)
+    other = make_plan(source=small_model_source().replace("4, 3, stride=2", "8, 3, stride=2")
+                      .replace("GroupNorm(2, 4)", "GroupNorm(2, 8)")
+                      .replace("Linear(4, 1)", "Linear(8, 1)"), epsilon=2.0)
+    assert model_fingerprint(other) != model_fingerprint(plan)
+    assert settings_fingerprint(other) != settings_fingerprint(plan)
+
+
+def test_the_steward_takes_one_request_per_researcher_least_recently_served_first():
+    from types import SimpleNamespace
+
+    from sites.review.steward import fair_turn
+
+    def req(who: str, at: float, rid: str):
+        return SimpleNamespace(requesting_user_verify_key=who, id=rid,
+                               request_time=SimpleNamespace(utc_timestamp=at))
+
+    flood = [req("mallory", t, f"m{t}") for t in (1.0, 2.0, 3.0, 4.0)]
+    ada = req("ada", 5.0, "a")
+    turn = fair_turn(flood + [ada], served={"mallory": 100.0, "ada": 50.0})
+    assert [r.id for r in turn] == ["a", "m1.0"]  # Ada first, then Mallory's oldest only
+    assert [r.id for r in fair_turn(flood + [ada], served={})] == ["m1.0", "a"]
+
+
+# -- counting parameters in a child ------------------------------------------------------------
+def test_the_inspecting_child_counts_what_the_site_trains():
+    from sites.sandbox.model_inspect import count_parameters
+
+    spec = make_plan(name="count").model
+    expected = sum(p.numel() for p in trainable_parameters(build_model(spec)).values())
+    assert count_parameters(spec.model_dump_json(), 60.0) == expected
+
+
+def test_a_model_that_never_finishes_building_times_out():
+    from sites.sandbox.model_inspect import InspectError, SiteBusy, count_parameters
+
+    source = small_model_source().replace("super().__init__()",
+                                          "super().__init__()\n        while True:\n"
+                                          "            pass")
+    spec = make_plan(name="spin", source=source).model
+    with pytest.raises(InspectError, match="timed out") as exc:
+        count_parameters(spec.model_dump_json(), 2.0)
+    assert not isinstance(exc.value, SiteBusy)
+
+
+def test_a_site_too_busy_to_start_the_child_is_not_held_against_the_model(tmp_path,
+                                                                          monkeypatch):
+    """The timeout runs from the child's `ready`: under load (two test workers, each with
+    sites and training processes) starting torch alone took longer than review_timeout_s,
+    and the cached timeout then failed the model for good. A child that does not start in
+    time is `SiteBusy`, never cached."""
+    from policies.schema import load_policy
+    from sites.governance.store import Governance
+    from sites.review import console
+    from sites.sandbox import model_inspect
+
+    gov = Governance(tmp_path)
+    policy, _ = load_policy(Path(__file__).resolve().parents[3] / "policies" /
+                            "riverside.yaml")
+    plan = make_plan(name="busy")
+    model_inspect.count_parameters.cache_clear()
+    monkeypatch.setattr(model_inspect, "STARTUP_TIMEOUT_S", 0.01)
+    n, error = console._parameters(gov, policy, plan, 20)
+    assert n is None and "did not start in time" in error
+    monkeypatch.setattr(model_inspect, "STARTUP_TIMEOUT_S", 180.0)
+    n, error = console._parameters(gov, policy, plan, 20)  # measured again, not cached
+    assert error is None and n == sum(p.numel() for p in
+                                      trainable_parameters(build_model(plan.model)).values())

@@ -1,0 +1,89 @@
+"""The round's wire format: what a site may send and what the researcher accepts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from policies.contract.wire import (
+    WIRE_VERSION,
+    FailureCode,
+    RoundAccounting,
+    RoundFailure,
+    RoundResult,
+    SiteFailed,
+    parse_round,
+    weights_digest,
+)
+
+EXPECTED = {"conv.weight": np.zeros((4, 2), np.float32), "head.bias": np.zeros(1, np.float32)}
+
+
+def result(**changes) -> dict:
+    params = {k: np.full_like(v, 0.5) for k, v in EXPECTED.items()}
+    doc = RoundResult(
+        site="st-agnes", round=1, rounds=4, plan_hash="ab" * 32, params=params, n_k=480,
+        seconds=1.5, train_seconds=1.0, device="cpu", weights_sha256=weights_digest(params),
+        accounting=RoundAccounting(sample_rate=0.1, noise_multiplier=1.1, steps=10,
+                                   round_steps=10, delta=1e-5, epsilon=2.0, target_epsilon=8,
+                                   accountant="rdp", max_grad_norm=1.0)).to_wire()
+    doc.update(changes)
+    return doc
+
+
+def test_a_released_round_survives_the_wire_and_matches_its_digest():
+    parsed = parse_round(result(), EXPECTED)
+    assert parsed.site == "st-agnes" and parsed.accounting.epsilon == 2.0
+    assert weights_digest(parsed.params) == parsed.weights_sha256
+    assert set(parsed.params) == set(EXPECTED)
+
+
+@pytest.mark.parametrize("bad,reason", [
+    ({"medsyft": 2}, "wire version"),
+    ({"params": {"conv.weight": np.zeros((4, 2), np.float32)}}, "do not match the model"),
+    ({"params": {"conv.weight": np.zeros((2, 4), np.float32),
+                 "head.bias": np.zeros(1, np.float32)}}, "wrong shape"),
+    ({"params": {"conv.weight": np.full((4, 2), np.nan, np.float32),
+                 "head.bias": np.zeros(1, np.float32)}}, "not finite"),
+    ({"surprise": "field"}, "invalid result"),
+    ({"device": "tpu"}, "invalid result"),
+    ({"n_k": 0}, "invalid result"),
+])
+def test_an_answer_that_is_not_a_valid_result_is_refused(bad, reason):
+    with pytest.raises(SiteFailed, match=reason) as exc:
+        parse_round(result(**bad), EXPECTED)
+    assert exc.value.code is None and exc.value.retry is False
+
+
+def test_not_a_dict_is_refused():
+    for payload in (None, [1], "ok", b"\x00"):
+        with pytest.raises(SiteFailed):
+            parse_round(payload, EXPECTED)
+
+
+@pytest.mark.parametrize("code", list(FailureCode))
+def test_a_failure_carries_its_code_and_whether_to_retry(code):
+    wire = RoundFailure(code=code, error="why").to_wire()
+    assert wire["medsyft"] == WIRE_VERSION and wire["ok"] is False
+    with pytest.raises(SiteFailed, match="why") as exc:
+        parse_round(wire, EXPECTED)
+    assert exc.value.code is code and exc.value.retry is code.retry
+
+
+def test_only_transient_failures_are_worth_a_retry():
+    retry = {c for c in FailureCode if c.retry}
+    assert retry == {FailureCode.TIMEOUT, FailureCode.OUT_OF_MEMORY, FailureCode.INTERNAL}
+    assert not FailureCode.BUDGET_EXHAUSTED.retry and not FailureCode.ROUNDS_EXHAUSTED.retry
+
+
+def test_a_failure_from_an_older_site_without_a_code_keeps_its_message():
+    with pytest.raises(SiteFailed, match="all 4 rounds") as exc:
+        parse_round({"medsyft": 1, "ok": False, "error": "all 4 rounds of this plan have "
+                     "been run"}, EXPECTED)
+    assert exc.value.code is FailureCode.INTERNAL
+
+
+def test_a_failure_message_is_bounded():
+    with pytest.raises(SiteFailed) as exc:
+        parse_round(RoundFailure(code=FailureCode.POLICY, error="x" * 1500).to_wire(), EXPECTED)
+    assert len(exc.value.message) <= 300
