@@ -21,6 +21,21 @@ from policies.contract.plan import ModelSpec
 
 
 def build_model(spec: ModelSpec) -> nn.Module:
+    """The plan's model: its source run with `torch`, `nn`, `F` and `math` in scope, then
+    `class_name(**kwargs)`.
+
+    This runs researcher code: only the sandbox's children and the researcher's own
+    machine may call it (see the module docstring).
+
+    Args:
+        spec: the plan's model section.
+
+    Returns:
+        The constructed module, BatchNorm-free.
+
+    Raises:
+        Refused: the class is not a `torch.nn.Module` or uses BatchNorm.
+    """
     namespace: dict = {"torch": torch, "nn": nn, "F": F, "math": math}
     code = compile(spec.source, "<plan model>", "exec")
     exec(code, namespace)  # noqa: S102 - researcher code; see module docstring
@@ -33,6 +48,8 @@ def build_model(spec: ModelSpec) -> nn.Module:
 
 
 def refuse_batchnorm(model: nn.Module) -> None:
+    """Raise `Refused` if any layer is BatchNorm (it mixes samples, which DP-SGD's
+    per-sample clipping assumes never happens)."""
     for name, module in model.named_modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             raise Refused(f"layer {name or '(root)'} is BatchNorm, which mixes samples "
@@ -80,5 +97,6 @@ def trainable_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def parameter_count(model: nn.Module) -> int:
+    """Number of trainable values, counted as the site trains them (`trainable_parameters`)."""
     return sum(int(p.numel()) for p in trainable_parameters(model).values())
 

@@ -74,10 +74,13 @@ class TrainingPlan(BaseModel):
         return v
 
     def canonical_json(self) -> str:
+        """The plan as sorted, compact JSON: the bytes its hash covers and the template
+        embeds. Must stay byte-identical across releases (approved plans match on it)."""
         return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
 
     @property
     def plan_hash(self) -> str:
+        """SHA-256 of `canonical_json()`: what an approval is bound to."""
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()
 
     @property
@@ -95,7 +98,18 @@ class PlanFileError(MedsyftError, ValueError):
 
 
 def load_plan(path: str | Path, researcher: str = "") -> TrainingPlan:
-    """Read a plan YAML. `model.source_file` (relative to the plan) may replace `source`."""
+    """Read a plan YAML. `model.source_file` (relative to the plan) may replace `source`.
+
+    Args:
+        path: the plan file.
+        researcher: fills the plan's `researcher` (the client binds the account email).
+
+    Returns:
+        The validated plan.
+
+    Raises:
+        PlanFileError: unreadable file, not a mapping, or invalid fields (each named).
+    """
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())

@@ -34,6 +34,8 @@ class TemplateMismatch(MedsyftError, ValueError):
 
 
 def render_source(plan: TrainingPlan) -> str:
+    """The syft function's source for `plan`: the fixed template with the plan's function
+    name and canonical JSON filled in (nothing of the researcher's is code in it)."""
     return TEMPLATE.format(func_name=plan.function_name, plan_json=plan.canonical_json())
 
 
@@ -52,7 +54,18 @@ def _dump(tree: ast.AST) -> str:
 
 
 def extract_plan(source: str) -> TrainingPlan:
-    """Parse submitted code, return its plan if and only if it is exactly the template."""
+    """Parse submitted code, return its plan if and only if it is exactly the template.
+
+    Args:
+        source: the code of a syft request (untrusted; never executed here).
+
+    Returns:
+        The plan embedded in it.
+
+    Raises:
+        TemplateMismatch: the code is not the template rendered for its own plan (any
+            other statement, name or literal), or the embedded plan is invalid.
+    """
     try:
         tree = bounded_parse(source, max_depth=TEMPLATE_DEPTH)
     except SyntaxError as exc:

@@ -45,6 +45,7 @@ class RegistryError(MedsyftError, ValueError):
 
 
 def normalise_email(email: str) -> str:
+    """The form emails are stored and compared in (trimmed, lower case)."""
     return email.strip().lower()
 
 
@@ -59,18 +60,37 @@ class Registry:
         return Researcher(**dict(row)) if row else None
 
     def by_verify_key(self, verify_key: str) -> Researcher | None:
+        """The researcher whose syft account signs with this key, or None."""
         return self._one("verify_key", str(verify_key))
 
     def by_email(self, email: str) -> Researcher | None:
+        """The researcher with this email (any case), or None."""
         return self._one("email", normalise_email(email))
 
     def all(self) -> list[Researcher]:
+        """Every registered researcher, by email."""
         with self.gov._connect(immediate=False) as db:
             rows = db.execute("SELECT * FROM researchers ORDER BY email").fetchall()
         return [Researcher(**dict(r)) for r in rows]
 
     def add(self, *, user_id: str, verify_key: str, email: str, name: str, institution: str,
             actor: str) -> Researcher:
+        """Register a researcher the data owner created an account for; audited.
+
+        Args:
+            user_id: syft's user id of the account.
+            verify_key: the account's signing key (how the site knows who calls).
+            email: the account email (stored normalised).
+            name: the person's name.
+            institution: their institution, as the access rules read it.
+            actor: who registers them.
+
+        Returns:
+            The new record.
+
+        Raises:
+            RegistryError: the email or the key is registered already.
+        """
         email = normalise_email(email)
         now = time.time()
         with self.gov._connect() as db:

@@ -106,6 +106,11 @@ class RunRecord:
     started_at: float
     ended_at: float | None
 
+    @property
+    def noise(self) -> tuple[float, float, int]:
+        """This run's (σ, q, steps): one entry of a history that ε composes."""
+        return (self.noise_multiplier, self.sample_rate, self.steps)
+
 
 class Governance:
     def __init__(self, site_dir: str | Path) -> None:
@@ -156,6 +161,8 @@ class Governance:
     # -- datasets ------------------------------------------------------------
     def register_dataset(self, name: str, cohort_id: str, n: int, description: str,
                          actor: str) -> None:
+        """Record a published dataset (its cohort id is how the runtime recognises the
+        private asset, and `n` is the cohort size N the accounting uses); audited."""
         with self._connect() as db:
             db.execute(
                 "INSERT OR REPLACE INTO datasets VALUES (?,?,?,?,?)",
@@ -164,11 +171,13 @@ class Governance:
             self._audit(db, actor, "dataset.published", name, n=n)
 
     def dataset(self, name: str) -> dict | None:
+        """The published dataset's record (name, cohort_id, n, description), or None."""
         with self._connect() as db:
             row = db.execute("SELECT * FROM datasets WHERE name = ?", (name,)).fetchone()
             return dict(row) if row else None
 
     def private_cohort_ids(self) -> set[str]:
+        """Cohort ids of every published private asset (to tell them from mocks)."""
         with self._connect() as db:
             return {r[0] for r in db.execute("SELECT cohort_id FROM datasets")}
 
@@ -222,6 +231,7 @@ class Governance:
         return approvers
 
     def approvers(self, request_id: str) -> list[str]:
+        """Distinct reviewers who approved the request since its last denial."""
         with self._connect() as db:
             return self._current_approvers(db, request_id)
 
@@ -263,6 +273,7 @@ class Governance:
         return total
 
     def decisions(self) -> list[dict]:
+        """Every recorded decision, oldest first."""
         with self._connect() as db:
             return [dict(r) for r in db.execute("SELECT * FROM decisions ORDER BY id")]
 
@@ -283,6 +294,7 @@ class Governance:
 
     # -- verdicts -------------------------------------------------------------
     def verdict_seen(self, request_id: str, policy_hash: str) -> bool:
+        """Whether the steward has reviewed this request under this policy version."""
         with self._connect() as db:
             return db.execute("SELECT 1 FROM verdicts WHERE request_id = ? AND policy_hash = ?",
                               (request_id, policy_hash)).fetchone() is not None
@@ -360,6 +372,8 @@ class Governance:
 
     def ledger_history(self, researcher: str, dataset: str,
                        statuses: tuple[str, ...] = ("released",)) -> list[RunRecord]:
+        """The researcher's runs on the dataset (all their plans) with these statuses,
+        oldest first: what their privacy ledger there composes."""
         placeholders = ",".join("?" * len(statuses))
         with self._connect() as db:
             rows = db.execute(
@@ -368,6 +382,7 @@ class Governance:
         return [self._run(r) for r in rows]
 
     def ledger_keys(self) -> list[tuple[str, str]]:
+        """Every (researcher, dataset) pair that has a ledger."""
         with self._connect() as db:
             return [(r[0], r[1]) for r in db.execute(
                 "SELECT DISTINCT researcher, dataset FROM runs WHERE researcher != ''"
@@ -376,6 +391,19 @@ class Governance:
     def finish_run(self, run_id: int, *, released: bool, actor: str, n_k: int | None = None,
                    epsilon: float | None = None, category: str | None = None,
                    weights_sha256: str | None = None) -> None:
+        """Close a reserved run: released (its ε and the released weights' digest are
+        recorded and it counts against the ledger) or failed (its reservation is returned;
+        `category` says why). Audited in the same transaction.
+
+        Args:
+            run_id: the id `begin_run` returned.
+            released: whether weights left the site.
+            actor: who closes it (`runtime`, `site` on restart).
+            n_k: the cohort size used, recorded for the data owner.
+            epsilon: the plan's ε at this site after this run.
+            category: for a failure, its category (never a free-form message).
+            weights_sha256: for a release, `policies.contract.wire.weights_digest`.
+        """
         status = "released" if released else "failed"
         with self._connect(immediate=True) as db:
             row = db.execute("SELECT plan_hash, round FROM runs WHERE id = ?",
@@ -403,6 +431,7 @@ class Governance:
             return len(rows)
 
     def runs(self, plan_hash: str | None = None) -> list[RunRecord]:
+        """Every run (of one plan, if given), oldest first."""
         q = "SELECT * FROM runs" + (" WHERE plan_hash = ?" if plan_hash else "") + " ORDER BY id"
         with self._connect() as db:
             rows = db.execute(q, (plan_hash,) if plan_hash else ()).fetchall()
@@ -415,5 +444,5 @@ class Governance:
                          r["ended_at"])
 
     def released_history(self, plan_hash: str) -> list[tuple[float, float, int]]:
-        return [(r.noise_multiplier, r.sample_rate, r.steps)
-                for r in self.runs(plan_hash) if r.status == "released"]
+        """The (σ, q, steps) of every released run of the plan: what its ε composes."""
+        return [r.noise for r in self.runs(plan_hash) if r.status == "released"]

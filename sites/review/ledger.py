@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from policies.contract import privacy as accounting
+from policies.contract import privacy
 from policies.schema import PolicyError
 from sites.governance.store import REFUSED, Governance
 from sites.operator.config import load_site
@@ -79,16 +79,16 @@ def ledger(site_dir: Path, researcher: str | None = None,
         cap = rule.privacy.epsilon_total if rule else None
         released = gov.ledger_history(r_email, ds)
         both = gov.ledger_history(r_email, ds, ("released", "running"))
-        history = [(r.noise_multiplier, r.sample_rate, r.steps) for r in released]
-        spent = accounting.epsilon_spent(history, delta, acct)
-        with_reserved = accounting.epsilon_spent(
-            [(r.noise_multiplier, r.sample_rate, r.steps) for r in both], delta, acct)
+        history = [r.noise for r in released]
+        spent = privacy.epsilon_spent(history, delta, acct)
+        with_reserved = privacy.epsilon_spent(
+            [r.noise for r in both], delta, acct)
         per_plan: dict[str, list] = {}
         for r in released:
             per_plan.setdefault(r.plan_hash, []).append(r)
         plans = [PlanSpend(plan_hash=h, plan=_name(docs.get(h)), rounds_released=len(rs),
-                           epsilon=accounting.epsilon_spent(
-                               [(r.noise_multiplier, r.sample_rate, r.steps) for r in rs],
+                           epsilon=privacy.epsilon_spent(
+                               [r.noise for r in rs],
                                delta, acct)) for h, rs in per_plan.items()]
         out.append(LedgerEntry(researcher=r_email, dataset=ds, accountant=acct, delta=delta,
                                cap=cap, spent=spent, reserved=with_reserved - spent,

@@ -43,15 +43,24 @@ def medsyft_policy(context) -> dict:  # noqa: ANN001 - syft passes its own conte
     return public_policy(os.environ["MEDSYFT_SITE_DIR"])
 
 
+#: What the stored endpoint's code must import; an endpoint stored by an older layout
+#: (`sites.public_policy`) is replaced, since syft keeps the code it was given.
+CURRENT_IMPORT = "from sites.review.public_endpoint import public_policy"
+
+
 def register(client: Any) -> None:
-    """Add the endpoint on a site (admin client) unless it is there already."""
+    """Add the endpoint on a site (admin client), or replace one whose stored code is not
+    this release's."""
     from sites.common.syft_client import quiet, syft
 
     sy = syft()
     with quiet():
-        existing = [e.path for e in client.custom_api.get_all()]
+        existing = {e.path: e for e in client.custom_api.get_all()}
         if ENDPOINT_PATH in existing:
-            return
+            view = existing[ENDPOINT_PATH]
+            if CURRENT_IMPORT in (view.mock_function or ""):
+                return
+            client.custom_api.delete(endpoint_path=ENDPOINT_PATH)
         endpoint = sy.api_endpoint(path=ENDPOINT_PATH, description="medsyft public policy")(
             medsyft_policy)
         client.custom_api.add(endpoint=endpoint)

@@ -12,7 +12,7 @@ from typing import Any
 
 
 def __getattr__(name: str) -> Any:  # lazy: the process pool must not pull in torch
-    if name in ("execute_round", "_execute", "SITE_DIR_ENV"):
+    if name in ("execute_round", "SITE_DIR_ENV"):
         from sites.runtime import rounds
 
         return getattr(rounds, name)

@@ -121,3 +121,28 @@ def test_two_approvals_required_means_two_distinct_reviewers(site):
         assert set(results) == {"gamma"}, errors
     finally:
         policy_file.write_text(original)
+
+
+def medsyft_policy(context) -> dict:  # noqa: ANN001 - as an older release stored it
+    from sites.public_policy import public_policy  # the flat layout before sites/review/
+
+    return public_policy("unused")
+
+
+def test_an_endpoint_stored_by_an_older_layout_is_replaced_when_the_site_registers(site):
+    """syft keeps the code an endpoint was stored with; a site upgraded from the flat layout
+    still had `from sites.public_policy import ...` in it, and the pre-check broke."""
+    from sites.common.syft_client import quiet, syft
+    from sites.operator.admin import admin_client
+    from sites.review import public_endpoint
+
+    sy, fed = syft(), site["fed"]
+    with admin_client(site["dir"]) as (_, _, client), quiet():
+        client.custom_api.delete(endpoint_path=public_endpoint.ENDPOINT_PATH)
+        stale = sy.api_endpoint(path=public_endpoint.ENDPOINT_PATH,
+                                description="medsyft public policy")(medsyft_policy)
+        client.custom_api.add(endpoint=stale)
+        with pytest.raises(Exception, match="no public policy"):
+            fed.public_policy("gamma")
+        public_endpoint.register(client)
+    assert fed.public_policy("gamma")["site"] == "gamma"

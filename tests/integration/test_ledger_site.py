@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from policies.contract import privacy as accounting
+from policies.contract import privacy
 from researcher.federation import (
     Federation,
     initial_weights,
@@ -166,10 +166,10 @@ def test_parallel_triggers_at_the_budget_edge_never_overspend(site):
     cap = 8.0
     history = [(r.noise_multiplier, r.sample_rate, r.steps)
                for r in gov.ledger_history(EMAIL, "brain-mri-pet")]
-    shape = accounting.run_shape(32, bound.batch_size, bound.local_epochs)
-    sigma = accounting.derive_noise_multiplier(6.0, 1e-5, shape, 3)
+    shape = privacy.run_shape(32, bound.batch_size, bound.local_epochs)
+    sigma = privacy.derive_noise_multiplier(6.0, 1e-5, shape, 3)
     fits = 0
-    while fits < 3 and accounting.epsilon_spent(
+    while fits < 3 and privacy.epsilon_spent(
             history + [(sigma, shape.sample_rate, shape.steps)] * (fits + 1), 1e-5) <= cap:
         fits += 1
     assert fits < 3  # the test is at the edge: the plan's own 3 rounds do not all fit
@@ -181,7 +181,7 @@ def test_parallel_triggers_at_the_budget_edge_never_overspend(site):
     refused = [o for o in outcomes if o != "ok"]
     assert len(released) == fits
     assert all("privacy budget exhausted for brain-mri-pet: spent" in o for o in refused)
-    spent = accounting.epsilon_spent([(r.noise_multiplier, r.sample_rate, r.steps)
+    spent = privacy.epsilon_spent([(r.noise_multiplier, r.sample_rate, r.steps)
                                       for r in gov.ledger_history(EMAIL, "brain-mri-pet")],
                                      1e-5)
     assert spent <= cap

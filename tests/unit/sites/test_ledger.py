@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from policies.contract import privacy as accounting
+from policies.contract import privacy
 from policies.contract.errors import Refused
 from sites.governance.store import Budget, Governance
 from tests.support.reference import reference_epsilon
@@ -17,7 +17,7 @@ DELTA = 1e-5
 
 def budget(cap: float) -> Budget:
     return Budget(researcher="ada@x.org", dataset="brain", cap=cap,
-                  epsilon_of=lambda h: accounting.epsilon_spent(h, DELTA))
+                  epsilon_of=lambda h: privacy.epsilon_spent(h, DELTA))
 
 
 def test_ledger_composes_every_released_run_of_all_plans(tmp_path):
@@ -31,7 +31,7 @@ def test_ledger_composes_every_released_run_of_all_plans(tmp_path):
                for r in gov.ledger_history("ada@x.org", "brain")]
     assert len(history) == 4
     expected = reference_epsilon([shapes["plan-a"]] * 2 + [shapes["plan-b"]] * 2, DELTA)
-    assert accounting.epsilon_spent(history, DELTA) == pytest.approx(expected, rel=1e-9)
+    assert privacy.epsilon_spent(history, DELTA) == pytest.approx(expected, rel=1e-9)
 
 
 def test_failed_or_aborted_runs_give_their_reservation_back(tmp_path):
@@ -47,7 +47,7 @@ def test_failed_or_aborted_runs_give_their_reservation_back(tmp_path):
 
 def test_run_beyond_the_budget_is_refused_with_a_readable_reason(tmp_path):
     gov = Governance(tmp_path)
-    one = accounting.epsilon_spent([(1.0, 0.1, 10)], DELTA)
+    one = privacy.epsilon_spent([(1.0, 0.1, 10)], DELTA)
     cap = one * 1.01  # room for one run, not two (composition grows ε by more than 1%)
     run = gov.begin_run("p", 5, 1.0, 0.1, 10, "t", budget=budget(cap))
     gov.finish_run(run.id, released=True, actor="t")
@@ -58,8 +58,8 @@ def test_run_beyond_the_budget_is_refused_with_a_readable_reason(tmp_path):
 
 def test_parallel_reservations_at_the_edge_never_overspend(tmp_path):
     gov = Governance(tmp_path)
-    per_run = accounting.epsilon_spent([(1.0, 0.1, 10)], DELTA)
-    cap = accounting.epsilon_spent([(1.0, 0.1, 10)] * 3, DELTA) + 1e-6  # exactly 3 fit
+    per_run = privacy.epsilon_spent([(1.0, 0.1, 10)], DELTA)
+    cap = privacy.epsilon_spent([(1.0, 0.1, 10)] * 3, DELTA) + 1e-6  # exactly 3 fit
     granted, refused = [], []
     barrier = threading.Barrier(8)
 
@@ -77,6 +77,6 @@ def test_parallel_reservations_at_the_edge_never_overspend(tmp_path):
         t.join()
     assert len(granted) == 3 and len(refused) == 5
     reserved = gov.ledger_history("ada@x.org", "brain", ("running",))
-    assert accounting.epsilon_spent([(r.noise_multiplier, r.sample_rate, r.steps)
+    assert privacy.epsilon_spent([(r.noise_multiplier, r.sample_rate, r.steps)
                                      for r in reserved], DELTA) <= cap
     assert per_run > 0
