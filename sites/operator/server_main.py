@@ -57,10 +57,12 @@ def app_factory():  # called by uvicorn
     site_log = logging.getLogger("medsyft.site")
     site_log.info("syft speed patches: %s", ", ".join(patched) or "none")
     site_log.info("syft request guard: %s", ", ".join(guarded))
-    from sites.sandbox import launcher as training_process
+    from sites.operator.site import Site
+    from sites.sandbox import launcher
 
-    training_process.for_site(site_dir / "runs", site_dir / "logs" / "training.log",
-                              cfg.train_threads, cfg.warm_training_process).prestart()
+    site = Site(site_dir, cfg)
+    launcher.for_site(site.runs_dir, site.training_log, cfg.train_threads,
+                      cfg.warm_training_process).prestart()
     for key in SECRET_ENV:
         os.environ.pop(key, None)
     import syft.server.server as syft_server

@@ -1,4 +1,9 @@
-"""Training child processes: a fresh process for every run, the next one started ahead.
+"""How the sandbox's children are started: one launch policy for all researcher input.
+
+Every child (training, model inspection) gets `child_env` (a clean environment) and
+`child_limits` (no core dumps), and closes every inherited file descriptor.
+
+Training child processes: a fresh process for every run, the next one started ahead.
 
 A run's child is `python -m sites.sandbox.train_child --wait`, started with a clean
 environment (no secrets), core dumps off, output to the site's training log. It
@@ -36,11 +41,15 @@ class ChildTimeout(MedsyftError):
     """The run's process was killed at its time limit."""
 
 
-def _limits() -> None:  # in the child between fork and exec
+def child_limits() -> None:
+    """Limits every sandbox child starts under (run between fork and exec): no core dumps,
+    so a crash never writes the child's memory (private data) to disk."""
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
 def child_env(home: Path, threads: int) -> dict[str, str]:
+    """The whole environment of a sandbox child: `KEEP_ENV` only (no secret, no syft or
+    keyring setting), HOME in its own folder, and the thread count."""
     env = {k: os.environ[k] for k in KEEP_ENV if k in os.environ}
     env |= {"PYTHONUNBUFFERED": "1", "HOME": str(home)}
     if threads:
@@ -63,7 +72,7 @@ class TrainingProcesses:
             return subprocess.Popen(
                 [sys.executable, "-m", "sites.sandbox.train_child", "--wait"],
                 cwd=self.runs_dir, env=child_env(self.runs_dir, self.threads),
-                stdin=subprocess.PIPE, stdout=logf, stderr=logf, preexec_fn=_limits,
+                stdin=subprocess.PIPE, stdout=logf, stderr=logf, preexec_fn=child_limits,
                 close_fds=True)
 
     def prestart(self) -> None:

@@ -6,7 +6,7 @@ only once the model code passed the syntax-tree review. The child first
 imports what it needs and says `ready`; only then does the plan arrive on
 stdin and the timeout start, so a busy site's slow start-up never counts
 against the researcher's model. One JSON line comes back on stdout. The count is of what the site
-will train (`model_loader.trainable_parameters`), never of the model's own
+will train (`policies.contract.model_code.trainable_parameters`), never of the model's own
 `parameters()`. Nothing private is ever near this process.
 """
 
@@ -18,8 +18,10 @@ import subprocess
 import sys
 import tempfile
 from functools import lru_cache
+from pathlib import Path
 
 from policies.contract.errors import MedsyftError
+from sites.sandbox.launcher import child_env, child_limits
 
 
 class InspectError(MedsyftError, RuntimeError):
@@ -38,12 +40,12 @@ def count_parameters(model_json: str, timeout_s: float = 20.0) -> int:
 
     Raises `InspectError`; `SiteBusy` (a subclass) when the child could not even start in
     time, which says nothing about the model."""
-    env = {k: os.environ[k] for k in ("PATH", "LANG") if k in os.environ}
     with tempfile.TemporaryDirectory(prefix="medsyft-inspect-") as tmp:
         proc = subprocess.Popen([sys.executable, "-m", "sites.sandbox.model_inspect"],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.DEVNULL, cwd=tmp, bufsize=0,
-                                env=env | {"HOME": tmp, "OMP_NUM_THREADS": "1"})
+                                env=child_env(Path(tmp), threads=1),
+                                preexec_fn=child_limits, close_fds=True)
         try:
             if not _read_ready(proc, STARTUP_TIMEOUT_S):
                 raise SiteBusy("the inspecting process did not start in time (site busy)")

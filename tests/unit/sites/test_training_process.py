@@ -102,3 +102,30 @@ def test_a_waiting_process_that_died_is_replaced(procs, tmp_path):
     procs._spare.wait()
     write_job(tmp_path / "runs" / "run-1", make_plan(researcher=RESEARCHER), cohort)
     assert procs.run(tmp_path / "runs" / "run-1", 120) == 0
+
+
+ENV_PROBE = """
+class EnvProbe(nn.Module):
+    def __init__(self, in_channels=2):
+        super().__init__()
+        env = torch.serialization.os.environ
+        self.secret = nn.Linear(1, 1 + len(env.get("MEDSYFT_PROBE_SECRET", "")), bias=False)
+        self.names = nn.Linear(1, len(env), bias=False)
+
+    def forward(self, x):
+        return x
+"""
+
+
+def test_the_inspecting_child_starts_under_the_same_clean_environment(monkeypatch):
+    """Both kinds of sandbox child share one launch policy: the model's `__init__` (which
+    runs in the inspecting child) sees no secret of the server's and only the kept names."""
+    from policies.contract.plan import ModelSpec
+    from sites.sandbox.model_inspect import count_parameters
+
+    monkeypatch.setenv("MEDSYFT_PROBE_SECRET", "fake-secret-0123456789")
+    spec = ModelSpec(source=ENV_PROBE, class_name="EnvProbe", kwargs={"in_channels": 2})
+    n = count_parameters(spec.model_dump_json(), timeout_s=60)
+    visible = n - 1  # the `secret` layer has one weight unless the variable is visible
+    allowed = set(training_process.KEEP_ENV) | {"HOME", "PYTHONUNBUFFERED"}
+    assert 0 < visible <= len(allowed)
