@@ -234,7 +234,8 @@ def _review(site_dir: Path, cfg: SiteConfig, req: Any, context: ReviewContext) -
         view.checks = checks + [_hard("policy.file", False, "", "valid policy", str(exc))]
         return view
     view.approvals_required = policy.approvals_required
-    view.n_parameters, params_error = _parameters(gov, policy, plan, cfg.review_timeout_s)
+    view.n_parameters, params_error = measured_parameters(gov, policy, plan,
+                                                          cfg.review_timeout_s)
     facts = site_facts(site_dir, policy, plan, researcher, view.institution,
                        view.n_parameters, params_error)
     view.cohort_n, view.noise_multiplier = facts.cohort_n, facts.noise_multiplier
@@ -243,8 +244,8 @@ def _review(site_dir: Path, cfg: SiteConfig, req: Any, context: ReviewContext) -
     return view
 
 
-def _parameters(gov: Governance, policy: SitePolicy, plan: TrainingPlan, timeout_s: float
-                ) -> tuple[int | None, str | None]:
+def measured_parameters(gov: Governance, policy: SitePolicy, plan: TrainingPlan,
+                        timeout_s: float) -> tuple[int | None, str | None]:
     """The model's parameter count, measured in a child process only after its code passed
     the syntax-tree review (the count builds the model); cached per model, failures too
     (not a site too busy to start the child)."""

@@ -180,9 +180,9 @@ def test_a_site_too_busy_to_start_the_child_is_not_held_against_the_model(tmp_pa
     plan = make_plan(name="busy")
     model_inspect.count_parameters.cache_clear()
     monkeypatch.setattr(model_inspect, "STARTUP_TIMEOUT_S", 0.01)
-    n, error = console._parameters(gov, policy, plan, 20)
+    n, error = console.measured_parameters(gov, policy, plan, 20)
     assert n is None and "did not start in time" in error
     monkeypatch.setattr(model_inspect, "STARTUP_TIMEOUT_S", 180.0)
-    n, error = console._parameters(gov, policy, plan, 20)  # measured again, not cached
+    n, error = console.measured_parameters(gov, policy, plan, 20)  # again, not cached
     assert error is None and n == sum(p.numel() for p in
                                       trainable_parameters(build_model(plan.model)).values())
