@@ -7,8 +7,10 @@ from pathlib import Path
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
-from policies.cli_output import out, print_json
+from policies.cli_output import out, plain, print_json
+from policies.contract.errors import printable
 
 app = typer.Typer(help="Researcher client: submit training plans and run federated rounds.",
                   no_args_is_help=True)
@@ -26,7 +28,8 @@ def round_table(rr) -> Table:
             t.add_row(s.site, str(s.n_k), f"{s.epsilon:.3f}", f"{s.target_epsilon:g}",
                       f"{s.noise_multiplier:.3f}", str(s.steps), f"{s.seconds:.1f}", "ok")
         else:
-            t.add_row(s.site, "-", "-", "-", "-", "-", "-", f"[red]{s.error}[/]")
+            t.add_row(s.site, "-", "-", "-", "-", "-", "-",
+                      Text(printable(str(s.error)), style="red"))
     return t
 
 
@@ -62,7 +65,7 @@ def datasets_cmd(federation: Path = FedOpt, json_out: bool = typer.Option(False,
     t = Table("site", "dataset", "description")
     for site, entries in data.items():
         for d in entries:
-            t.add_row(site, d["name"], d["description"])
+            t.add_row(site, plain(d["name"]), plain(d["description"]))
     out.print(t)
 
 
@@ -71,7 +74,7 @@ def _status_table(statuses: dict) -> Table:
     colours = {"approved": "green", "denied": "red", "pending": "yellow"}
     for s in statuses.values():
         t.add_row(s.site, f"[{colours.get(s.status, 'white')}]{s.status}[/]",
-                  (s.request_id or "-")[:8], s.reason or "")
+                  (s.request_id or "-")[:8], plain(s.reason or ""))
     return t
 
 
@@ -93,8 +96,8 @@ def check_cmd(plan_file: Path = typer.Argument(..., help="plan YAML"), federatio
             t = Table("rule", "result", "seen", "limit", "why", title=site)
             for c in lines:
                 if c.status != "pass":
-                    t.add_row(c.rule, f"[{colours[c.status]}]{c.status}[/]", c.seen, c.limit,
-                              c.message)
+                    t.add_row(plain(c.rule), f"[{colours[c.status]}]{c.status}[/]",
+                              plain(c.seen), plain(c.limit), plain(c.message))
             passed = sum(c.status == "pass" for c in lines)
             out.print(t if t.row_count else f"{site}: all {passed} checked rules pass")
     raise typer.Exit(1 if any(failing.values()) else 0)

@@ -144,7 +144,8 @@ class Federation:
         (unreachable sites are retried at each round)."""
         syft()
         syft_patches.apply()  # the weights upload serialises once, not twice; see the module
-        syft_guard.guard_deserialization()  # a site's answer cannot name code to call here
+        syft_guard.guard_deserialization(answers_untrusted=True)  # a site's answer is
+        # untrusted: it cannot name code to call here, nor blow up collections or arrays
         with ThreadPoolExecutor(max_workers=len(self.config.sites)) as pool:
             futures = {s.name: pool.submit(self._login, s) for s in self.config.sites}
             errors = []

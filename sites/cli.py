@@ -13,6 +13,7 @@ from pathlib import Path
 import typer
 from rich.syntax import Syntax
 from rich.table import Table
+from rich.text import Text
 
 from datasets.cli import (
     MRI_NORM,
@@ -23,7 +24,8 @@ from datasets.cli import (
     print_ingest_report,
     progress_bar,
 )
-from policies.cli_output import err, out, print_json
+from policies.cli_output import err, esc, out, plain, print_json
+from policies.contract.errors import printable
 
 site_app = typer.Typer(help="Run a hospital datasite: create, start, stop, add researchers, "
                        "publish cohorts.", no_args_is_help=True)
@@ -155,8 +157,8 @@ def site_researchers(site_dir: Path = SiteDir,
         return
     t = Table("email", "name", "institution", "syft account", "verify key", "since")
     for p in people:
-        t.add_row(p.email, p.name, p.institution, p.user_id[:12], p.verify_key[:12],
-                  _when(p.created_at))
+        t.add_row(plain(p.email), plain(p.name), plain(p.institution), p.user_id[:12],
+                  p.verify_key[:12], _when(p.created_at))
     out.print(t)
 
 
@@ -210,7 +212,8 @@ def _checks_table(view) -> Table:
     t = Table("rule", "result", "seen", "limit", "why", "override", title="verdict")
     colours = {"pass": "green", "fail": "red", "warn": "yellow"}
     for c in view.checks:
-        t.add_row(c.rule, f"[{colours[c.status]}]{c.status}[/]", c.seen, c.limit, c.message,
+        t.add_row(plain(c.rule), f"[{colours[c.status]}]{c.status}[/]", plain(c.seen),
+                  plain(c.limit), plain(c.message),
                   "" if c.status == "pass" else ("yes" if c.overridable else "never"))
     return t
 
@@ -231,8 +234,9 @@ def console_requests(site_dir: Path = SiteDir,
         s = v.summary()
         checks = "[green]ok[/]" if not s["checks_failed"] else \
             f"[red]{len(s['checks_failed'])} failing[/]"
-        t.add_row(v.short_id, s["status"], s["researcher"], str(s["dataset"]),
-                  f"{s['plan']} v{s['version']}" if s["plan"] else f"[red]{v.function}[/]",
+        t.add_row(v.short_id, s["status"], plain(s["researcher"]), plain(s["dataset"]),
+                  plain(f"{s['plan']} v{s['version']}") if s["plan"]
+                  else Text(printable(str(v.function)), style="red"),
                   str(s["rounds"]), str(s["target_epsilon"]), s["submitted_at"], checks)
     out.print(t)
 
@@ -250,15 +254,16 @@ def console_show(request_id: str = typer.Argument(..., help="request id (a prefi
             "template_error": v.template_error, "noise_multiplier": v.noise_multiplier,
             "cohort_n": v.cohort_n, "checks": [c.model_dump() for c in v.checks]})
         return
-    out.rule(f"request {v.short_id} · {v.status} · {v.researcher}")
+    out.rule(f"request {v.short_id} · {v.status} · {esc(v.researcher)}")
     if v.template_error:
-        out.print(f"[red]NOT the medsyft template:[/red] {v.template_error}")
+        out.print(f"[red]NOT the medsyft template:[/red] {esc(v.template_error)}")
     else:
         out.print("[green]submitted code is exactly the medsyft template[/green]")
     if v.plan:
         p = v.plan
-        out.print(f"plan [bold]{p.name}[/bold] v{p.version} on dataset {p.dataset}; inputs "
-                  f"{', '.join(p.inputs)}; loss {p.loss}; {p.optimizer} lr {p.learning_rate}; "
+        out.print(f"plan [bold]{esc(p.name)}[/bold] v{p.version} on dataset {esc(p.dataset)}; "
+                  f"inputs {esc(', '.join(p.inputs))}; loss {p.loss}; {p.optimizer} lr "
+                  f"{p.learning_rate}; "
                   f"batch {p.batch_size}; {p.local_epochs} local epoch(s); {p.rounds} rounds")
         out.print(f"DP: ε ≤ {p.dp.target_epsilon} at δ {p.dp.delta} over all rounds, "
                   f"clip {p.dp.max_grad_norm}, accountant {p.dp.accountant}")
@@ -268,8 +273,8 @@ def console_show(request_id: str = typer.Argument(..., help="request id (a prefi
         if v.n_parameters is not None:
             out.print(f"parameters: {v.n_parameters:,} (measured on the meta device)")
         out.print(f"approvals: {len(v.approvers)} of {v.approvals_required} "
-                  f"({', '.join(v.approvers) or 'none yet'})")
-        out.print(f"model class {p.model.class_name}({p.model.kwargs}):")
+                  f"({esc(', '.join(v.approvers)) or 'none yet'})")
+        out.print(f"model class {esc(p.model.class_name)}({esc(p.model.kwargs)}):")
         out.print(Syntax(p.model.source, "python", line_numbers=True))
     out.print(_checks_table(v))
 
@@ -350,7 +355,8 @@ def console_plans(site_dir: Path = SiteDir,
     t = Table("plan", "researcher", "dataset", "status", "rounds done", "rounds left",
               "running", "ε spent")
     for p in rows:
-        t.add_row(p.plan, p.researcher, p.dataset, p.status, str(p.rounds_done),
+        t.add_row(plain(p.plan), plain(p.researcher), plain(p.dataset), p.status,
+                  str(p.rounds_done),
                   str(p.rounds_left), str(p.running),
                   "-" if p.epsilon is None else f"{p.epsilon:.3f}")
     out.print(t if rows else "no plans yet")
@@ -400,7 +406,7 @@ def console_audit(
         return
     t = Table("#", "time", "actor", "event", "subject", "details")
     for e in entries:
-        t.add_row(str(e["seq"]), format_time(e["at"]), e["actor"], e["event"],
-                  e["subject"][:16], ", ".join(f"{k}={v}" for k, v in e["details"].items()
-                                               if v not in (None, "", [])))
+        t.add_row(str(e["seq"]), format_time(e["at"]), plain(e["actor"]), e["event"],
+                  plain(e["subject"][:16]), plain(", ".join(
+                      f"{k}={v}" for k, v in e["details"].items() if v not in (None, "", []))))
     out.print(t)

@@ -65,3 +65,11 @@ def error_lines(exc: ValidationError) -> list[tuple[str, str]]:
 def format_errors(exc: ValidationError) -> str:
     """pydantic's errors on one line: `field.path: message; ...`."""
     return "; ".join(f"{field}: {msg}" for field, msg in error_lines(exc))
+
+
+def printable(text: str, limit: int = 2000) -> str:
+    """`text` without control characters (no terminal escapes, no line rewriting), at most
+    `limit` characters; for words that came from the other side of the wire."""
+    if len(text) > limit:
+        text = text[:limit - 1] + "…"
+    return "".join(ch if ch.isprintable() or ch in "\n\t" else "?" for ch in text)

@@ -20,10 +20,12 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from policies.contract.errors import MedsyftError, format_errors
+from policies.contract.errors import MedsyftError, format_errors, printable
 
 #: Version of the wire layout; a site and a client agree on it or refuse each other.
 WIRE_VERSION = 1
+#: More subjects than any cohort has: a larger count would let one site outweigh the rest.
+MAX_COHORT = 10_000_000
 
 
 class FailureCode(str, Enum):
@@ -74,9 +76,12 @@ class RoundResult(BaseModel):
     round: int = Field(ge=1)
     rounds: int = Field(ge=1)
     plan_hash: str
-    n_k: int | None = Field(None, ge=1, description="None when the site's policy hides it")
-    seconds: float = Field(description="the site's runtime for this round, training included")
-    train_seconds: float | None = Field(None, description="DP-SGD training alone")
+    n_k: int | None = Field(None, ge=1, le=MAX_COHORT,
+                            description="None when the site's policy hides it")
+    seconds: float = Field(ge=0, allow_inf_nan=False,
+                           description="the site's runtime for this round, training included")
+    train_seconds: float | None = Field(None, ge=0, allow_inf_nan=False,
+                                        description="DP-SGD training alone")
     device: Literal["cpu", "cuda"]
     weights_sha256: str
     accounting: RoundAccounting
@@ -111,7 +116,8 @@ class SiteFailed(MedsyftError):
     """
 
     def __init__(self, message: str, code: FailureCode | None = None) -> None:
-        super().__init__(message, retry=code.retry if code is not None else False)
+        super().__init__(printable(message, 300),
+                         retry=code.retry if code is not None else False)
         self.code = code
 
 
@@ -144,10 +150,9 @@ def parse_round(payload: Any, expected: dict[str, np.ndarray]) -> RoundResult:
     if payload.get("ok") is not True:
         try:
             failure = RoundFailure.model_validate(payload)
-        except ValidationError:  # an older site: no code; keep its message
-            raise SiteFailed(str(payload.get("error", "site reported a failure"))[:300],
-                             FailureCode.INTERNAL) from None
-        raise SiteFailed(failure.error[:300], failure.code)
+        except ValidationError:  # an older site (no code) or a malformed failure
+            raise SiteFailed(str(payload.get("error", "site reported a failure"))) from None
+        raise SiteFailed(failure.error, failure.code)
     params = payload.get("params")
     if not isinstance(params, dict) or set(params) != set(expected):
         raise SiteFailed("returned parameters do not match the model")
@@ -155,10 +160,15 @@ def parse_round(payload: Any, expected: dict[str, np.ndarray]) -> RoundResult:
         arr = params[name]
         if not isinstance(arr, np.ndarray) or arr.shape != ref.shape:
             raise SiteFailed(f"returned parameter {name} has the wrong shape")
+        if arr.dtype != np.float32:
+            raise SiteFailed(f"returned parameter {name} is not float32")
         if not np.isfinite(arr).all():
             raise SiteFailed(f"returned parameter {name} is not finite")
     try:
-        return RoundResult.model_validate(payload)
+        result = RoundResult.model_validate(payload)
     except ValidationError as exc:
-        raise SiteFailed(f"invalid result: {format_errors(exc)}"[:300]) from None
+        raise SiteFailed(f"invalid result: {format_errors(exc)}") from None
+    if weights_digest(result.params) != result.weights_sha256:
+        raise SiteFailed("returned parameters do not match their digest")
+    return result
 

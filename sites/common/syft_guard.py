@@ -62,7 +62,7 @@ import importlib
 import logging
 import threading
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from policies.contract.errors import MedsyftError
@@ -208,17 +208,26 @@ def release_traceback(exc: BaseException) -> None:
         current.__context__ = current.__cause__ = None
 
 
+#: Set in the researcher's client (`guard_deserialization(answers_untrusted=True)`):
+#: every message it reads comes from a site and is read as untrusted input.
+_every_message_untrusted = {"on": False}
+
+
 def _safe_deserializer(original: Any) -> Any:
     @functools.wraps(original)
     def deserialize_safely(*args: Any, **kwargs: Any) -> Any:
         """syft's `_deserialize`, refusing to nest more than `MAX_SERDE_DEPTH` deep and
-        handing any error up with its traceback released level by level."""
+        handing any error up with its traceback released level by level. In a client,
+        each outermost message is read as untrusted input (collection and array caps)."""
         depth = getattr(_serde_depth, "n", 0)
         if depth >= MAX_SERDE_DEPTH:
             raise _syft_exception("refused by the medsyft site: objects nested too deep")
+        outermost_untrusted = (depth == 0 and _every_message_untrusted["on"]
+                               and not getattr(_reading, "untrusted", False))
         _serde_depth.n = depth + 1
         try:
-            return original(*args, **kwargs)
+            with reading_untrusted() if outermost_untrusted else contextlib.nullcontext():
+                return original(*args, **kwargs)
         except Exception as exc:
             release_traceback(exc)
             raise exc from None
@@ -234,6 +243,18 @@ def _safe_deserializer(original: Any) -> Any:
 #: that all hash to 0 froze the server for 22 s, the GIL held).
 MAX_UNTRUSTED_ELEMENTS = 4096
 _reading = threading.local()  # .untrusted: an unsigned body or a researcher's call
+
+
+@contextlib.contextmanager
+def reading_untrusted() -> Iterator[None]:
+    """Read syft bytes as untrusted input in this thread: collections of at most
+    `MAX_UNTRUSTED_ELEMENTS` elements, arrays within `MAX_DECOMPRESSED_BYTES` in all."""
+    previous = getattr(_reading, "untrusted", False), getattr(_reading, "array_bytes", 0)
+    _reading.untrusted, _reading.array_bytes = True, 0
+    try:
+        yield
+    finally:
+        _reading.untrusted, _reading.array_bytes = previous
 
 
 def traversal_limit(blob: bytes) -> int:
@@ -356,11 +377,16 @@ def _guard_serde() -> list[str]:
     return _rebind_in_syft(original, _safe_deserializer(original))
 
 
-def guard_deserialization() -> list[str]:
+def guard_deserialization(answers_untrusted: bool = False) -> list[str]:
     """The deserialisation guards for any process that reads syft bytes from elsewhere
     (the researcher client reads every site's answers): errors released safely, nesting
-    bounded, safe typing aliases and the cap on decompressed arrays."""
+    bounded, safe typing aliases and the cap on decompressed arrays. With
+    `answers_untrusted`, every message read is untrusted input: collections of at most
+    `MAX_UNTRUSTED_ELEMENTS` and arrays within `MAX_DECOMPRESSED_BYTES` in all."""
     from syft.serde import arrow
+
+    if answers_untrusted:
+        _every_message_untrusted["on"] = True
 
     done = _guard_serde() + _guard_capnp() + _guard_aliases()
     if not getattr(arrow.arrow_deserialize, "medsyft_guard", False):
@@ -412,15 +438,16 @@ def _route_deserializer(original: Any) -> Any:
     def deserialize_request_body(*args: Any, **kwargs: Any) -> Any:
         """A route's body is read before anyone is authenticated: no heavy types in it, and
         it must be a signed call (or a sign-up form)."""
-        _untrusted.active = _reading.untrusted = True
+        _untrusted.active = True
         try:
-            obj = original(*args, **kwargs)
+            with reading_untrusted():
+                obj = original(*args, **kwargs)
         except Exception as exc:
             if "traversal limit" in str(exc):
                 log.warning("refused to deserialise a body that reads beyond its own size")
             raise
         finally:
-            _untrusted.active = _reading.untrusted = False
+            _untrusted.active = False
         if type(obj).__name__ not in BODY_TYPES:
             raise _syft_exception("refused by the medsyft site: not a signed API call")
         if type(obj).__name__ == "SignedSyftAPICall":  # read only what the signature covers
@@ -435,19 +462,41 @@ def arrow_deserialize_capped(original: Any) -> Any:
     @functools.wraps(original)
     def arrow_deserialize_within_cap(numpy_bytes: bytes, decompressed_size: int,
                                      dtype: str) -> Any:
+        """syft's `arrow_deserialize`, bounded: the decompressed size within any weights',
+        the tensor's own dtype the declared one (syft cast a 128 MiB int8 tensor declared
+        complex128 to 2 GiB), and, while untrusted input is read, all arrays of one
+        message together within `MAX_DECOMPRESSED_BYTES`."""
         import numpy as np
+        import pyarrow as pa
+        from syft.util.experimental_flags import ApacheArrowCompression, flags
 
         if not isinstance(decompressed_size, int) or \
                 not 0 <= decompressed_size <= MAX_DECOMPRESSED_BYTES:
             raise _syft_exception("refused by the medsyft site: an array larger than any "
                                   "weights")
         try:
-            itemsize = np.dtype(dtype).itemsize
+            declared = np.dtype(dtype)
         except TypeError:
             raise _syft_exception("refused by the medsyft site: an unknown dtype") from None
-        if np.dtype(dtype).hasobject or not 0 < itemsize <= 16:
+        if declared.hasobject or not 0 < declared.itemsize <= 16:
             raise _syft_exception("refused by the medsyft site: an array of unusual dtype")
-        return original(numpy_bytes, decompressed_size, dtype)
+        if getattr(_reading, "untrusted", False):
+            total = getattr(_reading, "array_bytes", 0) + decompressed_size
+            if total > MAX_DECOMPRESSED_BYTES:
+                log.warning("refused to deserialise arrays larger in all than any weights")
+                raise _syft_exception("refused by the medsyft site: arrays larger in all "
+                                      "than any weights")
+            _reading.array_bytes = total
+        if flags.APACHE_ARROW_COMPRESSION is ApacheArrowCompression.NONE:
+            buffer = pa.BufferReader(numpy_bytes).read_buffer()
+        else:
+            buffer = pa.decompress(numpy_bytes, decompressed_size=decompressed_size,
+                                   codec=flags.APACHE_ARROW_COMPRESSION.value)
+        array = pa.ipc.read_tensor(buffer).to_numpy()
+        if array.dtype != declared:
+            raise _syft_exception("refused by the medsyft site: an array whose bytes are not "
+                                  "of its declared dtype")
+        return array.astype(declared)  # a writable copy, as syft returns it
 
     arrow_deserialize_within_cap.medsyft_guard = True  # type: ignore[attr-defined]
     return arrow_deserialize_within_cap
@@ -520,11 +569,8 @@ def _gate(original: Any) -> Any:
             return SyftError(message="refused by the medsyft site: an account is needed")
         if type(api_call).__name__ != "SignedSyftAPICall" or not api_call.is_valid:
             return original(self, api_call, *args, **kwargs)  # syft refuses it, unread
-        _reading.untrusted = True  # signed by a researcher: now it may be read, with care
-        try:
+        with reading_untrusted():  # signed by a researcher: now it may be read, with care
             call = api_call.message
-        finally:
-            _reading.untrusted = False
         if type(call).__name__ != "SyftAPICall":
             return SyftError(message="refused by the medsyft site: not an API call")
         lock = _submission_lock(str(credentials)) if \

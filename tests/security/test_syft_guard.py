@@ -211,3 +211,73 @@ def test_a_signed_call_may_carry_only_what_its_signature_covers():
     forged = SyftAPICall(server_uid=UID(), path="user.get_all", args=[], kwargs={})
     with pytest.raises(Exception, match="SignedSyftAPICall has no such field"):
         _deserialize(forged_signed_call(signed, forged), from_bytes=True)
+
+
+def test_an_array_is_its_declared_dtype_and_untrusted_arrays_are_bounded_in_all(monkeypatch):
+    """One 16.7 kB signed call held arrays that syft cast from int8 to complex128 and that
+    together made the server take 6.4 GB before the gate refused the method (red-team
+    finding): a tensor must be its declared dtype, and while untrusted input is read the
+    arrays of one message share one cap."""
+    import numpy as np
+    from syft.serde.deserialize import _deserialize
+    from syft.serde.serialize import _serialize
+
+    from tests.support.guard_probe import blob_list, dtype_bomb_array
+
+    syft_guard.guard_deserialization()
+    with pytest.raises(Exception, match="not of its declared dtype"):
+        _deserialize(dtype_bomb_array(4096, "complex128"), from_bytes=True)
+    monkeypatch.setattr(syft_guard, "MAX_DECOMPRESSED_BYTES", 100_000)
+    one = _serialize(np.ones(15_000, np.float32), to_bytes=True)  # 60 kB each
+    assert len(_deserialize(blob_list([one, one]), from_bytes=True)) == 2  # trusted: no cap
+    with syft_guard.reading_untrusted():
+        assert _deserialize(one, from_bytes=True).sum() == 15_000
+        with pytest.raises(Exception, match="larger in all than any weights"):
+            _deserialize(blob_list([one, one]), from_bytes=True)
+    with syft_guard.reading_untrusted():  # each message starts with the whole cap
+        assert _deserialize(one, from_bytes=True).dtype == np.float32
+
+
+_CLIENT_READS = """
+import sys
+import numpy as np
+from sites.common.syft_client import syft
+syft()
+from sites.common import syft_guard
+syft_guard.guard_deserialization(answers_untrusted=sys.argv[1] == "untrusted")
+from syft.serde.deserialize import _deserialize
+from syft.serde.serialize import _serialize
+from tests.support.guard_probe import blob_list, colliding_set
+syft_guard.MAX_DECOMPRESSED_BYTES = 100_000
+one = _serialize(np.ones(15_000, np.float32), to_bytes=True)
+results = []
+for body in (colliding_set(5000), blob_list([one, one])):
+    try:
+        _deserialize(body, from_bytes=True)
+        results.append("read")
+    except Exception as exc:
+        results.append("refused" if "refused by the medsyft site" in str(exc) else repr(exc))
+ordinary = {"weights": {"conv": np.ones((4, 2), np.float32)}, "names": ["a", "b"]}
+back = _deserialize(_serialize(ordinary, to_bytes=True), from_bytes=True)
+results.append("ordinary" if back["names"] == ["a", "b"] else "broken")
+print(",".join(results))
+"""
+
+
+def test_the_client_reads_every_sites_answer_as_untrusted_input():
+    """A malicious site froze the client with a set of colliding ints and filled its memory
+    with arrays (red-team finding): the client reads every message under the same caps."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+
+    def run(mode: str) -> str:
+        done = subprocess.run([sys.executable, "-c", _CLIENT_READS, mode], cwd=root,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout.strip().splitlines()[-1]
+
+    assert run("untrusted") == "refused,refused,ordinary"
+    assert run("trusted") == "read,read,ordinary"  # the caps are what refuses them

@@ -56,6 +56,40 @@ def array_body(declared_bytes: int) -> bytes:
     return message.to_bytes()
 
 
+def dtype_bomb_array(int8_bytes: int, declared: str = "complex128") -> bytes:
+    """A serialized numpy array whose tensor is `int8_bytes` of int8 but which declares
+    another dtype: syft cast it, 16 times the memory for complex128 (red-team finding)."""
+    import numpy as np
+    import pyarrow as pa
+    from syft.serde.recursive import recursive_scheme
+    from syft.serde.serialize import _serialize
+
+    sink = pa.BufferOutputStream()
+    pa.ipc.write_tensor(pa.Tensor.from_numpy(np.zeros(int8_bytes, dtype=np.int8)), sink)
+    buffer = sink.getvalue()
+    frame = pa.compress(buffer, codec="zstd", asbytes=True)
+    message = recursive_scheme.new_message()
+    message.canonicalName, message.version = "numpy_ndarray", 1
+    message.init("nonrecursiveBlob", 1)[0] = _serialize((frame, buffer.size, declared),
+                                                        to_bytes=True)
+    return message.to_bytes()
+
+
+def blob_list(blobs: list[bytes]) -> bytes:
+    """A serialized `list` of already serialized objects."""
+    from syft.serde.recursive import recursive_scheme
+    from syft.serde.recursive_primitives import iterable_schema
+
+    values = iterable_schema.new_message()
+    values.init("values", len(blobs))
+    for i, blob in enumerate(blobs):
+        values.values.init(i, 1)[0] = blob
+    message = recursive_scheme.new_message()
+    message.canonicalName, message.version = "list", 1
+    message.init("nonrecursiveBlob", 1)[0] = values.to_bytes()
+    return message.to_bytes()
+
+
 def nested_body(depth: int, bottom: str = "no_such_type") -> bytes:
     """A request body that is `depth` lists, one inside the other, with an object of the
     unknown type `bottom` at the bottom, built message by message (syft's serialiser would

@@ -74,3 +74,14 @@ def test_validation_errors_name_the_field_and_never_the_value():
     line = format_errors(exc.value)
     assert line.startswith("password:") and "hunter2" not in line
 
+
+
+def test_an_error_from_elsewhere_prints_as_text_not_markup(capsys):
+    """A site's or a researcher's words in an error: `[/x]` made rich raise past the error
+    boundary, and escapes could rewrite the terminal (red-team finding)."""
+    from policies.cli_output import print_error
+
+    print_error(MedsyftError("site says [/bogus] [link=http://x]here[/link] \x1b[2K\x07"))
+    text = capsys.readouterr().err
+    assert "[/bogus]" in text and "[link=http://x]" in text
+    assert "\x1b" not in text and "\x07" not in text

@@ -48,6 +48,13 @@ def test_a_released_round_survives_the_wire_and_matches_its_digest():
     ({"surprise": "field"}, "invalid result"),
     ({"device": "tpu"}, "invalid result"),
     ({"n_k": 0}, "invalid result"),
+    ({"n_k": 10**30}, "invalid result"),  # would outweigh every other site in FedAvg
+    ({"seconds": float("nan")}, "invalid result"),
+    ({"weights_sha256": "0" * 64}, "do not match their digest"),
+    ({"params": {"conv.weight": np.zeros((4, 2), np.complex128),
+                 "head.bias": np.zeros(1, np.float32)}}, "not float32"),
+    ({"params": {"conv.weight": np.zeros((4, 2), "S8"),
+                 "head.bias": np.zeros(1, np.float32)}}, "not float32"),
 ])
 def test_an_answer_that_is_not_a_valid_result_is_refused(bad, reason):
     with pytest.raises(SiteFailed, match=reason) as exc:
@@ -76,11 +83,22 @@ def test_only_transient_failures_are_worth_a_retry():
     assert not FailureCode.BUDGET_EXHAUSTED.retry and not FailureCode.ROUNDS_EXHAUSTED.retry
 
 
-def test_a_failure_from_an_older_site_without_a_code_keeps_its_message():
-    with pytest.raises(SiteFailed, match="all 4 rounds") as exc:
-        parse_round({"medsyft": 1, "ok": False, "error": "all 4 rounds of this plan have "
-                     "been run"}, EXPECTED)
-    assert exc.value.code is FailureCode.INTERNAL
+def test_a_failure_without_a_valid_code_keeps_its_message_and_is_not_retried():
+    for payload in ({"medsyft": 1, "ok": False, "error": "all 4 rounds of this plan have "
+                     "been run"},  # an older site
+                    {"medsyft": 1, "ok": False, "code": "made-up", "error": "all 4 rounds"},
+                    {"medsyft": 1, "ok": False, "code": "internal", "error": "all 4 rounds",
+                     "extra": 1}):
+        with pytest.raises(SiteFailed, match="all 4 rounds") as exc:
+            parse_round(payload, EXPECTED)
+        assert exc.value.code is None and exc.value.retry is False
+
+
+def test_a_sites_words_reach_the_researcher_without_control_characters():
+    with pytest.raises(SiteFailed) as exc:
+        parse_round(RoundFailure(code=FailureCode.POLICY, error="no\x1b[2K\x07 way").to_wire(),
+                    EXPECTED)
+    assert "\x1b" not in exc.value.message and "\x07" not in exc.value.message
 
 
 def test_a_failure_message_is_bounded():
