@@ -569,8 +569,15 @@ def _gate(original: Any) -> Any:
             return SyftError(message="refused by the medsyft site: an account is needed")
         if type(api_call).__name__ != "SignedSyftAPICall" or not api_call.is_valid:
             return original(self, api_call, *args, **kwargs)  # syft refuses it, unread
-        with reading_untrusted():  # signed by a researcher: now it may be read, with care
-            call = api_call.message
+        try:
+            with reading_untrusted():  # signed by a researcher: now it may be read, with care
+                call = api_call.message
+        except Exception as exc:  # refused while read, or malformed: one line, no traceback
+            release_traceback(exc)
+            reason = getattr(exc, "public_message", "") or "a call it cannot read"
+            log.warning("refused a researcher call while reading it: %s", reason[:200])
+            return SyftError(message=reason if reason.startswith("refused by the medsyft")
+                             else "refused by the medsyft site: a call it cannot read")
         if type(call).__name__ != "SyftAPICall":
             return SyftError(message="refused by the medsyft site: not an API call")
         lock = _submission_lock(str(credentials)) if \

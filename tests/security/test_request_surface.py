@@ -857,3 +857,30 @@ def test_a_model_that_overrides_parameters_is_refused_by_review(site):
 def test_nothing_any_attack_sent_ran_on_the_site(site):
     assert no_marks(site) == []
     assert os.environ.get("MEDSYFT_SITE_DIR") is None  # the marks could only come from the site
+
+
+def _peak_rss(pid: int) -> int:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmHWM"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_arrays_in_a_signed_call_cannot_inflate_past_what_they_carry(site):
+    """A 16.7 kB call to a method the gate refuses carried three int8 tensors declared
+    complex128: syft cast each to 2 GiB and the server took 6.4 GB before refusing (red-team
+    finding). Now the first such array is refused as it is read."""
+    from syft.serde.deserialize import _deserialize
+
+    from tests.support.guard_probe import dtype_bomb_array, signed_call_with_arrays
+
+    fed = site["fed"]
+    pid = lifecycle.status(site["dir"]).pid
+    body = signed_call_with_arrays(fed.client("omega"), "user.get_all",
+                                   [dtype_bomb_array(128 * 1024**2)] * 3)
+    assert len(body) < 100_000
+    before = _peak_rss(pid)
+    answer = _deserialize(_post(site, "api_call", body), from_bytes=True)
+    assert "refused by the medsyft site" in str(getattr(answer, "message", answer))
+    assert _peak_rss(pid) - before < 1024**3  # syft alone cast it to 6 GiB
+    assert fed.datasets()["omega"]  # the site still serves
