@@ -69,6 +69,8 @@ def count_parameters(model_json: str, timeout_s: float = 20.0) -> int:
 class SiteBusy(InspectError):
     """The child did not get ready in time: the site is loaded, the model is not at fault."""
 
+    retry = True
+
 
 def _read_ready(proc: subprocess.Popen, timeout_s: float) -> bool:
     """Wait for the child's `ready` line (and nothing else) at most `timeout_s`."""
