@@ -337,12 +337,8 @@ def _guard_capnp() -> list[str]:
         if not getattr(getattr(module, attr), "medsyft_guard", False):
             setattr(module, attr, BoundedSchema(getattr(module, attr), counted))
             done.append(f"{module.__name__}.{attr}")
-    if not getattr(recursive.rs_proto2object, "medsyft_guard", False):
-        if getattr(recursive.rs_proto2object, "__qualname__", "") != "rs_proto2object":
-            raise GuardNotApplied("syft's object deserialiser is not the one the guard was "
-                                  "written against; the site does not start unguarded")
-        recursive.rs_proto2object = _proto_fields_checked(recursive.rs_proto2object)
-        done.append("syft.serde.recursive.rs_proto2object")
+    done.append(_replace("syft.serde.recursive", recursive, "rs_proto2object",
+                         _proto_fields_checked, "rs_proto2object"))
     if recursive.combine_bytes is not combine_bytes_linearly:
         done += _rebind_in_syft(recursive.combine_bytes, combine_bytes_linearly)
     return done
@@ -369,12 +365,20 @@ def _guard_serde() -> list[str]:
     from syft.serde import deserialize as serde_deserialize
 
     original = serde_deserialize._deserialize
-    if getattr(original, "medsyft_safe_serde", False):
+    if not _unguarded(original, "medsyft_safe_serde", "_deserialize", "deserialiser"):
         return []
-    if getattr(original, "__qualname__", "") != "_deserialize":
-        raise GuardNotApplied("syft's deserialiser is not the one the guard was written "
-                              "against; the site does not start unguarded")
     return _rebind_in_syft(original, _safe_deserializer(original))
+
+
+def _unguarded(original: Any, marker: str, expected: str, what: str) -> bool:
+    """Whether `original` still needs guarding; raises if it is not the syft function the
+    guard was written against (the site then does not start)."""
+    if getattr(original, marker, False):
+        return False
+    if getattr(original, "__qualname__", "") != expected:
+        raise GuardNotApplied(f"syft's {what} is not the one the guard was written against; "
+                              "the site does not start unguarded")
+    return True
 
 
 def guard_deserialization(answers_untrusted: bool = False) -> list[str]:
@@ -389,21 +393,18 @@ def guard_deserialization(answers_untrusted: bool = False) -> list[str]:
         _every_message_untrusted["on"] = True
 
     done = _guard_serde() + _guard_capnp() + _guard_aliases()
-    if not getattr(arrow.arrow_deserialize, "medsyft_guard", False):
-        arrow.arrow_deserialize = arrow_deserialize_capped(arrow.arrow_deserialize)
-        done.append("syft.serde.arrow.arrow_deserialize")
-    return done
+    done.append(_replace("syft.serde.arrow", arrow, "arrow_deserialize",
+                         arrow_deserialize_capped, "arrow_deserialize"))
+    return [d for d in done if d]
 
 
 def _guard_aliases() -> list[str]:
     from syft.serde import recursive_primitives
 
     original = recursive_primitives.deserialize_generic_alias
-    if getattr(original, "medsyft_guard", False):
+    if not _unguarded(original, "medsyft_guard", "deserialize_generic_alias",
+                      "generic-alias deserialiser"):
         return []
-    if getattr(original, "__qualname__", "") != "deserialize_generic_alias":
-        raise GuardNotApplied("syft's generic-alias deserialiser is not the one the guard was "
-                              "written against; the site does not start unguarded")
     done = _swap_deserializer({"_GenericAlias", "_UnionGenericAlias"}, original,
                               deserialize_generic_alias_safely)
     recursive_primitives.deserialize_generic_alias = deserialize_generic_alias_safely
@@ -508,12 +509,8 @@ def _guard_bodies() -> list[str]:
     from syft.types.syft_object_registry import SyftObjectRegistry
 
     done = _guard_serde()
-    if not getattr(routes.deserialize, "medsyft_guard", False):
-        if getattr(routes.deserialize, "__qualname__", "") != "_deserialize":
-            raise GuardNotApplied("syft's route deserialiser is not the one the guard was "
-                                  "written against; the site does not start unguarded")
-        routes.deserialize = _route_deserializer(routes.deserialize)
-        done.append("syft.server.routes.deserialize")
+    done.append(_replace("syft.server.routes", routes, "deserialize", _route_deserializer,
+                         "_deserialize"))
     registry = SyftObjectRegistry.__object_serialization_registry__
     for name in sorted(HEAVY_TYPES):
         for version, entry in list(registry[name].items()):
@@ -522,13 +519,9 @@ def _guard_bodies() -> list[str]:
                     _refused_while_untrusted(name, entry[DESERIALIZE]),) + \
                     entry[DESERIALIZE + 1:]
                 done.append(f"serde {name} v{version}")
-    if not getattr(arrow.arrow_deserialize, "medsyft_guard", False):
-        if getattr(arrow.arrow_deserialize, "__qualname__", "") != "arrow_deserialize":
-            raise GuardNotApplied("syft's array deserialiser is not the one the guard was "
-                                  "written against; the site does not start unguarded")
-        arrow.arrow_deserialize = arrow_deserialize_capped(arrow.arrow_deserialize)
-        done.append("syft.serde.arrow.arrow_deserialize")
-    return done
+    done.append(_replace("syft.serde.arrow", arrow, "arrow_deserialize",
+                         arrow_deserialize_capped, "arrow_deserialize"))
+    return [d for d in done if d]
 
 
 # -- API gate -----------------------------------------------------------------------------
