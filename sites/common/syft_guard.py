@@ -387,14 +387,11 @@ def guard_deserialization(answers_untrusted: bool = False) -> list[str]:
     bounded, safe typing aliases and the cap on decompressed arrays. With
     `answers_untrusted`, every message read is untrusted input: collections of at most
     `MAX_UNTRUSTED_ELEMENTS` and arrays within `MAX_DECOMPRESSED_BYTES` in all."""
-    from syft.serde import arrow
 
     if answers_untrusted:
         _every_message_untrusted["on"] = True
 
-    done = _guard_serde() + _guard_capnp() + _guard_aliases()
-    done.append(_replace("syft.serde.arrow", arrow, "arrow_deserialize",
-                         arrow_deserialize_capped, "arrow_deserialize"))
+    done = _guard_serde() + _guard_capnp() + _guard_aliases() + _guard_types()
     return [d for d in done if d]
 
 
@@ -423,11 +420,19 @@ MAX_DECOMPRESSED_BYTES = 2 * 1024**3 + 64 * 1024**2
 _untrusted = threading.local()
 
 
+#: Types medsyft never sends: refused in any untrusted input, signed or not (a parquet
+#: frame allocates the rows it declares: 6.6 kB became 2 GB).
+NEVER_UNTRUSTED_TYPES = frozenset({"pandas_dataframe", "pandas_series"})
+
+
 def _refused_while_untrusted(name: str, original: Any) -> Any:
     def deserialize_unless_untrusted(*args: Any, **kwargs: Any) -> Any:
         if getattr(_untrusted, "active", False):
             log.warning("refused to deserialise %s in an unsigned body", name)
             raise _syft_exception(f"refused by the medsyft site: {name} in an unsigned body")
+        if name in NEVER_UNTRUSTED_TYPES and getattr(_reading, "untrusted", False):
+            log.warning("refused to deserialise %s from untrusted input", name)
+            raise _syft_exception(f"refused by the medsyft site: {name} in untrusted input")
         return original(*args, **kwargs)
 
     deserialize_unless_untrusted.medsyft_guard = True  # type: ignore[attr-defined]
@@ -503,14 +508,29 @@ def arrow_deserialize_capped(original: Any) -> Any:
     return arrow_deserialize_within_cap
 
 
-def _guard_bodies() -> list[str]:
+def strings_refused_while_untrusted(original: Any) -> Any:
+    @functools.wraps(original)
+    def numpyutf8toarray_unless_untrusted(input_index: Any) -> Any:
+        """syft's string-array decoder, refused for untrusted input: it builds a fixed-width
+        array of count × longest string (a 704-byte message became 2 GB) and medsyft never
+        sends string arrays."""
+        if getattr(_reading, "untrusted", False):
+            log.warning("refused to deserialise a string array from untrusted input")
+            raise _syft_exception("refused by the medsyft site: a string array in untrusted "
+                                  "input")
+        return original(input_index)
+
+    numpyutf8toarray_unless_untrusted.medsyft_guard = True  # type: ignore[attr-defined]
+    return numpyutf8toarray_unless_untrusted
+
+
+def _guard_types() -> list[str]:
+    """Heavy types refused where they may not be (see `_refused_while_untrusted`), string
+    arrays refused in untrusted input, and arrays capped."""
     from syft.serde import arrow
-    from syft.server import routes
     from syft.types.syft_object_registry import SyftObjectRegistry
 
-    done = _guard_serde()
-    done.append(_replace("syft.server.routes", routes, "deserialize", _route_deserializer,
-                         "_deserialize"))
+    done = []
     registry = SyftObjectRegistry.__object_serialization_registry__
     for name in sorted(HEAVY_TYPES):
         for version, entry in list(registry[name].items()):
@@ -521,6 +541,17 @@ def _guard_bodies() -> list[str]:
                 done.append(f"serde {name} v{version}")
     done.append(_replace("syft.serde.arrow", arrow, "arrow_deserialize",
                          arrow_deserialize_capped, "arrow_deserialize"))
+    done.append(_replace("syft.serde.arrow", arrow, "numpyutf8toarray",
+                         strings_refused_while_untrusted, "numpyutf8toarray"))
+    return [d for d in done if d]
+
+
+def _guard_bodies() -> list[str]:
+    from syft.server import routes
+
+    done = _guard_serde() + _guard_types()
+    done.append(_replace("syft.server.routes", routes, "deserialize", _route_deserializer,
+                         "_deserialize"))
     return [d for d in done if d]
 
 

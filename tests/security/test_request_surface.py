@@ -866,18 +866,25 @@ def _peak_rss(pid: int) -> int:
     raise AssertionError("no VmHWM")
 
 
-def test_arrays_in_a_signed_call_cannot_inflate_past_what_they_carry(site):
+@pytest.mark.parametrize("bomb", ["dtype", "strings"])
+def test_arrays_in_a_signed_call_cannot_inflate_past_what_they_carry(site, bomb):
     """A 16.7 kB call to a method the gate refuses carried three int8 tensors declared
-    complex128: syft cast each to 2 GiB and the server took 6.4 GB before refusing (red-team
-    finding). Now the first such array is refused as it is read."""
+    complex128: syft cast each to 2 GiB and the server took 6.4 GB before refusing; a 3 kB
+    one carried a string array syft decoded to 1.9 GB (red-team findings). Now such an
+    array is refused as it is read."""
     from syft.serde.deserialize import _deserialize
 
-    from tests.support.guard_probe import dtype_bomb_array, signed_call_with_arrays
+    from tests.support.guard_probe import (
+        dtype_bomb_array,
+        signed_call_with_arrays,
+        string_bomb_array,
+    )
 
     fed = site["fed"]
     pid = lifecycle.status(site["dir"]).pid
-    body = signed_call_with_arrays(fed.client("omega"), "user.get_all",
-                                   [dtype_bomb_array(128 * 1024**2)] * 3)
+    arrays = [dtype_bomb_array(128 * 1024**2)] * 3 if bomb == "dtype" else \
+        [string_bomb_array(50_000, 10_000)]
+    body = signed_call_with_arrays(fed.client("omega"), "user.get_all", arrays)
     assert len(body) < 100_000
     before = _peak_rss(pid)
     answer = _deserialize(_post(site, "api_call", body), from_bytes=True)

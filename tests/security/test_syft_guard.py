@@ -281,3 +281,25 @@ def test_the_client_reads_every_sites_answer_as_untrusted_input():
 
     assert run("untrusted") == "refused,refused,ordinary"
     assert run("trusted") == "read,read,ordinary"  # the caps are what refuses them
+
+
+def test_string_arrays_and_data_frames_are_refused_in_untrusted_input():
+    """syft decodes a string array into count × longest string (704 bytes became 2 GB) and
+    a parquet frame into the rows it declares (6.6 kB became 2 GB); medsyft sends neither,
+    so untrusted input may hold neither (red-team finding)."""
+    import numpy as np
+    import pandas as pd
+    from syft.serde.deserialize import _deserialize
+    from syft.serde.serialize import _serialize
+
+    from tests.support.guard_probe import string_bomb_array
+
+    syft_guard.guard_deserialization()
+    strings = _serialize(np.array(["a", "bb"]), to_bytes=True)
+    frame = _serialize(pd.DataFrame({"x": [1, 2]}), to_bytes=True)
+    assert list(_deserialize(strings, from_bytes=True)) == ["a", "bb"]  # trusted: as syft
+    assert _deserialize(frame, from_bytes=True)["x"].tolist() == [1, 2]
+    for body in (strings, frame, string_bomb_array(50_000, 10_000)):
+        with syft_guard.reading_untrusted(), pytest.raises(Exception,
+                                                           match="in untrusted input"):
+            _deserialize(body, from_bytes=True)

@@ -101,6 +101,22 @@ def signed_call_with_arrays(client: object, path: str, arrays: list[bytes]) -> b
         entries[version] = original
 
 
+def string_bomb_array(longest: int, count: int) -> bytes:
+    """A serialized numpy array in syft's string encoding: one `longest`-character string
+    and `count - 1` empty ones, which syft decoded into count × longest × 4 bytes."""
+    import numpy as np
+    from syft.serde.recursive import recursive_scheme
+    from syft.serde.serialize import _serialize
+
+    encoded = np.concatenate([np.full(longest, ord("A"), dtype=np.uint64),
+                              np.full(count, longest, dtype=np.uint64),
+                              np.array([count, count, 1], dtype=np.uint64)])
+    outer = recursive_scheme.new_message()  # an array whose blob is the encoded array
+    outer.canonicalName, outer.version = "numpy_ndarray", 1
+    outer.init("nonrecursiveBlob", 1)[0] = _serialize(encoded, to_bytes=True)
+    return outer.to_bytes()
+
+
 def blob_list(blobs: list[bytes]) -> bytes:
     """A serialized `list` of already serialized objects."""
     from syft.serde.recursive import recursive_scheme
