@@ -25,10 +25,10 @@ def round_table(rr) -> Table:
                                            else ""))
     for s in rr.sites:
         if s.ok:
-            t.add_row(s.site, str(s.n_k), f"{s.epsilon:.3f}", f"{s.target_epsilon:g}",
+            t.add_row(plain(s.site), str(s.n_k), f"{s.epsilon:.3f}", f"{s.target_epsilon:g}",
                       f"{s.noise_multiplier:.3f}", str(s.steps), f"{s.seconds:.1f}", "ok")
         else:
-            t.add_row(s.site, "-", "-", "-", "-", "-", "-",
+            t.add_row(plain(s.site), "-", "-", "-", "-", "-", "-",
                       Text(printable(str(s.error)), style="red"))
     return t
 

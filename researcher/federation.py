@@ -316,7 +316,7 @@ class Federation:
                 msg = getattr(exc, "public_message", None) or str(exc) or type(exc).__name__
                 raise FederationError(f"{site}: {msg.strip()[:300]}", retry=True) from None
         try:
-            return parse_round(payload, weights)
+            return parse_round(payload, weights, site=site, plan_hash=plan.plan_hash)
         except SiteFailed as exc:
             raise FederationError(f"{site}: {exc.message}", retry=exc.retry) from None
 

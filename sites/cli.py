@@ -275,7 +275,8 @@ def console_show(request_id: str = typer.Argument(..., help="request id (a prefi
         out.print(f"approvals: {len(v.approvers)} of {v.approvals_required} "
                   f"({esc(', '.join(v.approvers)) or 'none yet'})")
         out.print(f"model class {esc(p.model.class_name)}({esc(p.model.kwargs)}):")
-        out.print(Syntax(p.model.source, "python", line_numbers=True))
+        # the researcher's source, control characters shown as `?` (no terminal escapes)
+        out.print(Syntax(printable(p.model.source, 200_000), "python", line_numbers=True))
     out.print(_checks_table(v))
 
 

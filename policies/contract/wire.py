@@ -55,14 +55,15 @@ class RoundAccounting(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     sample_rate: float = Field(gt=0, le=1)
-    noise_multiplier: float = Field(gt=0)
+    noise_multiplier: float = Field(gt=0, allow_inf_nan=False)
     steps: int = Field(ge=1, description="DP-SGD steps of this plan at this site so far")
     round_steps: int = Field(ge=1, description="steps of this round")
-    delta: float
-    epsilon: float = Field(ge=0, description="ε spent by this plan at this site so far")
-    target_epsilon: float
-    accountant: str
-    max_grad_norm: float
+    delta: float = Field(gt=0, lt=1)
+    epsilon: float = Field(ge=0, allow_inf_nan=False,
+                           description="ε spent by this plan at this site so far")
+    target_epsilon: float = Field(gt=0, allow_inf_nan=False)
+    accountant: str = Field(max_length=16)
+    max_grad_norm: float = Field(gt=0, allow_inf_nan=False)
 
 
 class RoundResult(BaseModel):
@@ -72,10 +73,10 @@ class RoundResult(BaseModel):
 
     medsyft: Literal[1] = WIRE_VERSION
     ok: Literal[True] = True
-    site: str
+    site: str = Field(pattern=r"^[a-z][a-z0-9-]{1,39}$")
     round: int = Field(ge=1)
     rounds: int = Field(ge=1)
-    plan_hash: str
+    plan_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
     n_k: int | None = Field(None, ge=1, le=MAX_COHORT,
                             description="None when the site's policy hides it")
     seconds: float = Field(ge=0, allow_inf_nan=False,
@@ -130,12 +131,15 @@ def weights_digest(params: dict[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
-def parse_round(payload: Any, expected: dict[str, np.ndarray]) -> RoundResult:
+def parse_round(payload: Any, expected: dict[str, np.ndarray], site: str | None = None,
+                plan_hash: str | None = None) -> RoundResult:
     """A site's answer as a `RoundResult`, checked against the weights sent out.
 
     Args:
         payload: what syft returned for the round (untrusted).
         expected: the global weights of this round: names and shapes the result must match.
+        site: the site asked (the answer must name it: a site cannot pose as another).
+        plan_hash: the plan asked for (an answer for another plan is refused).
 
     Returns:
         The validated result; its parameters are finite arrays of the expected shapes.
@@ -170,5 +174,9 @@ def parse_round(payload: Any, expected: dict[str, np.ndarray]) -> RoundResult:
         raise SiteFailed(f"invalid result: {format_errors(exc)}") from None
     if weights_digest(result.params) != result.weights_sha256:
         raise SiteFailed("returned parameters do not match their digest")
+    if site is not None and result.site != site:
+        raise SiteFailed("the answer names another site")
+    if plan_hash is not None and result.plan_hash != plan_hash:
+        raise SiteFailed("the answer is for another plan")
     return result
 

@@ -891,3 +891,24 @@ def test_arrays_in_a_signed_call_cannot_inflate_past_what_they_carry(site, bomb)
     assert "refused by the medsyft site" in str(getattr(answer, "message", answer))
     assert _peak_rss(pid) - before < 1024**3  # syft alone cast it to 6 GiB
     assert fed.datasets()["omega"]  # the site still serves
+
+
+def test_a_model_source_cannot_write_terminal_escapes_to_the_data_owners_console(site):
+    """A comment in the model source is invisible to the syntax-tree review; with escapes in
+    it, `console show` rewrote the data owner's terminal, title and clipboard (red-team
+    finding). The source is shown with control characters as `?`."""
+    fed, d = site["fed"], site["dir"]
+    source = small_model_source().replace(
+        "class Tiny", "# \x1b]52;c;ZXZpbA==\x07\x1b[1A\x1b[2K all policy checks pass\nclass Tiny")
+    plan = make_plan(name="escapes", rounds=1, source=source)
+    fed.submit(plan)
+    request = wait_for(lambda: fed.status(plan)["omega"].request_id)
+    from typer.testing import CliRunner
+
+    from sites.entrypoint import app
+
+    shown = CliRunner().invoke(app, ["console", "show", request, "--site", str(d)])
+    assert shown.exit_code == 0, shown.output[-2000:]
+    assert "all policy checks pass" in shown.output  # the comment is shown, defused
+    assert "\x1b]52" not in shown.output and "\x1b[1A" not in shown.output
+    assert "\x07" not in shown.output

@@ -55,6 +55,8 @@ def test_a_released_round_survives_the_wire_and_matches_its_digest():
                  "head.bias": np.zeros(1, np.float32)}}, "not float32"),
     ({"params": {"conv.weight": np.zeros((4, 2), "S8"),
                  "head.bias": np.zeros(1, np.float32)}}, "not float32"),
+    ({"site": "[/x] st-agnes"}, "invalid result"),  # rendered as markup by the client once
+    ({"plan_hash": "not-this-plan"}, "invalid result"),
 ])
 def test_an_answer_that_is_not_a_valid_result_is_refused(bad, reason):
     with pytest.raises(SiteFailed, match=reason) as exc:
@@ -105,3 +107,22 @@ def test_a_failure_message_is_bounded():
     with pytest.raises(SiteFailed) as exc:
         parse_round(RoundFailure(code=FailureCode.POLICY, error="x" * 1500).to_wire(), EXPECTED)
     assert len(exc.value.message) <= 300
+
+
+@pytest.mark.parametrize("field,bad", [
+    ("epsilon", float("inf")), ("delta", float("nan")), ("delta", 2.0),
+    ("target_epsilon", float("-inf")), ("max_grad_norm", float("nan")),
+    ("noise_multiplier", float("inf")), ("accountant", "x" * 100_000)])
+def test_accounting_must_be_finite_and_in_range(field, bad):
+    doc = result()
+    doc["accounting"] = doc["accounting"] | {field: bad}
+    with pytest.raises(SiteFailed, match="invalid result"):
+        parse_round(doc, EXPECTED)
+
+
+def test_an_answer_must_name_the_site_and_plan_that_were_asked():
+    assert parse_round(result(), EXPECTED, site="st-agnes", plan_hash="ab" * 32)
+    with pytest.raises(SiteFailed, match="another site"):
+        parse_round(result(), EXPECTED, site="riverside")
+    with pytest.raises(SiteFailed, match="another plan"):
+        parse_round(result(), EXPECTED, plan_hash="cd" * 32)
