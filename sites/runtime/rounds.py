@@ -54,7 +54,9 @@ ACTOR = "runtime"
 
 
 def _failure(message: str, code: FailureCode, mock: bool = False) -> dict:
-    return RoundFailure(code=code, error=message, mock=mock).to_wire()
+    """The wire form of a round that released nothing (the message bounded, so that building
+    the answer can never fail in the handler that reports failures)."""
+    return RoundFailure(code=code, error=message[:2000], mock=mock).to_wire()
 
 
 def _run_child(run_dir: Path, timeout_s: int, site: Site) -> RunStatus:
@@ -80,8 +82,8 @@ def execute_round(plan_json: str, data: Any, weights: Any) -> dict:
         return _failure(str(exc), exc.code or FailureCode.INVALID)
     except Exception:
         log.exception("runtime internal error")
-        message, code = CATEGORY_INTERNAL
-        return _failure(message, code)
+        internal = refused("internal")
+        return _failure(str(internal), internal.code or FailureCode.INTERNAL)
 
 
 def _recheck_policy(site: Site, gov: Governance, plan: TrainingPlan, approval: Approval,
@@ -173,7 +175,7 @@ def _execute(site_dir: Path, plan_json: str, data: Any, weights: Any) -> dict:
     t0 = time.perf_counter()
     run_dir = site.runs_dir / f"run-{run.id}"
     released = False
-    category = CATEGORY_INTERNAL[0]
+    category = CATEGORIES["internal"][0]
     try:
         run_dir.mkdir(parents=True, mode=0o700)
         Job(plan_json=plan.canonical_json(), weights=start, sample_rate=noise.sample_rate,
@@ -218,5 +220,3 @@ def _execute(site_dir: Path, plan_json: str, data: Any, weights: Any) -> dict:
             gov.finish_run(run.id, released=False, actor=ACTOR, category=category)
         shutil.rmtree(run_dir, ignore_errors=True)
 
-
-CATEGORY_INTERNAL = (CATEGORIES["internal"][0], CATEGORIES["internal"][1])
