@@ -116,6 +116,9 @@ class Training(_Strict):
     max_local_epochs: int = Field(10, ge=1, le=1000)
     batch_size: BatchRange = Field(default_factory=BatchRange)
     max_parameters: int = Field(10_000_000, ge=1)
+    max_activation_mib: int = Field(
+        2048, ge=1, description="activation memory of one sample through the training graph "
+                                "(forward and backward), as the site measures it")
     max_wall_time_s: int = Field(3600, ge=10, description="wall time of one round at the site")
     device: Literal["auto", "cpu", "cuda"] = "auto"
 

@@ -46,6 +46,8 @@ class Facts(BaseModel):
     noise_multiplier: float | None = None
     n_parameters: int | None = None
     parameters_error: str | None = None
+    graph_summary: str | None = None
+    activation_mib: float | None = None
     epsilon_committed: float = 0.0
 
 
@@ -105,12 +107,22 @@ def review_plan(policy: SitePolicy, plan: TrainingPlan, facts: Facts) -> list[Ch
         _line("training.wall_time", True, "enforced per round", f"{t.max_wall_time_s} s", ""),
     ]
     if facts.n_parameters is None:
-        lines.append(_line("training.parameters", False, facts.parameters_error or "unknown",
-                           t.max_parameters, "the model could not be instantiated"))
+        lines.append(CheckResult(
+            rule="training.graph", status="fail", seen=facts.parameters_error or "unknown",
+            limit="a static graph of allowed operators", overridable=False,
+            message="the model could not be traced into a training graph the site accepts"))
     else:
+        lines.append(_line("training.graph", True, facts.graph_summary or "validated",
+                           "a static graph of allowed operators", ""))
         lines.append(_line("training.parameters", facts.n_parameters <= t.max_parameters,
                            f"{facts.n_parameters:,}", f"{t.max_parameters:,}",
                            "model too large"))
+        if facts.activation_mib is not None:
+            lines.append(_line("training.activation_memory",
+                               facts.activation_mib <= t.max_activation_mib,
+                               f"{facts.activation_mib:.1f} MiB per sample",
+                               f"{t.max_activation_mib} MiB",
+                               "the model needs more memory per sample than the site allows"))
     findings = review_model_code(plan.model.source, plan.model.class_name,
                                  dp.model_code.layers, dp.model_code.functions)
     if findings:

@@ -3,8 +3,9 @@
 Uses the same verdict code as the site (`policies.verdict.review_plan`) on the
 published part of the policy. Who may access a dataset is not published, so
 access rules come back as "warn: not checked"; σ is derived from the published
-cohort size when the site releases it; the parameter count is measured
-locally on the meta device (it is the researcher's own code).
+cohort size when the site releases it; the model is traced into its training
+graph locally and checked against the site's operator allowlist, as the site will
+do in its sealed tracer (it is the researcher's own code, on their own machine).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from policies.contract.model_code import build_model, parameter_count
 from policies.contract.plan import TrainingPlan
 from policies.schema import Access, SitePolicy
 from policies.verdict import CheckResult, Facts, review_plan
+from sites.graph import check
+from sites.graph.export import trace
 
 
 def _policy_from_public(doc: dict) -> SitePolicy:
@@ -36,19 +39,32 @@ def precheck(doc: dict, plan: TrainingPlan) -> list[CheckResult]:
     ds = doc["datasets"].get(plan.dataset) or doc["datasets"].get("*") or {}
     n = ds.get("cohort_n")
     sigma = privacy.noise_for(plan, int(n)).noise_multiplier if n else None
+    graph_facts, params_error = None, None
+    shape = ds.get("volume_shape")
     try:
-        with torch.device("meta"):
-            n_params = parameter_count(build_model(plan.model))  # as the site counts
-        params_error = None
+        if shape:
+            graph = trace(build_model(plan.model), [1, len(plan.inputs), *shape])
+            # the cap is the verdict's line, not a reason to stop measuring
+            _, graph_facts = check.validate(graph.canonical_json(), loss=plan.loss,
+                                            max_parameters=1 << 62)
+            n_params = graph_facts.parameters
+        else:
+            with torch.device("meta"):
+                n_params = parameter_count(build_model(plan.model))  # as the site counts
     except Exception as exc:
-        n_params, params_error = None, f"{type(exc).__name__}: {exc}"[:200]
+        n_params, params_error = None, f"{type(exc).__name__}: {exc}"[:300]
     facts = Facts(researcher=plan.researcher or "you", today=date.today(), cohort_n=n,
-                  noise_multiplier=sigma, n_parameters=n_params, parameters_error=params_error)
+                  noise_multiplier=sigma, n_parameters=n_params, parameters_error=params_error,
+                  graph_summary=graph_facts.summary() if graph_facts else None,
+                  activation_mib=graph_facts.activation_bytes / 2**20 if graph_facts else None)
     out = []
     for line in review_plan(policy, plan, facts):
         if line.rule in ("access.researcher", "access.institution", "privacy.epsilon_total"):
             line = line.model_copy(update={"status": "warn", "seen": "-",
                                            "limit": "private", "message": "checked by the site"})
+        elif line.rule == "training.graph" and not shape and n_params is not None:
+            line = line.model_copy(update={"status": "warn", "seen": "-", "message":
+                                           "volume shape not published; the site traces"})
         elif line.rule == "privacy.noise_multiplier" and sigma is None:
             line = line.model_copy(update={"status": "warn", "message": "cohort size not "
                                            "published; the site derives σ"})

@@ -92,6 +92,7 @@ def site_status(site_dir: Path = typer.Argument(Path("."), help="site folder"),
         state = "[green]running[/green]" if st.running else "[red]not running[/red]"
         out.print(f"{st.name}: {state} at {st.url} (pid {st.pid}, answering={st.answering}, "
                   f"identity_ok={st.identity_ok})")
+        out.print(f"sandbox: {esc(st.sandbox)}")
     raise typer.Exit(0 if st.running else 1)
 
 

@@ -1,7 +1,8 @@
 """Instantiate a plan's model class from its source code.
 
-Runs researcher code: at a site only inside the training child process (never
-in the syft server process), on the researcher's machine for their own
+Runs researcher code: at a site only inside the sealed tracer
+(`sites.sandbox.tracer`: no data, no secret, no network, never in the syft server
+or the training process), and on the researcher's machine for their own
 evaluation. The namespace offers torch, nn, F and math and nothing else; the
 syntax-tree review of what that code may do belongs to the policy engine.
 BatchNorm is refused: it mixes samples within a batch, which breaks the
@@ -24,8 +25,8 @@ def build_model(spec: ModelSpec) -> nn.Module:
     """The plan's model: its source run with `torch`, `nn`, `F` and `math` in scope, then
     `class_name(**kwargs)`.
 
-    This runs researcher code: only the sandbox's children and the researcher's own
-    machine may call it (see the module docstring).
+    This runs researcher code: only the sealed tracer and the researcher's own machine
+    may call it (see the module docstring).
 
     Args:
         spec: the plan's model section.

@@ -20,7 +20,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from policies.contract.errors import MedsyftError, error_lines
 
 Slug = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,39}$")]
-KwargValue = int | float | bool | str | list[int] | list[float]
+#: constructor arguments: numbers, booleans, short lists of numbers, or short words from a
+#: safe character set; passed to the model's constructor inside the sealed tracer only
+KwargWord = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]{0,64}$")]
+KwargList = Annotated[list[int] | list[float], Field(max_length=64)]
+KwargValue = int | float | bool | KwargWord | KwargList
 
 
 class ModelSpec(BaseModel):
@@ -30,7 +34,8 @@ class ModelSpec(BaseModel):
 
     source: str = Field(min_length=1, max_length=100_000)
     class_name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
-    kwargs: dict[str, KwargValue] = Field(default_factory=dict)
+    kwargs: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")], KwargValue] = \
+        Field(default_factory=dict, max_length=32)
 
 
 class DPSpec(BaseModel):

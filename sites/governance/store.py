@@ -52,6 +52,8 @@ CREATE TABLE IF NOT EXISTS verdicts (
     computed_at REAL NOT NULL, report TEXT NOT NULL, PRIMARY KEY (request_id, policy_hash));
 CREATE TABLE IF NOT EXISTS model_facts (
     model_hash TEXT PRIMARY KEY, n INTEGER, error TEXT);
+CREATE TABLE IF NOT EXISTS model_graphs (
+    trace_key TEXT PRIMARY KEY, graph_json TEXT, error TEXT, traced_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS researchers (
     user_id TEXT PRIMARY KEY, verify_key TEXT NOT NULL UNIQUE, email TEXT NOT NULL UNIQUE,
     name TEXT NOT NULL, institution TEXT NOT NULL DEFAULT '', created_at REAL NOT NULL,
@@ -119,6 +121,10 @@ class Governance:
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
+            columns = {r[1] for r in db.execute("PRAGMA table_info(datasets)")}
+            if "volume_shape" not in columns:  # sites created before the training graph
+                db.execute("ALTER TABLE datasets ADD COLUMN volume_shape TEXT NOT NULL "
+                           "DEFAULT ''")
         finally:
             db.close()
 
@@ -160,13 +166,16 @@ class Governance:
 
     # -- datasets ------------------------------------------------------------
     def register_dataset(self, name: str, cohort_id: str, n: int, description: str,
-                         actor: str) -> None:
+                         actor: str, volume_shape: tuple[int, ...] = ()) -> None:
         """Record a published dataset (its cohort id is how the runtime recognises the
-        private asset, and `n` is the cohort size N the accounting uses); audited."""
+        private asset, `n` is the cohort size N the accounting uses, and the volume shape
+        is what a plan's model is traced on); audited."""
         with self._connect() as db:
             db.execute(
-                "INSERT OR REPLACE INTO datasets VALUES (?,?,?,?,?)",
-                (name, cohort_id, n, description, time.time()),
+                "INSERT OR REPLACE INTO datasets (name, cohort_id, n, description, "
+                "published_at, volume_shape) VALUES (?,?,?,?,?,?)",
+                (name, cohort_id, n, description, time.time(),
+                 ",".join(str(int(s)) for s in volume_shape)),
             )
             self._audit(db, actor, "dataset.published", name, n=n)
 
@@ -278,19 +287,20 @@ class Governance:
             return [dict(r) for r in db.execute("SELECT * FROM decisions ORDER BY id")]
 
     # -- model facts ----------------------------------------------------------
-    def cached_parameters(self, model_hash: str) -> tuple[int | None, str | None] | None:
-        """(count, error) measured earlier for this model, or None if never measured."""
+    def cached_graph(self, trace_key: str) -> tuple[str | None, str | None] | None:
+        """(graph JSON, error) traced earlier for this model and input shape, or None."""
         with self._connect() as db:
-            row = db.execute("SELECT n, error FROM model_facts WHERE model_hash = ?",
-                             (model_hash,)).fetchone()
-            return (row["n"], row["error"]) if row else None
+            row = db.execute("SELECT graph_json, error FROM model_graphs WHERE trace_key = ?",
+                             (trace_key,)).fetchone()
+            return (row["graph_json"], row["error"]) if row else None
 
-    def cache_parameters(self, model_hash: str, n: int | None, error: str | None = None) -> None:
-        """Remember a measurement, failures too: a model that times out is not re-run at
-        every listing."""
+    def cache_graph(self, trace_key: str, graph_json: str | None,
+                    error: str | None = None) -> None:
+        """Remember a trace, failures too: a model that cannot be traced is not traced again
+        at every listing or round. The graph is validated again whenever it is used."""
         with self._connect() as db:
-            db.execute("INSERT OR REPLACE INTO model_facts VALUES (?, ?, ?)",
-                       (model_hash, n, error))
+            db.execute("INSERT OR REPLACE INTO model_graphs VALUES (?, ?, ?, ?)",
+                       (trace_key, graph_json, error, time.time()))
 
     # -- verdicts -------------------------------------------------------------
     def verdict_seen(self, request_id: str, policy_hash: str) -> bool:

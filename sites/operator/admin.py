@@ -165,7 +165,8 @@ def publish_cohort(site_dir: Path, dataset: str, cohort: Cohort, mock: Cohort,
             res = client.upload_dataset(ds)
         _ok(res, f"cannot publish {dataset}")
         Governance(site_dir).register_dataset(dataset, cohort.cohort_id, cohort.n,
-                                              description, actor=cfg.admin_email)
+                                              description, actor=cfg.admin_email,
+                                              volume_shape=cohort.volume_shape)
     return description
 
 

@@ -39,8 +39,15 @@ class SiteConfig(BaseModel):
     train_threads: int = Field(0, ge=0, le=256,
                                description="CPU threads per training run; 0 = all cores")
     review_timeout_s: int = Field(
-        20, ge=2, le=600, description="longest a review may build a plan's model to count its "
-                                      "parameters (researcher code runs there)")
+        20, ge=2, le=600, description="longest the sealed tracer may take to build and trace a "
+                                      "plan's model (researcher code runs there, and only there)")
+    sandbox: Literal["strict", "relaxed"] = Field(
+        "strict", description="strict: refuse to run researcher code where the kernel cannot "
+                              "seal the sandbox; relaxed: run it with what the kernel offers "
+                              "(stated in the site log, site status and the audit log)")
+    tracer_memory_mib: int = Field(4096, ge=1024, description="address-space cap of the tracer")
+    training_memory_mib: int = Field(
+        32768, ge=2048, description="address-space cap of a training process (CPU runs)")
     warm_training_process: bool = Field(
         True, description="keep the next run's training process started and waiting "
                           "(saves its start-up, ~2 s a round; costs ~300 MB of RAM)")

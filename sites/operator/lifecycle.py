@@ -114,6 +114,22 @@ class SiteStatus:
     answering: bool
     identity_ok: bool
     running: bool
+    sandbox: str = ""
+
+
+def sandbox_state(cfg: SiteConfig) -> str:
+    """How researcher code is confined here, in words: `sealed`, `relaxed (missing: …)`
+    or `unavailable (missing: …)`, in which case the site refuses to run it."""
+    from sites.sandbox.confine import missing_features
+
+    missing = missing_features()
+    if not missing:
+        return "sealed" + (" (sandbox: relaxed is set, but nothing is missing)"
+                           if cfg.sandbox == "relaxed" else "")
+    gaps = ", ".join(missing)
+    if cfg.sandbox == "relaxed":
+        return f"relaxed (missing: {gaps}): researcher code runs less confined"
+    return f"unavailable (missing: {gaps}): researcher code is refused"
 
 
 def status(site_dir: Path) -> SiteStatus:
@@ -122,7 +138,8 @@ def status(site_dir: Path) -> SiteStatus:
     meta = server_metadata(cfg.host, cfg.port)
     identity_ok = bool(meta) and str(meta.get("id", "")).replace("-", "") == cfg.server_uid
     return SiteStatus(cfg.name, str(site_dir), f"http://{cfg.host}:{cfg.port}", cfg.server_uid,
-                      pid, meta is not None, identity_ok, pid is not None and identity_ok)
+                      pid, meta is not None, identity_ok, pid is not None and identity_ok,
+                      sandbox_state(cfg))
 
 
 def _log_tail(site_dir: Path, lines: int = 15) -> str:

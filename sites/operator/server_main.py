@@ -57,12 +57,20 @@ def app_factory():  # called by uvicorn
     site_log = logging.getLogger("medsyft.site")
     site_log.info("syft speed patches: %s", ", ".join(patched) or "none")
     site_log.info("syft request guard: %s", ", ".join(guarded))
+    from sites.operator.lifecycle import sandbox_state
     from sites.operator.site import Site
-    from sites.sandbox import launcher
+    from sites.runtime.rounds import training_processes
 
     site = Site(site_dir, cfg)
-    launcher.for_site(site.runs_dir, site.training_log, cfg.train_threads,
-                      cfg.warm_training_process).prestart()
+    state = sandbox_state(cfg)
+    if state.startswith("sealed"):
+        site_log.info("sandbox: %s", state)
+        training_processes(site).prestart()
+    else:
+        site_log.warning("sandbox: %s", state)
+        site.governance().audit("site", "sandbox." + state.split()[0], cfg.name, state=state)
+        if cfg.sandbox == "relaxed":
+            training_processes(site).prestart()
     for key in SECRET_ENV:
         os.environ.pop(key, None)
     import syft.server.server as syft_server

@@ -28,16 +28,14 @@ syft with their reason. No private value is read here.
 from __future__ import annotations
 
 import getpass
-import hashlib
 import logging
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
-from policies.code_review import review_model_code
 from policies.contract import privacy
-from policies.contract.errors import MedsyftError
+from policies.contract.errors import MedsyftError, Refused
 from policies.contract.plan import TrainingPlan
 from policies.contract.template import TemplateMismatch, extract_plan
 from policies.schema import PolicyError, SitePolicy
@@ -48,11 +46,14 @@ from sites.governance.denials import RULE as DENIAL_RULE
 from sites.governance.denials import automatic_approvals, denial_check, earlier_denials
 from sites.governance.registry import Registry
 from sites.governance.store import REFUSED, Governance
+from sites.graph.check import GraphFacts
 from sites.operator.admin import admin_client
 from sites.operator.config import SiteConfig
 from sites.operator.site import Site
 from sites.review.request_review import SiteIdentity, request_checks
-from sites.sandbox.model_inspect import InspectError, SiteBusy, count_parameters
+from sites.runtime import graphs
+from sites.sandbox.confine import SandboxUnavailable
+from sites.sandbox.tracing import SiteBusy
 
 log = logging.getLogger("medsyft.review")
 
@@ -77,6 +78,7 @@ class RequestView:
     noise_multiplier: float | None = None
     cohort_n: int | None = None
     n_parameters: int | None = None
+    graph: GraphFacts | None = None
     policy_hash: str = ""
     approvals_required: int = 1
     approvers: list[str] = field(default_factory=list)
@@ -128,7 +130,7 @@ def _hard(rule: str, ok: bool, seen: str, limit: str, message: str) -> CheckResu
 
 def site_facts(site_dir: Path, policy: SitePolicy, plan: TrainingPlan, researcher: str,
                institution: str | None, n_parameters: int | None = None,
-               parameters_error: str | None = None) -> Facts:
+               parameters_error: str | None = None, graph: GraphFacts | None = None) -> Facts:
     """Facts for the verdict that need the governance DB (cohort size, σ, committed ε)."""
     gov = Governance(site_dir)
     record = gov.dataset(plan.dataset)
@@ -137,6 +139,8 @@ def site_facts(site_dir: Path, policy: SitePolicy, plan: TrainingPlan, researche
     return Facts(researcher=researcher, institution=institution, today=date.today(),
                  cohort_n=n, noise_multiplier=sigma, n_parameters=n_parameters,
                  parameters_error=parameters_error,
+                 graph_summary=graph.summary() if graph else None,
+                 activation_mib=graph.activation_bytes / 2**20 if graph else None,
                  epsilon_committed=gov.committed_epsilon(researcher, plan.dataset,
                                                          plan.plan_hash))
 
@@ -234,39 +238,37 @@ def _review(site_dir: Path, cfg: SiteConfig, req: Any, context: ReviewContext) -
         view.checks = checks + [_hard("policy.file", False, "", "valid policy", str(exc))]
         return view
     view.approvals_required = policy.approvals_required
-    view.n_parameters, params_error = measured_parameters(gov, policy, plan,
-                                                          cfg.review_timeout_s)
+    view.graph, params_error = measured_graph(gov, cfg, policy, plan)
+    view.n_parameters = view.graph.parameters if view.graph else None
     facts = site_facts(site_dir, policy, plan, researcher, view.institution,
-                       view.n_parameters, params_error)
+                       view.n_parameters, params_error, view.graph)
     view.cohort_n, view.noise_multiplier = facts.cohort_n, facts.noise_multiplier
     view.checks = checks + review_plan(policy, plan, facts) + [
         denial_check(earlier_denials(gov, plan, view.id))]
     return view
 
 
-def measured_parameters(gov: Governance, policy: SitePolicy, plan: TrainingPlan,
-                        timeout_s: float) -> tuple[int | None, str | None]:
-    """The model's parameter count, measured in a child process only after its code passed
-    the syntax-tree review (the count builds the model); cached per model, failures too
-    (not a site too busy to start the child)."""
+def measured_graph(gov: Governance, cfg: SiteConfig, policy: SitePolicy, plan: TrainingPlan
+                   ) -> tuple[GraphFacts | None, str | None]:
+    """The plan's training graph as the site measured it (parameters, operators, memory),
+    or why there is none. The model is traced in the sealed tracer (the only place its
+    code runs), once per model and dataset shape; a site too busy to start the tracer is
+    asked again at the next review."""
     rules = policy.for_dataset(plan.dataset)
-    if rules is not None and review_model_code(plan.model.source, plan.model.class_name,
-                                               rules.model_code.layers,
-                                               rules.model_code.functions):
-        return None, "not measured: the model code does not pass review"
-    model_json = plan.model.model_dump_json()
-    model_hash = hashlib.sha256(model_json.encode()).hexdigest()
-    cached = gov.cached_parameters(model_hash)
-    if cached is not None:
-        return cached
+    record = gov.dataset(plan.dataset)
+    if rules is None or record is None:
+        return None, "not measured: no published dataset of that name"
+    if not record.get("volume_shape"):
+        return None, ("not measured: the dataset was published before training graphs; "
+                      "its shape is known at the first round")
+    shape = graphs.input_shape(plan, [int(v) for v in record["volume_shape"].split(",")])
     try:
-        n, error = count_parameters(model_json, float(timeout_s)), None
-    except SiteBusy as exc:  # says nothing about the model: measured again next review
+        return graphs.plan_graph(gov, cfg, plan, shape, rules.training.max_parameters
+                                 ).facts, None
+    except (SiteBusy, SandboxUnavailable) as exc:
         return None, str(exc)
-    except InspectError as exc:
-        n, error = None, str(exc)
-    gov.cache_parameters(model_hash, n, error)
-    return n, error
+    except Refused as exc:
+        return None, str(exc)
 
 
 def _hex(uid: Any) -> str:

@@ -32,6 +32,9 @@ def public_policy(site_dir: str | Path) -> dict[str, Any]:
         rule = policy.for_dataset(name)
         if record and rule and rule.release.sample_count != "hidden":
             doc["datasets"][name]["cohort_n"] = int(record["n"])
+        if record and record.get("volume_shape"):  # the schema is public (the mock has it)
+            doc["datasets"][name]["volume_shape"] = [
+                int(v) for v in record["volume_shape"].split(",")]
     return doc
 
 

@@ -3,10 +3,11 @@
 Runs inside the syft server process, so it never executes researcher code
 itself: it checks the plan's approval and round budget in the governance DB,
 recognises syft's second call on the mock (returns at once, no training, no
-budget), hands the private tensors and start weights to a child process with a
-clean environment, filters what comes back (the plan's parameter names, shapes
-and dtypes, finite values; nothing else) and returns parameters, n_k and the
-privacy accounting.
+budget), takes the plan's validated training graph (`sites.runtime.graphs`: traced
+once in the sealed tracer, checked again here), hands the graph, the start weights
+and the private tensors to a sealed training process as in-memory files, filters
+what comes back (the graph's parameter names, shapes and dtypes, finite values;
+nothing else) and returns parameters, n_k and the privacy accounting.
 
 What it returns is all a researcher ever sees of a run: failures become one
 short category from `sites.sandbox.job.CATEGORIES`; tracebacks and anything the
@@ -18,7 +19,6 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-import shutil
 import time
 from datetime import date
 from pathlib import Path
@@ -43,9 +43,18 @@ from policies.verdict import Facts, review_plan
 from sites.governance.registry import Registry, Researcher
 from sites.governance.store import Approval, Budget, Governance
 from sites.operator.site import Site
+from sites.runtime import graphs
 from sites.runtime.release import refused, release_filter, validate_weights
-from sites.sandbox import launcher
-from sites.sandbox.job import CATEGORIES, Job, RunStatus, load_output, save_private
+from sites.sandbox import confine, launcher, tracing
+from sites.sandbox.job import (
+    CATEGORIES,
+    RUN_FILES,
+    Job,
+    RunStatus,
+    load_output,
+    memory_file,
+    save_private,
+)
 
 log = logging.getLogger("medsyft.runtime")
 
@@ -59,18 +68,54 @@ def _failure(message: str, code: FailureCode, mock: bool = False) -> dict:
     return RoundFailure(code=code, error=message[:2000], mock=mock).to_wire()
 
 
-def _run_child(run_dir: Path, timeout_s: int, site: Site) -> RunStatus:
+def training_processes(site: Site, gpu: bool = False) -> launcher.TrainingProcesses:
+    """The site's sealed training processes (one per run, the next one started ahead)."""
     cfg = site.config
-    procs = launcher.for_site(site.runs_dir, site.training_log, cfg.train_threads,
-                              cfg.warm_training_process)
+    return launcher.for_site(site.runs_dir, site.training_log,
+                             graphs.settings(cfg, "train", cfg.training_timeout_s, gpu=gpu),
+                             cfg.warm_training_process)
+
+
+def _run_child(job: Job, x: torch.Tensor, y: torch.Tensor, timeout_s: int, site: Site,
+               max_output: int) -> tuple[RunStatus, object]:
+    """Run the job in a sealed training process; its four files live in memory only."""
+    files = {name: memory_file(name) for name in RUN_FILES}
     try:
-        procs.run(run_dir, timeout_s)
-    except launcher.ChildTimeout:
+        job.save(files["job"])
+        save_private(files["private"], x, y)
+        for f in files.values():
+            f.flush()
+            f.seek(0)
+        gpu = job.device != "cpu" and torch.cuda.is_available()
+        try:
+            training_processes(site, gpu).run(b"run", [f.fileno() for f in files.values()],
+                                              timeout_s)
+        except launcher.ChildTimeout:
+            raise refused("timeout") from None
+        files["private"].close()  # the child has exited: the private copy goes now
+        status = RunStatus.load(files["status"])
+        if not status.ok:
+            raise refused(status.category or "internal")
+        try:
+            output = load_output(files["output"], max_output)
+        except ValueError:
+            raise refused("release") from None
+        return status, output
+    finally:
+        for f in files.values():
+            f.close()
+
+
+def _graph(site: Site, gov: Governance, plan: TrainingPlan, shape: list[int],
+           max_parameters: int) -> graphs.PlanGraph:
+    """The plan's validated graph; a site that cannot seal its sandbox runs nothing."""
+    try:
+        return graphs.plan_graph(gov, site.config, plan, shape, max_parameters)
+    except tracing.SiteBusy:
         raise refused("timeout") from None
-    status = RunStatus.load(run_dir)
-    if not status.ok:
-        raise refused(status.category or "internal")
-    return status
+    except confine.SandboxUnavailable as exc:
+        log.error("researcher code refused: %s", exc)
+        raise refused("sandbox") from None
 
 
 def execute_round(plan_json: str, data: Any, weights: Any) -> dict:
@@ -159,6 +204,11 @@ def _execute(site_dir: Path, plan_json: str, data: Any, weights: Any) -> dict:
     if missing:
         raise Refused(f"dataset {plan.dataset} has no {', '.join(missing)} images",
                       code=FailureCode.INVALID)
+    plan_graph = _graph(site, gov, plan, graphs.input_shape(plan, cohort.volume_shape),
+                        dataset_policy.training.max_parameters)
+    if {p.name: tuple(p.shape) for p in plan_graph.graph.params} != \
+            {k: tuple(v.shape) for k, v in start.items()}:
+        raise refused("weights_mismatch")
     noise = privacy.noise_for(plan, cohort.n)
     sigma = noise.noise_multiplier
     ledger_accountant = dataset_policy.privacy.accountants[0]
@@ -169,26 +219,28 @@ def _execute(site_dir: Path, plan_json: str, data: Any, weights: Any) -> dict:
                                                    ledger_accountant))
     run = gov.begin_run(plan.plan_hash, plan.rounds, sigma, noise.sample_rate, noise.steps,
                         ACTOR, budget=budget)
-    log.info("run %s: plan %s round %d/%d started (n=%d, q=%.4f, sigma=%.4f, steps=%d)",
-             run.id, plan.plan_hash[:12], run.round, plan.rounds, cohort.n,
-             noise.sample_rate, sigma, noise.steps)
+    log.info("run %s: plan %s round %d/%d started (n=%d, q=%.4f, sigma=%.4f, steps=%d, "
+             "graph %s)", run.id, plan.plan_hash[:12], run.round, plan.rounds, cohort.n,
+             noise.sample_rate, sigma, noise.steps, plan_graph.facts.digest[:12])
     t0 = time.perf_counter()
-    run_dir = site.runs_dir / f"run-{run.id}"
     released = False
     category = CATEGORIES["internal"][0]
     try:
-        run_dir.mkdir(parents=True, mode=0o700)
-        Job(plan_json=plan.canonical_json(), weights=start, sample_rate=noise.sample_rate,
-            noise_multiplier=sigma, steps=noise.steps, threads=cfg.train_threads,
-            device=cfg.device if dataset_policy.training.device == "auto"
-            else dataset_policy.training.device,
-            max_parameters=dataset_policy.training.max_parameters,
-            seed=secrets.randbits(62)).save(run_dir)
-        save_private(run_dir, torch.from_numpy(cohort.stacked(list(plan.inputs))),
-                     torch.from_numpy(cohort.labels))
+        job = Job(plan_json=plan.canonical_json(), graph_json=plan_graph.graph_json,
+                  graph_digest=plan_graph.facts.digest, weights=start,
+                  sample_rate=noise.sample_rate, noise_multiplier=sigma, steps=noise.steps,
+                  threads=cfg.train_threads,
+                  device=cfg.device if dataset_policy.training.device == "auto"
+                  else dataset_policy.training.device,
+                  max_parameters=dataset_policy.training.max_parameters,
+                  seed=secrets.randbits(62))
         timeout = min(cfg.training_timeout_s, dataset_policy.training.max_wall_time_s)
-        status = _run_child(run_dir, timeout, site)
-        params = release_filter(load_output(run_dir), start)
+        param_bytes = sum(v.numel() * 4 for v in start.values())
+        status, output = _run_child(
+            job, torch.from_numpy(cohort.stacked(list(plan.inputs))),
+            torch.from_numpy(cohort.labels), timeout, site,
+            max_output=2 * param_bytes + (1 << 20))
+        params = release_filter(output, start)
         history = gov.released_history(plan.plan_hash) + [noise.as_history_entry()]
         eps = privacy.epsilon_spent(history, plan.dp.delta, plan.dp.accountant)
         digest = weights_digest(params)
@@ -218,5 +270,4 @@ def _execute(site_dir: Path, plan_json: str, data: Any, weights: Any) -> dict:
     finally:
         if not released:
             gov.finish_run(run.id, released=False, actor=ACTOR, category=category)
-        shutil.rmtree(run_dir, ignore_errors=True)
 

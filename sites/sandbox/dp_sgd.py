@@ -1,4 +1,4 @@
-"""DP-SGD as the site runtime does it; researcher code only supplies the network.
+"""DP-SGD as the site runtime does it, over the plan's validated training graph.
 
 One step, for a batch drawn by Poisson sampling (each of the N samples kept
 independently with probability q):
@@ -13,10 +13,10 @@ independently with probability q):
                                                  own copy of θ
 
 The released parameters are the runtime's copy θ, changed only by that update.
-The model's own parameters and buffers are swapped out for fresh copies at
-every step (`torch.func.functional_call`), and its Python attributes are
-restored after each step, so nothing written during forward reaches θ or
-survives into the next step. This module must never print or log tensors.
+`f_θ` is a pure function `forward(params, x)`: at a site, the compiled training
+graph (`sites.graph.execute`), which holds no state and runs no researcher Python,
+so nothing written during forward can reach θ. This module must never print or
+log tensors.
 """
 
 from __future__ import annotations
@@ -26,8 +26,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-from torch.func import functional_call, grad, vmap
+from torch.func import grad, vmap
+
+#: f(params, x) for one sample with a batch dimension of 1
+Forward = Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor]
 
 LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "bce_with_logits": lambda out, y: F.binary_cross_entropy_with_logits(
@@ -69,42 +71,21 @@ def micro_batch_size(sample_numel: int, device: torch.device) -> int:
     return min(MICRO_BATCH_MAX, 1 << (fit.bit_length() - 1))
 
 
-class _ModuleState:
-    """Snapshot of every submodule's attribute dicts, restored after each step."""
-
-    _DICTS = ("_parameters", "_buffers", "_modules")
-
-    def __init__(self, model: nn.Module) -> None:
-        self._saved = [(m, self._copy(m.__dict__)) for m in model.modules()]
-
-    @classmethod
-    def _copy(cls, d: dict) -> dict:
-        return {k: (dict(v) if k in cls._DICTS else v) for k, v in d.items()}
-
-    def restore(self) -> None:
-        for module, saved in self._saved:
-            module.__dict__.clear()
-            module.__dict__.update(self._copy(saved))
-
-
 def per_sample_gradients(
-    model: nn.Module,
+    forward: Forward,
     params: dict[str, torch.Tensor],
-    buffers: dict[str, torch.Tensor],
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     x: torch.Tensor,
     y: torch.Tensor,
 ) -> dict[str, torch.Tensor]:
-    """{name: (B, *shape)}: each sample's gradient, computed in isolation."""
+    """{name: (B, *shape)}: each sample's gradient, computed in isolation (vmap over
+    single samples, each given a batch dimension of 1)."""
 
-    def loss_one(p: dict, b: dict, xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
-        out = functional_call(model, (p, b), (xi.unsqueeze(0),))
-        return loss_fn(out, yi.unsqueeze(0))
+    def loss_one(p: dict, xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
+        return loss_fn(forward(p, xi.unsqueeze(0)), yi.unsqueeze(0))
 
     fresh = {k: v.detach().clone() for k, v in params.items()}
-    fresh_buffers = {k: v.detach().clone() for k, v in buffers.items()}
-    return vmap(grad(loss_one), in_dims=(None, None, 0, 0), randomness="different")(
-        fresh, fresh_buffers, x, y)
+    return vmap(grad(loss_one), in_dims=(None, 0, 0), randomness="different")(fresh, x, y)
 
 
 def clip_and_sum(grads: dict[str, torch.Tensor], max_norm: float) -> dict[str, torch.Tensor]:
@@ -122,7 +103,7 @@ def add_noise(summed: dict[str, torch.Tensor], std: float,
 
 
 def train(
-    model: nn.Module,
+    forward: Forward,
     start: dict[str, torch.Tensor],
     x: torch.Tensor,
     y: torch.Tensor,
@@ -135,12 +116,8 @@ def train(
     if cfg.loss not in LOSSES:
         raise ValueError(f"unknown loss {cfg.loss!r}")
     loss_fn = LOSSES[cfg.loss]
-    model = model.to(device)
-    model.eval()  # no train-mode batch statistics; dropout still samples per example
-    buffers = {k: v.detach().to(device) for k, v in model.named_buffers()}
     theta = {k: v.detach().to(device=device, dtype=torch.float32).clone()
              for k, v in start.items()}
-    state = _ModuleState(model)
     leaves = [theta[k] for k in theta]
     if cfg.optimizer == "adam":
         opt: torch.optim.Optimizer = torch.optim.Adam(leaves, lr=cfg.learning_rate)
@@ -159,10 +136,7 @@ def train(
         for start_i in range(0, len(idx), micro):
             chunk = idx[start_i:start_i + micro]
             xb, yb = x[chunk].to(device), y[chunk].to(device)
-            try:
-                g = per_sample_gradients(model, theta, buffers, loss_fn, xb, yb)
-            finally:
-                state.restore()
+            g = per_sample_gradients(forward, theta, loss_fn, xb, yb)
             for k, v in clip_and_sum(g, cfg.max_grad_norm).items():
                 total[k] += v
         noisy = add_noise(total, noise_std, noise_gen)

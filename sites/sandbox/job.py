@@ -1,11 +1,12 @@
-"""The files of one run folder, defined once: what the runtime hands the training child
-and what the child hands back.
+"""The four in-memory files of one run, defined once: what the runtime hands the training
+child and what the child hands back.
 
-A run folder holds `job.pt` (the `Job`: plan, start weights, DP parameters, device,
-seed), `private.pt` (the private tensors, removed by the child once loaded),
-`output.pt` (parameters only) and `status.json` (a `RunStatus`: ok, or one failure
-category from `CATEGORIES`). Everything is loaded with `torch.load(weights_only=True)`
-or as JSON, never unpickled.
+A run is four memory files (`os.memfd_create`, never on disk) passed to the child as
+file descriptors over its control socket: the `Job` (plan, validated training graph,
+start weights, DP parameters, device, seed), the private tensors, the output
+(parameters only) and the `RunStatus` (ok, or one failure category from
+`CATEGORIES`). Everything is loaded with `torch.load(weights_only=True)` or as JSON,
+never unpickled.
 
 Must never put a traceback, a value of the private data or anything the child printed
 into `status.json`: its category is all that reaches the researcher.
@@ -14,20 +15,23 @@ into `status.json`: its category is all that reaches the researcher.
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from typing import Literal
+import os
+from typing import BinaryIO, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from policies.contract.wire import FailureCode
 
-JOB_FILE, PRIVATE_FILE, OUTPUT_FILE, STATUS_FILE = ("job.pt", "private.pt", "output.pt",
-                                                    "status.json")
+#: the order of the run's file descriptors on the control socket
+RUN_FILES = ("job", "private", "output", "status")
+#: largest status the runtime reads back
+MAX_STATUS = 4096
 
 #: The only error strings a researcher can ever receive from a run, with their code.
 CATEGORIES: dict[str, tuple[str, FailureCode]] = {
     "model_load": ("model code failed to load", FailureCode.MODEL),
+    "graph": ("the model's training graph was refused", FailureCode.MODEL),
     "batchnorm": ("model uses BatchNorm, which mixes samples within a batch; use GroupNorm",
                   FailureCode.MODEL),
     "weights_mismatch": ("weights do not match the model", FailureCode.MODEL),
@@ -36,10 +40,12 @@ CATEGORIES: dict[str, tuple[str, FailureCode]] = {
     "oom": ("out of memory", FailureCode.OUT_OF_MEMORY),
     "timeout": ("timed out", FailureCode.TIMEOUT),
     "release": ("release filter rejected the result", FailureCode.RELEASE),
+    "sandbox": ("this site cannot seal the sandbox researcher code runs in; its operator "
+                "has been told", FailureCode.INTERNAL),
     "internal": ("internal error", FailureCode.INTERNAL),
 }
-Category = Literal["model_load", "batchnorm", "weights_mismatch", "too_large", "forward",
-                   "oom", "timeout", "release", "internal"]
+Category = Literal["model_load", "graph", "batchnorm", "weights_mismatch", "too_large", "forward",
+                   "oom", "timeout", "release", "sandbox", "internal"]
 
 
 class Job(BaseModel):
@@ -48,6 +54,8 @@ class Job(BaseModel):
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
     plan_json: str
+    graph_json: str
+    graph_digest: str
     weights: dict[str, torch.Tensor]
     sample_rate: float = Field(gt=0, le=1)
     noise_multiplier: float = Field(ge=0)
@@ -57,23 +65,25 @@ class Job(BaseModel):
     max_parameters: int = Field(ge=1)
     seed: int
 
-    def save(self, run_dir: Path) -> None:
-        torch.save(self.model_dump(), run_dir / JOB_FILE)
+    def save(self, f: BinaryIO) -> None:
+        torch.save(self.model_dump(), f)
 
     @classmethod
-    def load(cls, run_dir: Path) -> Job:
-        return cls.model_validate(torch.load(run_dir / JOB_FILE, weights_only=True))
+    def load(cls, f: BinaryIO) -> Job:
+        return cls.model_validate(torch.load(f, weights_only=True))
 
 
-def save_private(run_dir: Path, x: torch.Tensor, y: torch.Tensor) -> None:
-    torch.save({"x": x, "y": y}, run_dir / PRIVATE_FILE)
+def memory_file(name: str) -> BinaryIO:
+    """An anonymous in-memory file (never on disk); its descriptor is what a child gets."""
+    return os.fdopen(os.memfd_create(f"medsyft-{name}", os.MFD_CLOEXEC), "w+b")
 
 
-def take_private(run_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """The private tensors; their file is removed as soon as they are loaded."""
-    path = run_dir / PRIVATE_FILE
-    private = torch.load(path, weights_only=True)
-    path.unlink()
+def save_private(f: BinaryIO, x: torch.Tensor, y: torch.Tensor) -> None:
+    torch.save({"x": x, "y": y}, f)
+
+
+def load_private(f: BinaryIO) -> tuple[torch.Tensor, torch.Tensor]:
+    private = torch.load(f, weights_only=True)
     return private["x"], private["y"]
 
 
@@ -87,22 +97,32 @@ class RunStatus(BaseModel):
     device: Literal["", "cpu", "cuda"] = ""
     train_seconds: float | None = None
 
-    def save(self, run_dir: Path) -> None:
-        (run_dir / STATUS_FILE).write_text(self.model_dump_json())
+    def save(self, f: BinaryIO) -> None:
+        f.seek(0)
+        f.truncate()
+        f.write(self.model_dump_json().encode())
+        f.flush()
 
     @classmethod
-    def load(cls, run_dir: Path) -> RunStatus:
-        """The child's status; a missing or malformed file is an internal failure."""
+    def load(cls, f: BinaryIO) -> RunStatus:
+        """The child's status; a missing or malformed one is an internal failure."""
         try:
-            return cls.model_validate(json.loads((run_dir / STATUS_FILE).read_text()))
+            f.seek(0)
+            return cls.model_validate(json.loads(f.read(MAX_STATUS)))
         except (OSError, ValueError, ValidationError):
             return cls(ok=False, category="internal")
 
 
-def save_output(run_dir: Path, params: dict[str, torch.Tensor]) -> None:
-    torch.save({"params": params}, run_dir / OUTPUT_FILE)
+def save_output(f: BinaryIO, params: dict[str, torch.Tensor]) -> None:
+    torch.save({"params": params}, f)
+    f.flush()
 
 
-def load_output(run_dir: Path) -> object:
-    """What the child wrote as its output (untrusted until the release filter passes it)."""
-    return torch.load(run_dir / OUTPUT_FILE, weights_only=True)
+def load_output(f: BinaryIO, max_bytes: int) -> object:
+    """What the child wrote as its output (untrusted until the release filter passes it);
+    nothing is read from an output larger than `max_bytes`."""
+    f.seek(0, os.SEEK_END)
+    if f.tell() > max_bytes:
+        raise ValueError("the training output is larger than its parameters can be")
+    f.seek(0)
+    return torch.load(f, weights_only=True)

@@ -1,35 +1,46 @@
-"""Entry point of the training child process: `python -m sites.sandbox.train_child RUN_DIR|--wait`.
+"""Entry point of the training child: `python -m sites.sandbox.train_child`.
 
-Started by the runtime with a clean environment (no secrets), stdout and stderr
-going to the site's own log; with `--wait` it is started ahead of its run and
-reads the run folder from stdin (see `sites.sandbox.launcher`), then cwd = RUN_DIR.
-Reads `job.pt` and `private.pt`, builds the researcher's model, runs the
-site's DP-SGD and writes `output.pt` (parameters only) and `status.json` (ok,
-or one short error category). Tracebacks go to the site log for the data
-owner, never into `status.json`.
+Started ahead of its run by `sites.sandbox.launcher` (one process per run, never two
+runs in one). It confines itself before importing torch (`confine.enter`), imports
+torch and the graph evaluator, warms up torch.func on a made-up graph, seals itself
+(`confine.seal`), and only then waits on its control socket (stdin) for the run: four
+memory-file descriptors (`sites.sandbox.job.RUN_FILES`). It validates the run's
+training graph again (`sites.graph.check`), compiles it, loads the start weights and
+the private tensors, runs the site's DP-SGD over the graph and writes the output
+(parameters only) and the status (ok, or one short error category).
+
+No researcher Python is imported or executed here: the model is the validated graph.
+Tracebacks go to the site log for the data owner, never into the status.
 """
 
 from __future__ import annotations
 
-import os
 import sys
-import time
-import traceback
-from pathlib import Path
 
-import torch
+from sites.sandbox import confine
 
-from policies.contract.errors import Refused
-from policies.contract.model_code import build_model, trainable_parameters
-from policies.contract.plan import TrainingPlan
-from sites.sandbox import dp_sgd
-from sites.sandbox.job import Job, RunStatus, save_output, take_private
+if __name__ == "__main__":
+    confine.enter()
+    # torch creates its compile cache folder on import; "/" exists and cannot be written:
+    # nothing is cached, nothing is written
+    import os
 
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = "/"
 
-def _status(run_dir: Path, ok: bool, category: str | None = None, device: str = "",
-            train_seconds: float | None = None) -> None:
-    RunStatus(ok=ok, category=category, device=device, train_seconds=train_seconds
-              ).save(run_dir)
+import os  # noqa: E402
+import time  # noqa: E402
+import traceback  # noqa: E402
+from typing import BinaryIO  # noqa: E402
+
+import torch  # noqa: E402
+
+from policies.contract.errors import Refused  # noqa: E402
+from policies.contract.plan import TrainingPlan  # noqa: E402
+from sites.graph import check  # noqa: E402
+from sites.graph.execute import compile_graph  # noqa: E402
+from sites.graph.schema import Graph, Node, ParamSpec, Ref  # noqa: E402
+from sites.sandbox import channel, dp_sgd  # noqa: E402
+from sites.sandbox.job import RUN_FILES, Job, RunStatus, load_private, save_output  # noqa: E402
 
 
 def _device(choice: str) -> torch.device:
@@ -41,41 +52,30 @@ def _device(choice: str) -> torch.device:
     return torch.device("cpu")
 
 
-def run(run_dir: Path) -> int:
-    # The model is built before the private tensors are read, and their file is
-    # removed as soon as it is loaded.
-    job = Job.load(run_dir)
+def run(job_f: BinaryIO, private_f: BinaryIO, out_f: BinaryIO, status_f: BinaryIO) -> None:
+    """One run: everything it reads and writes is one of the four memory files."""
+
+    def status(ok: bool, category: str | None = None, **extra: object) -> None:
+        RunStatus(ok=ok, category=category, **extra).save(status_f)
+
+    job = Job.load(job_f)
     plan = TrainingPlan.model_validate_json(job.plan_json)
-    try:
-        torch.manual_seed(job.seed)
-        model = build_model(plan.model)
+    try:  # the runtime validated it; validated again where it runs
+        graph, facts = check.validate(job.graph_json, loss=plan.loss,
+                                      max_parameters=job.max_parameters)
     except Refused as exc:
-        print(f"model refused: {exc}", file=sys.stderr)
-        _status(run_dir, False, "batchnorm" if "BatchNorm" in str(exc) else "model_load")
-        return 0
-    except Exception:
-        traceback.print_exc()
-        _status(run_dir, False, "model_load")
-        return 0
-    try:  # what the site trains, never the model's own (overridable) parameters()
-        trained = trainable_parameters(model)
-    except Refused as exc:
-        print(f"model refused: {exc}", file=sys.stderr)
-        _status(run_dir, False, "model_load")
-        return 0
-    n_params = sum(int(p.numel()) for p in trained.values())
-    if n_params > job.max_parameters:
-        print(f"model has {n_params} parameters, policy allows {job.max_parameters}",
-              file=sys.stderr)
-        _status(run_dir, False, "too_large")
-        return 0
-    expected = {k: tuple(v.shape) for k, v in trained.items()}
+        print(f"graph refused: {exc}", file=sys.stderr)
+        return status(False, "graph")
+    if facts.digest != job.graph_digest:
+        print("graph digest differs from the job's", file=sys.stderr)
+        return status(False, "internal")
+    expected = {p.name: tuple(p.shape) for p in graph.params}
     got = {k: tuple(v.shape) for k, v in job.weights.items()}
     if expected != got:
-        print(f"weights mismatch: model has {len(expected)} tensors, weights {len(got)}",
+        print(f"weights mismatch: graph has {len(expected)} tensors, weights {len(got)}",
               file=sys.stderr)
-        _status(run_dir, False, "weights_mismatch")
-        return 0
+        return status(False, "weights_mismatch")
+    forward = compile_graph(graph)
     cfg = dp_sgd.DPConfig(
         sample_rate=job.sample_rate, noise_multiplier=job.noise_multiplier,
         max_grad_norm=plan.dp.max_grad_norm, steps=job.steps, loss=plan.loss,
@@ -83,69 +83,68 @@ def run(run_dir: Path) -> int:
     device = _device(job.device)
     if job.threads > 0:
         torch.set_num_threads(job.threads)
-    x, y = take_private(run_dir)
+    torch.manual_seed(job.seed)  # dropout draws from the site's seed
+    x, y = load_private(private_f)
+    private_f.close()
     t0 = time.perf_counter()
     try:
-        params = dp_sgd.train(model, job.weights, x, y, cfg, device, seed=job.seed)
-    except torch.cuda.OutOfMemoryError:
+        params = dp_sgd.train(forward, job.weights, x, y, cfg, device, seed=job.seed)
+    except (torch.cuda.OutOfMemoryError, MemoryError):
         traceback.print_exc()
-        _status(run_dir, False, "oom")
-        return 0
-    except MemoryError:
-        traceback.print_exc()
-        _status(run_dir, False, "oom")
-        return 0
+        return status(False, "oom")
     except Exception:
         traceback.print_exc()
-        _status(run_dir, False, "forward")
-        return 0
+        return status(False, "forward")
     train_seconds = time.perf_counter() - t0
-    save_output(run_dir, params)
-    _status(run_dir, True, device=device.type, train_seconds=round(train_seconds, 3))
-    return 0
+    save_output(out_f, params)
+    status(True, device=device.type, train_seconds=round(train_seconds, 3))
+
+
+def warm_up_graph() -> Graph:
+    """A made-up two-parameter graph (linear on two inputs)."""
+    return Graph(input_shape=[1, 2], params=[ParamSpec(name="w", shape=[1, 2]),
+                                             ParamSpec(name="b", shape=[1])],
+                 nodes=[Node(name="out", op="aten.linear.default",
+                             args=[Ref(t="input"), Ref(t="param:w"), Ref(t="param:b")])],
+                 output=Ref(t="out"))
 
 
 def _warm_up() -> None:
-    """One DP-SGD step on a 3-weight model and made-up numbers: torch.func imports most of
-    torch._dynamo on first use (about 2 s on 2 cores); better before the run than in it."""
-    model = torch.nn.Linear(2, 1)
-    params = {k: v.detach() for k, v in model.named_parameters()}
-    grads = dp_sgd.per_sample_gradients(model, params, {}, dp_sgd.LOSSES["bce_with_logits"],
+    """One DP-SGD step over a made-up graph: torch.func imports most of torch._dynamo on
+    first use (about 2 s on 2 cores); better before the run, and before the seal."""
+    graph, _ = check.validate(warm_up_graph().canonical_json(), loss="bce_with_logits",
+                              max_parameters=10)
+    forward = compile_graph(graph)
+    params = {"w": torch.zeros(1, 2), "b": torch.zeros(1)}
+    grads = dp_sgd.per_sample_gradients(forward, params, dp_sgd.LOSSES["bce_with_logits"],
                                         torch.zeros(2, 2), torch.zeros(2))
     dp_sgd.add_noise(dp_sgd.clip_and_sum(grads, 1.0), 1.0, None)
 
 
-def _wait_for_job() -> Path:
-    """`--wait`: the process was started ahead of its run; the run folder comes on stdin.
-
-    Everything is imported and warmed up by now; stdin is then closed for good, and HOME
-    and cwd move into the run folder before any researcher code is built."""
-    _warm_up()
-    line = sys.stdin.readline().strip()
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(devnull, 0)
-    os.close(devnull)
-    if not line:  # the server went away without a job: nothing to do
-        raise SystemExit(0)
-    run_dir = Path(line).resolve()
-    os.chdir(run_dir)
-    os.environ["HOME"] = str(run_dir)
-    return run_dir
-
-
 def main() -> int:
-    run_dir = _wait_for_job() if sys.argv[1:] == ["--wait"] else Path(sys.argv[1]).resolve()
-    print(f"training child {os.getpid()} takes run {run_dir.name}", file=sys.stderr)
+    _warm_up()
+    sealed = confine.seal()
+    print(f"training child {os.getpid()} sealed: {sealed.model_dump_json()}", file=sys.stderr)
     try:
-        return run(run_dir)
+        _, fds = channel.receive(channel.stdin_socket(), max_fds=len(RUN_FILES))
+    except EOFError:  # the server went away without a run: nothing to do
+        return 0
+    if len(fds) != len(RUN_FILES):
+        print(f"run came with {len(fds)} files, expected {len(RUN_FILES)}", file=sys.stderr)
+        return 1
+    files = [os.fdopen(fd, "r+b") for fd in fds]
+    print(f"training child {os.getpid()} takes a run", file=sys.stderr)
+    try:
+        run(*files)
     except Exception:
         traceback.print_exc()
-        _status(run_dir, False, "internal")
+        RunStatus(ok=False, category="internal").save(files[3])
         return 1
+    return 0
 
 
 if __name__ == "__main__":
     code = main()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(code)  # output.pt and status.json are closed; skip torch's slow teardown
+    os._exit(code)  # the output and status are flushed; skip torch's slow teardown

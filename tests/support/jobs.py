@@ -1,4 +1,4 @@
-"""Run folders as the runtime prepares them for the training child, and running one."""
+"""Jobs as the runtime prepares them for the sealed training process, and running one."""
 
 from __future__ import annotations
 
@@ -6,8 +6,11 @@ import numpy as np
 import torch
 
 from policies.contract.model_code import build_model
-from sites.sandbox import launcher
-from sites.sandbox.job import Job, RunStatus, save_private
+from sites.graph import check
+from sites.operator.site import Site
+from sites.runtime import rounds
+from sites.sandbox.job import RUN_FILES, Job, RunStatus, load_output, memory_file, save_private
+from tests.support.graphs import graph_of
 
 RESEARCHER = "ada@lovelace-institute.org"
 
@@ -17,21 +20,37 @@ def weights_for(plan) -> dict[str, np.ndarray]:
     return {k: v.detach().numpy() for k, v in build_model(plan.model).named_parameters()}
 
 
-def write_job(run_dir, plan, cohort, steps: int = 1, weights=None,
-              max_parameters: int = 10**6) -> None:
-    """A run folder as the runtime prepares it for the training child."""
-    run_dir.mkdir(parents=True)
+def make_job(plan, cohort, steps: int = 1, weights=None, graph_json: str | None = None,
+             digest: str | None = None, max_parameters: int = 10**6) -> Job:
+    """The job of one round of `plan` on `cohort` (its graph traced here: test models are
+    trusted), with whatever a test wants to tamper with."""
+    if graph_json is None:
+        graph, _ = graph_of(build_model(plan.model), [1, 2, *cohort.volume_shape],
+                            loss=plan.loss)
+        graph_json = graph.canonical_json()
+    if digest is None:
+        digest = check.parse(graph_json).digest()
     weights = weights_for(plan) if weights is None else weights
-    Job(plan_json=plan.canonical_json(),
-        weights={k: torch.from_numpy(v) for k, v in weights.items()}, sample_rate=0.5,
-        noise_multiplier=1.0, steps=steps, device="cpu", threads=1, seed=1,
-        max_parameters=max_parameters).save(run_dir)
-    save_private(run_dir, torch.from_numpy(cohort.stacked(["mri", "pet"])),
+    return Job(plan_json=plan.canonical_json(), graph_json=graph_json, graph_digest=digest,
+               weights={k: torch.from_numpy(v) for k, v in weights.items()},
+               sample_rate=0.5, noise_multiplier=1.0, steps=steps, device="cpu", threads=1,
+               seed=1, max_parameters=max_parameters)
+
+
+def run_job(site_dir, job: Job, cohort) -> tuple[RunStatus, object | None]:
+    """The job in a sealed training process, as the runtime starts it; its status and, when
+    it has one, its output."""
+    files = {name: memory_file(name) for name in RUN_FILES}
+    job.save(files["job"])
+    save_private(files["private"], torch.from_numpy(cohort.stacked(["mri", "pet"])),
                  torch.from_numpy(cohort.labels))
-
-
-def run_child(site_dir, run_dir) -> RunStatus:
-    """The run folder's job in a training child, as the runtime starts it."""
-    launcher.for_site(site_dir / "runs", site_dir / "logs" / "training.log", 1,
-                      warm=False).run(run_dir, 120)
-    return RunStatus.load(run_dir)
+    for f in files.values():
+        f.flush()
+        f.seek(0)
+    rounds.training_processes(Site.open(site_dir)).run(
+        b"run", [f.fileno() for f in files.values()], 120)
+    status = RunStatus.load(files["status"])
+    output = load_output(files["output"], 1 << 30) if status.ok else None
+    for f in files.values():
+        f.close()
+    return status, output

@@ -5,7 +5,6 @@ tests/security/test_request_surface.py.)"""
 from __future__ import annotations
 
 import ast
-from pathlib import Path
 
 import pytest
 import torch
@@ -142,47 +141,56 @@ def test_the_steward_takes_one_request_per_researcher_least_recently_served_firs
     assert [r.id for r in fair_turn(flood + [ada], served={})] == ["m1.0", "a"]
 
 
-# -- counting parameters in a child ------------------------------------------------------------
-def test_the_inspecting_child_counts_what_the_site_trains():
-    from sites.sandbox.model_inspect import count_parameters
+# -- measuring a model in the sealed tracer -----------------------------------------------------
+SETTINGS = dict(memory_mib=4096, cpu_seconds=60, threads=1)
+
+
+def test_the_sealed_tracer_measures_what_the_site_trains():
+    from sites.graph import check
+    from sites.sandbox import launcher, tracing
 
     spec = make_plan(name="count").model
+    graph_json = tracing.trace_model(spec.model_dump_json(), [1, 2, 8, 8, 8], 60.0,
+                                     launcher.SandboxSettings(**SETTINGS))
+    _, facts = check.validate(graph_json, loss="bce_with_logits", max_parameters=10**6)
     expected = sum(p.numel() for p in trainable_parameters(build_model(spec)).values())
-    assert count_parameters(spec.model_dump_json(), 60.0) == expected
+    assert facts.parameters == expected
 
 
 def test_a_model_that_never_finishes_building_times_out():
-    from sites.sandbox.model_inspect import InspectError, SiteBusy, count_parameters
+    from sites.sandbox import launcher, tracing
 
     source = small_model_source().replace("super().__init__()",
                                           "super().__init__()\n        while True:\n"
                                           "            pass")
     spec = make_plan(name="spin", source=source).model
-    with pytest.raises(InspectError, match="timed out") as exc:
-        count_parameters(spec.model_dump_json(), 2.0)
-    assert not isinstance(exc.value, SiteBusy)
+    with pytest.raises(tracing.TraceError, match="timed out") as exc:
+        tracing.trace_model(spec.model_dump_json(), [1, 2, 8, 8, 8], 2.0,
+                            launcher.SandboxSettings(**SETTINGS))
+    assert not isinstance(exc.value, tracing.SiteBusy)
 
 
-def test_a_site_too_busy_to_start_the_child_is_not_held_against_the_model(tmp_path,
-                                                                          monkeypatch):
-    """The timeout runs from the child's `ready`: under load (two test workers, each with
+def test_a_site_too_busy_to_start_the_tracer_is_not_held_against_the_model(site_dir,
+                                                                           monkeypatch):
+    """The timeout runs from the tracer's `ready`: under load (two test workers, each with
     sites and training processes) starting torch alone took longer than review_timeout_s,
-    and the cached timeout then failed the model for good. A child that does not start in
+    and the cached timeout then failed the model for good. A tracer that does not start in
     time is `SiteBusy`, never cached."""
-    from policies.schema import load_policy
     from sites.governance.store import Governance
+    from sites.operator.site import Site
     from sites.review import console
-    from sites.sandbox import model_inspect
+    from sites.sandbox import tracing
 
-    gov = Governance(tmp_path)
-    policy, _ = load_policy(Path(__file__).resolve().parents[3] / "policies" /
-                            "riverside.yaml")
+    site = Site.open(site_dir)
+    gov = Governance(site_dir)
+    gov.register_dataset("brain-mri-pet", "c" * 32, 40, "test", actor="test",
+                         volume_shape=(8, 8, 8))
+    policy, _ = site.policy()
     plan = make_plan(name="busy")
-    model_inspect.count_parameters.cache_clear()
-    monkeypatch.setattr(model_inspect, "STARTUP_TIMEOUT_S", 0.01)
-    n, error = console.measured_parameters(gov, policy, plan, 20)
-    assert n is None and "did not start in time" in error
-    monkeypatch.setattr(model_inspect, "STARTUP_TIMEOUT_S", 180.0)
-    n, error = console.measured_parameters(gov, policy, plan, 20)  # again, not cached
-    assert error is None and n == sum(p.numel() for p in
-                                      trainable_parameters(build_model(plan.model)).values())
+    monkeypatch.setattr(tracing, "STARTUP_GRACE_S", 0.01)
+    facts, error = console.measured_graph(gov, site.config, policy, plan)
+    assert facts is None and "did not start in time" in error
+    monkeypatch.setattr(tracing, "STARTUP_GRACE_S", 120.0)
+    facts, error = console.measured_graph(gov, site.config, policy, plan)  # not cached
+    assert error is None and facts.parameters == sum(
+        p.numel() for p in trainable_parameters(build_model(plan.model)).values())

@@ -8,12 +8,14 @@ import torch
 
 from datasets.synthetic import generate_cohort, generate_mock
 from policies.contract.errors import Refused
+from policies.contract.model_code import build_model
 from policies.contract.wire import FailureCode
 from sites import runtime
 from sites.governance.registry import Registry
 from sites.governance.store import Governance
+from sites.graph.export import trace
 from sites.runtime.release import release_filter
-from tests.support.jobs import RESEARCHER, run_child, weights_for, write_job
+from tests.support.jobs import RESEARCHER, make_job, run_job, weights_for
 from tests.support.plans import make_plan
 
 SHAPE = (8, 8, 8)
@@ -101,29 +103,46 @@ class Broken(nn.Module):
 '''
 
 
-def test_model_errors_reach_the_researcher_only_as_a_category(site):
+def test_a_model_that_fails_fails_in_the_tracer_on_zeros_before_any_run(site):
+    """The model's own words come back (the tracer held nothing private); no run starts."""
     site_dir, gov, cohort = site
     plan = make_plan(researcher=RESEARCHER, source=BROKEN, class_name="Broken")
     approve(gov, plan)
     out = runtime.execute_round(plan.canonical_json(), cohort.to_asset(), weights_for(plan))
-    assert out == {"medsyft": 1, "ok": False, "code": "model", "mock": False,
-                   "error": "model forward raised"}
-    assert "cannot be multiplied" in (site_dir / "logs" / "training.log").read_text()
-    assert [r.status for r in gov.runs(plan.plan_hash)] == ["failed"]  # not counted as a round
+    assert out["ok"] is False and out["code"] == "model"
+    assert "cannot be traced" in out["error"] and "same reduction dim" in out["error"]
+    assert gov.runs(plan.plan_hash) == []  # nothing ran, nothing is spent
 
 
-def test_training_child_keeps_prints_and_tracebacks_in_the_site_log(site, tmp_path):
-    """Even code that escaped review: what it prints or raises never reaches the result."""
+def test_the_sealed_training_process_trains_the_graph_and_writes_only_parameters(site):
     site_dir, gov, cohort = site
-    plan = make_plan(researcher=RESEARCHER, source=LEAKY, class_name="Leaky")
-    run_dir = tmp_path / "run"
-    write_job(run_dir, plan, cohort)
-    status = run_child(site_dir, run_dir)
-    assert not status.ok and status.category == "forward"
-    text = (site_dir / "logs" / "training.log").read_text()
-    assert "PRIVATE-RAISE" in text and "PRIVATE-PRINT" in text  # the data owner keeps them
-    assert not (run_dir / "private.pt").exists()  # removed once loaded
-    assert "PRIVATE" not in (run_dir / "status.json").read_text()
+    plan = make_plan(researcher=RESEARCHER)
+    status, output = run_job(site_dir, make_job(plan, cohort), cohort)
+    assert status.ok and status.device == "cpu" and status.train_seconds > 0
+    assert set(output) == {"params"} and set(output["params"]) == set(weights_for(plan))
+    log = (site_dir / "logs" / "training.log").read_text()
+    assert '"seccomp":true' in log and '"root_dropped":true' in log
+
+
+def test_the_training_process_validates_the_graph_again(site):
+    """A graph that reached the job without the runtime's check (defence in depth)."""
+    site_dir, gov, cohort = site
+    plan = make_plan(researcher=RESEARCHER)
+    good = make_job(plan, cohort)
+    tampered = good.graph_json.replace("aten.relu.default", "aten.relu_.default")
+    status, _ = run_job(site_dir, make_job(plan, cohort, graph_json=tampered), cohort)
+    assert not status.ok and status.category == "graph"
+    status, _ = run_job(site_dir, make_job(plan, cohort, digest="0" * 64), cohort)
+    assert not status.ok and status.category == "internal"  # not the graph it was told
+
+
+def test_the_training_process_refuses_weights_that_do_not_fit_the_graph(site):
+    site_dir, gov, cohort = site
+    plan = make_plan(researcher=RESEARCHER)
+    weights = weights_for(plan)
+    weights["head.weight"] = np.zeros((2, 4), dtype=np.float32)
+    status, _ = run_job(site_dir, make_job(plan, cohort, weights=weights), cohort)
+    assert not status.ok and status.category == "weights_mismatch"
 
 
 LIAR = '''
@@ -149,21 +168,17 @@ class Liar(nn.Module):
 '''
 
 
-@pytest.mark.parametrize("width,category", [(1300, "too_large"), (8, "weights_mismatch")])
-def test_training_child_counts_what_it_trains_not_what_the_model_reports(site, tmp_path, width,
-                                                                         category):
-    """As if review had been fooled: a model whose parameters() and named_parameters() say
-    it is small is still counted by what the site trains (1.69 M here, cap 1 M), and
-    weights for only the layers it admits to do not fit."""
+def test_a_model_that_lies_about_its_parameters_is_refused_before_any_run(site):
+    """parameters() and named_parameters() overridden to say it is small: the trace does not
+    take the model's word, and nothing trains."""
     site_dir, gov, cohort = site
     plan = make_plan(researcher=RESEARCHER, source=LIAR, class_name="Liar")
-    plan = plan.model_copy(update={"model": plan.model.model_copy(
-        update={"kwargs": {"in_channels": 2, "width": width}})})
-    admitted = {k: v for k, v in weights_for(plan).items() if not k.startswith("wide.")}
-    run_dir = tmp_path / "run"
-    write_job(run_dir, plan, cohort, weights=admitted, max_parameters=10**6)
-    status = run_child(site_dir, run_dir)
-    assert not status.ok and status.category == category
+    approve(gov, plan)
+    out = runtime.execute_round(plan.canonical_json(), cohort.to_asset(), weights_for(plan))
+    assert out["ok"] is False and out["code"] in ("model", "policy"), out
+    assert gov.runs(plan.plan_hash) == []
+    with pytest.raises(Refused, match="cannot be traced"):  # and without the review's help
+        trace(build_model(plan.model), [1, 2, *SHAPE])
 
 
 def test_weights_beyond_the_parameter_cap_are_refused_before_any_child(site):

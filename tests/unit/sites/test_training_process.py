@@ -1,131 +1,84 @@
-"""Training children: one process per run, the next one waiting, nothing inherited."""
+"""The warm training processes: one sealed process per run, the next one started ahead."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
 
-import numpy as np
 import pytest
+import torch
 
 from datasets.synthetic import generate_cohort
-from sites.sandbox import launcher as training_process
-from sites.sandbox.launcher import ChildTimeout, TrainingProcesses
-from tests.support.jobs import RESEARCHER, write_job
+from sites.sandbox.job import RUN_FILES, RunStatus, memory_file, save_private
+from sites.sandbox.launcher import ChildTimeout, SandboxSettings, TrainingProcesses
+from tests.support.jobs import RESEARCHER, make_job
 from tests.support.plans import make_plan
 
 SHAPE = (8, 8, 8)
 
-HANGS = '''
-class Hangs(nn.Module):
-    def __init__(self, in_channels=2):
-        super().__init__()
-        self.head = nn.Linear(in_channels, 1)
-        while True:
-            pass
-
-    def forward(self, x):
-        return self.head(x.mean(dim=(2, 3, 4)))
-'''
-
 
 @pytest.fixture()
 def procs(tmp_path):
-    p = TrainingProcesses(tmp_path / "runs", tmp_path / "logs" / "training.log", threads=1)
+    p = TrainingProcesses(tmp_path / "runs", tmp_path / "logs" / "training.log",
+                          SandboxSettings(threads=1, file_mib=64))
     yield p
     p.close()
 
 
-def _takers(log_text: str) -> dict[str, int]:
-    return {run: int(pid) for pid, run in
-            re.findall(r"training child (\d+) takes run (\S+)", log_text)}
+def _run(procs, job, cohort, timeout_s: float = 120) -> RunStatus:
+    files = {name: memory_file(name) for name in RUN_FILES}
+    job.save(files["job"])
+    save_private(files["private"], torch.from_numpy(cohort.stacked(["mri", "pet"])),
+                 torch.from_numpy(cohort.labels))
+    for f in files.values():
+        f.flush()
+        f.seek(0)
+    try:
+        procs.run(b"run", [f.fileno() for f in files.values()], timeout_s)
+        return RunStatus.load(files["status"])
+    finally:
+        for f in files.values():
+            f.close()
 
 
 def test_each_run_gets_a_fresh_process_and_the_next_one_waits(procs, tmp_path):
     cohort = generate_cohort(16, seed=3, shape=SHAPE)
-    plan = make_plan(researcher=RESEARCHER)
+    job = make_job(make_plan(researcher=RESEARCHER), cohort)
     procs.prestart()
-    first = procs._spare.pid
-    for name in ("run-1", "run-2"):
-        write_job(tmp_path / "runs" / name, plan, cohort)
-        assert procs.run(tmp_path / "runs" / name, 120) == 0
-        status = json.loads((tmp_path / "runs" / name / "status.json").read_text())
-        assert status["ok"] is True and status["train_seconds"] > 0
-    takers = _takers((tmp_path / "logs" / "training.log").read_text())
-    assert takers["run-1"] == first  # the waiting process took the first run
-    assert takers["run-2"] != takers["run-1"]  # and never a second one
-    for pid in takers.values():
+    first = procs._spare.proc.pid
+    for _ in range(2):
+        status = _run(procs, job, cohort)
+        assert status.ok and status.train_seconds > 0
+    log = (tmp_path / "logs" / "training.log").read_text()
+    takers = [int(pid) for pid in re.findall(r"training child (\d+) takes a run", log)]
+    assert takers[0] == first and takers[1] != first  # never a second run in one process
+    for pid in takers:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)  # each exited after its run
     waiting = procs._spare
-    assert waiting.poll() is None and waiting.pid not in takers.values()
-    procs.close()  # the server going away closes its stdin: it exits without a job
-    assert waiting.wait(timeout=30) == 0
+    assert waiting.proc.poll() is None and waiting.proc.pid not in takers
+    procs.close()  # the server going away: the waiting process exits without a job
+    assert waiting.proc.returncode == 0
 
 
-def test_a_waiting_process_inherits_no_secret(procs, monkeypatch):
-    monkeypatch.setenv("SERVER_PRIVATE_KEY", "fake-signing-key-0123")
-    monkeypatch.setenv("DEFAULT_ROOT_PASSWORD", "fake-admin-password-4567")
-    monkeypatch.setenv("MEDSYFT_ANYTHING", "fake-value-89")
+def test_a_run_past_its_time_limit_is_killed_and_a_new_process_waits(procs):
+    cohort = generate_cohort(64, seed=3, shape=SHAPE)
+    job = make_job(make_plan(researcher=RESEARCHER), cohort, steps=100_000)
     procs.prestart()
-    pid = procs._spare.pid
-    environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
-    names = {e.split(b"=", 1)[0].decode() for e in environ if e}
-    assert names <= set(training_process.KEEP_ENV) | {"HOME", "PYTHONUNBUFFERED"}
-    raw = b"\0".join(environ)
-    for secret in (b"fake-signing-key", b"fake-admin-password", b"fake-value"):
-        assert secret not in raw
-
-
-def test_a_run_past_its_time_limit_is_killed_and_a_new_process_waits(procs, tmp_path):
-    cohort = generate_cohort(8, seed=3, shape=SHAPE)
-    plan = make_plan(researcher=RESEARCHER, source=HANGS, class_name="Hangs")
-    weights = {"head.weight": np.zeros((1, 2), np.float32), "head.bias": np.zeros(1, np.float32)}
-    write_job(tmp_path / "runs" / "run-hang", plan, cohort, weights=weights)
-    procs.prestart()
-    hung = procs._spare.pid  # the waiting process takes the run (it may be killed before it
-    t0 = time.monotonic()    # logs so on a loaded machine: the limit counts from the hand-over)
+    slow = procs._spare.proc.pid
+    t0 = time.monotonic()
     with pytest.raises(ChildTimeout):
-        procs.run(tmp_path / "runs" / "run-hang", 8)
+        _run(procs, job, cohort, timeout_s=3)
     assert time.monotonic() - t0 < 60  # killed, not waited for
     with pytest.raises(ProcessLookupError):
-        os.kill(hung, 0)
-    assert procs._spare is not None and procs._spare.poll() is None
+        os.kill(slow, 0)
+    assert procs._spare is not None and procs._spare.proc.poll() is None
 
 
-def test_a_waiting_process_that_died_is_replaced(procs, tmp_path):
+def test_a_waiting_process_that_died_is_replaced(procs):
     cohort = generate_cohort(16, seed=3, shape=SHAPE)
     procs.prestart()
-    procs._spare.kill()
-    procs._spare.wait()
-    write_job(tmp_path / "runs" / "run-1", make_plan(researcher=RESEARCHER), cohort)
-    assert procs.run(tmp_path / "runs" / "run-1", 120) == 0
-
-
-ENV_PROBE = """
-class EnvProbe(nn.Module):
-    def __init__(self, in_channels=2):
-        super().__init__()
-        env = torch.serialization.os.environ
-        self.secret = nn.Linear(1, 1 + len(env.get("MEDSYFT_PROBE_SECRET", "")), bias=False)
-        self.names = nn.Linear(1, len(env), bias=False)
-
-    def forward(self, x):
-        return x
-"""
-
-
-def test_the_inspecting_child_starts_under_the_same_clean_environment(monkeypatch):
-    """Both kinds of sandbox child share one launch policy: the model's `__init__` (which
-    runs in the inspecting child) sees no secret of the server's and only the kept names."""
-    from policies.contract.plan import ModelSpec
-    from sites.sandbox.model_inspect import count_parameters
-
-    monkeypatch.setenv("MEDSYFT_PROBE_SECRET", "fake-secret-0123456789")
-    spec = ModelSpec(source=ENV_PROBE, class_name="EnvProbe", kwargs={"in_channels": 2})
-    n = count_parameters(spec.model_dump_json(), timeout_s=60)
-    visible = n - 1  # the `secret` layer has one weight unless the variable is visible
-    allowed = set(training_process.KEEP_ENV) | {"HOME", "PYTHONUNBUFFERED"}
-    assert 0 < visible <= len(allowed)
+    procs._spare.proc.kill()
+    procs._spare.proc.wait()
+    assert _run(procs, make_job(make_plan(researcher=RESEARCHER), cohort), cohort).ok

@@ -1,0 +1,89 @@
+"""The validated training graph of a plan at this site: traced once, checked every time.
+
+A plan's model becomes a graph in the sealed tracer (`sites.sandbox.tracing`) on one
+sample of the dataset's shape; the graph is cached in the governance store under a
+key of the model section, that shape, the graph format and torch's version, and is
+validated (`sites.graph.check.validate`) against the policy whenever it is used: by
+the review (parameter count, operators and activation memory in the verdict) and by
+every round (and once more inside the training process).
+
+Must never run researcher code in this process, and never use a graph it has not
+validated in this call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+import torch
+
+from policies.contract.errors import Refused
+from policies.contract.plan import TrainingPlan
+from policies.contract.wire import FailureCode
+from sites.governance.store import Governance
+from sites.graph import check
+from sites.graph.schema import GRAPH_FORMAT, Graph
+from sites.operator.config import SiteConfig
+from sites.sandbox import launcher, tracing
+
+#: the most a training process may write (its output parameters and its status)
+TRAIN_OUTPUT_MIB = 4096
+
+
+@dataclass(frozen=True)
+class PlanGraph:
+    graph_json: str
+    graph: Graph
+    facts: check.GraphFacts
+
+
+def input_shape(plan: TrainingPlan, volume_shape: tuple[int, ...] | list[int]) -> list[int]:
+    """One sample as the graph sees it: batch 1, the plan's modalities, the volume."""
+    return [1, len(plan.inputs), *[int(s) for s in volume_shape]]
+
+
+def trace_key(plan: TrainingPlan, shape: list[int]) -> str:
+    text = json.dumps([plan.model.model_dump(mode="json"), shape, GRAPH_FORMAT,
+                       torch.__version__], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def settings(cfg: SiteConfig, purpose: str, timeout_s: float, gpu: bool = False
+             ) -> launcher.SandboxSettings:
+    """The sandbox a site's child runs in, from site.yaml."""
+    memory = cfg.tracer_memory_mib if purpose == "trace" else cfg.training_memory_mib
+    return launcher.SandboxSettings(
+        relaxed=cfg.sandbox == "relaxed", memory_mib=None if gpu else memory,
+        cpu_seconds=max(10, int(timeout_s * 2)), gpu=gpu,
+        threads=1 if purpose == "trace" else cfg.train_threads,
+        # training writes its output and status into memory files: those count as files
+        file_mib=None if purpose == "trace" else TRAIN_OUTPUT_MIB)
+
+
+def plan_graph(gov: Governance, cfg: SiteConfig, plan: TrainingPlan, shape: list[int],
+               max_parameters: int) -> PlanGraph:
+    """The plan's graph for samples of `shape`, validated against `max_parameters` now.
+
+    Raises `Refused` (code MODEL) with the tracer's or the validator's reason; a tracer
+    that could not start in time raises `tracing.SiteBusy` and caches nothing."""
+    key = trace_key(plan, shape)
+    cached = gov.cached_graph(key)
+    if cached is None:
+        try:
+            graph_json, error = tracing.trace_model(
+                plan.model.model_dump_json(), shape, float(cfg.review_timeout_s),
+                settings(cfg, "trace", cfg.review_timeout_s)), None
+        except tracing.SiteBusy:
+            raise
+        except tracing.TraceError as exc:
+            graph_json, error = None, str(exc)
+        gov.cache_graph(key, graph_json, error)
+    else:
+        graph_json, error = cached
+    if graph_json is None:
+        raise Refused(f"the model cannot be traced: {error}", code=FailureCode.MODEL)
+    graph, facts = check.validate(graph_json, loss=plan.loss, max_parameters=max_parameters,
+                                  input_shape=shape)
+    return PlanGraph(graph_json=graph_json, graph=graph, facts=facts)

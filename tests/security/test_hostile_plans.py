@@ -1,0 +1,236 @@
+"""Hostile plans against a real datasite: researcher code runs only in the sealed tracer.
+
+Every attack here once worked against a live site (issue 14): the model's Python
+reached `os.system` through a rebound `self`, replaced the site's DP-SGD, switched
+the noise off, wrote the private batch to /tmp, left a process behind, opened a
+listening socket, and read the keyring, the databases and the site folder before
+the review had even run. The plans are approved behind the review's back (the
+syntax-tree review is feedback, not the boundary), so each attack really runs.
+"""
+
+# ruff: noqa: E501 - the attack sources are kept as a hostile researcher writes them
+from __future__ import annotations
+
+import json
+import os
+import re
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from policies.contract.plan import ModelSpec
+from researcher.federation import initial_weights
+from sites.common.syft_client import login, quiet
+from sites.governance.store import Governance
+from sites.operator import lifecycle
+from sites.review import console
+from sites.sandbox.confine import UID_BASE
+from tests.support.plans import TEST_POLICY, make_plan
+from tests.support.sites import one_site
+
+pytestmark = pytest.mark.integration
+
+EMAIL = "mallory@lovelace-institute.org"
+PASSWORD = "hostile-pw-0451"
+SHAPE = (8, 8, 8)
+
+#: Everything a model could try from its constructor; outcomes go into `report`.
+ATTEMPTS = '''
+import os, socket, sys, json, glob
+report = {}
+def attempt(name, fn):
+    try:
+        out = fn()
+        report[name] = "OK" if out is None or out is True else ("OK:" + str(out)[:40])
+    except BaseException as exc:
+        report[name] = type(exc).__name__[:16]
+def read(path):
+    with open(path, "rb") as f:
+        return len(f.read())
+def fork():
+    pid = os.fork()
+    if pid == 0:
+        import time
+        time.sleep(600)
+    return pid
+def listen():
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind(("127.0.0.1", 0)); s.listen(1)
+    KEEP.append(s)
+KEEP = []
+attempt("gov", lambda: read("SITE/governance.sqlite"))
+attempt("cfg", lambda: read("SITE/site.yaml"))
+attempt("syftdb", lambda: [read(p) for p in glob.glob("SITE/storage/**/*.sqlite", recursive=True)] or None)
+attempt("ls_site", lambda: os.listdir("SITE"))
+attempt("code", lambda: open("REPO/sites/runtime/rounds.py", "a").write("# pwned\\n"))
+attempt("tmp", lambda: open("/tmp/MARK-write", "w").write("x"))
+attempt("system", lambda: (lambda self: self.serialization.os.system("touch /tmp/MARK-system"))(torch) == 0 or None.fail)
+attempt("fork", fork)
+attempt("exec", lambda: os.execv("/bin/sh", ["sh", "-c", "touch /tmp/MARK-exec"]))
+attempt("listen", listen)
+attempt("connect", lambda: socket.create_connection(("127.0.0.1", PORT), timeout=2))
+attempt("unix", lambda: socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
+attempt("uid0", lambda: os.getuid() == 0 or None.fail)
+attempt("secrets", lambda: [k for k in os.environ if "KEY" in k or "PASS" in k or "SYFT" in k] or None.fail)
+'''
+
+PROBE = '''
+class Probe(nn.Module):
+    def __init__(self, in_channels=2):
+        super().__init__()
+        ATTEMPTS
+        raise RuntimeError("REPORT" + json.dumps(report, separators=(",", ":")) + "END")
+
+    def forward(self, x):
+        return x
+'''
+
+HOSTILE = '''
+class Hostile(nn.Module):
+    def __init__(self, in_channels=2):
+        super().__init__()
+        self.conv = nn.Conv3d(in_channels, 4, 3, stride=2, padding=1)
+        self.norm = nn.GroupNorm(2, 4)
+        self.head = nn.Linear(4, 1)
+        ATTEMPTS
+        # the site's DP-SGD and noise, replaced where this code runs (the tracer)
+        dp = sys.modules.get("sites.sandbox.dp_sgd")
+        if dp is not None:
+            dp.add_noise = lambda summed, std, gen: summed
+            dp.train = lambda forward, start, x, y, *a, **k: {n: x.flatten()[:v.numel()].reshape(v.shape) for n, v in start.items()}
+
+    def forward(self, x):
+        (lambda self: self.serialization.os.system("touch /tmp/MARK-forward"))(torch)
+        open("/tmp/MARK-batch", "w").write(f"{x.flatten()[:8].tolist()}")
+        x = F.relu(self.norm(self.conv(x)))
+        return self.head(x.mean(dim=(2, 3, 4)))
+'''
+
+
+def _source(template: str, site_dir: Path, port: int, mark: str, repo: Path) -> str:
+    body = "\n".join("        " + line for line in ATTEMPTS.strip().splitlines())
+    src = template.replace("        ATTEMPTS", body)
+    return (src.replace("SITE", str(site_dir)).replace("REPO", str(repo))
+            .replace("PORT", str(port)).replace("MARK", mark))
+
+
+def _force_approve(site_dir: Path, plan) -> None:
+    """Approve in syft and in the governance record, as a reviewer fooled by the code would."""
+    cfg = lifecycle.load_site(site_dir)[1]
+    client = login(cfg.host, cfg.port, cfg.admin_email, lifecycle.admin_password(cfg))
+    req = next(r for r in client.requests.get_all()
+               if r.code.service_func_name == plan.function_name)
+    with quiet():
+        req.approve(disable_warnings=True)
+    Governance(site_dir).record_decision(
+        request_id=str(req.id).replace("-", ""), plan_hash=plan.plan_hash,
+        researcher=plan.researcher, dataset=plan.dataset, decision="approved",
+        policy_hash="fooled", reviewer="dpo", actor="test", note="fooled", method="manual",
+        plan_json=plan.canonical_json())
+
+
+def _sandbox_processes() -> list[int]:
+    """Live processes running under a sandbox uid."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        uid = int(re.search(r"^Uid:\s+(\d+)", status, re.M).group(1))
+        if uid >= UID_BASE and "zombie" not in status:
+            found.append(int(pid))
+    return found
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory, memory_keyring):
+    root = tmp_path_factory.mktemp("hostile")
+    with one_site(root, "victim", TEST_POLICY, EMAIL, PASSWORD, n=24, seed=3,
+                  shape=SHAPE) as env:
+        yield env
+
+
+def _plan(site, template: str, class_name: str, mark: str, name: str, repo_root: Path):
+    cfg = lifecycle.load_site(site["dir"])[1]
+    return make_plan(name=name, rounds=1, class_name=class_name, researcher=EMAIL,
+                     source=_source(template, site["dir"], cfg.port, mark, repo_root))
+
+
+def test_the_tracer_sees_no_site_file_no_secret_no_network_and_can_do_nothing(site, repo_root):
+    mark = f"medsyft-probe-{uuid.uuid4().hex[:8]}"
+    fed = site["fed"]
+    plan = fed.bind(_plan(site, PROBE, "Probe", mark, "probe", repo_root))
+    fed.submit(plan)
+    _force_approve(site["dir"], plan)
+    results, errors = fed.run_round(plan, {"w": np.zeros(1, np.float32)}, retries=0)
+    assert not results
+    message = errors["victim"]
+    found = re.search(r"REPORT(\{.*?\})END", message)
+    assert found, message
+    report = json.loads(found.group(1))
+    for name in ("gov", "cfg", "ls_site", "code", "tmp", "system", "fork", "exec", "listen",
+                 "connect", "unix", "uid0", "secrets"):
+        assert not report[name].startswith("OK"), (name, report)
+    assert report["syftdb"] == "OK"  # the glob sees nothing: no database is visible at all
+    assert not list(Path("/tmp").glob(f"{mark}-*"))
+    assert "# pwned" not in (repo_root / "sites/runtime/rounds.py").read_text()
+    assert Governance(site["dir"]).runs(plan.plan_hash) == []  # nothing ran, nothing spent
+    assert _sandbox_processes() == []
+
+
+def _benign_start() -> dict[str, np.ndarray]:
+    """Start weights from the benign twin (same layers): the hostile constructor never runs
+    in the test process."""
+    return initial_weights(make_plan())
+
+
+def test_a_hostile_model_trains_harmlessly_and_releases_only_dp_weights(site, repo_root):
+    mark = f"medsyft-hostile-{uuid.uuid4().hex[:8]}"
+    fed = site["fed"]
+    plan = fed.bind(_plan(site, HOSTILE, "Hostile", mark, "hostile", repo_root))
+    fed.submit(plan)
+    _force_approve(site["dir"], plan)
+    start = _benign_start()
+    results, errors = fed.run_round(plan, start, retries=0)
+    assert not errors, errors
+    released = results["victim"]
+    assert released.accounting.epsilon > 0
+    params = released.params
+    assert set(params) == set(start)
+    assert any(not np.array_equal(params[k], start[k]) for k in start)  # trained
+    private = np.concatenate([site["cohort"].stacked(["mri", "pet"]).ravel(),
+                              site["cohort"].labels.ravel()]).astype(np.float32)
+    values = np.concatenate([v.ravel() for v in params.values()]).astype(np.float32)
+    assert not np.isin(values, private).any()  # not one released value is a private voxel
+    assert not list(Path("/tmp").glob(f"{mark}-*"))  # no shell, no file, no batch on disk
+    assert "# pwned" not in (repo_root / "sites/runtime/rounds.py").read_text()
+    assert _sandbox_processes() == []  # nothing outlived the round
+
+
+def test_review_traces_the_model_in_the_sandbox_before_anything_else(site, repo_root):
+    """The console measures a plan by tracing it: hostile constructor code runs then, sealed."""
+    mark = f"medsyft-review-{uuid.uuid4().hex[:8]}"
+    fed = site["fed"]
+    plan = fed.bind(_plan(site, HOSTILE, "Hostile", mark, "reviewed", repo_root))
+    fed.submit(plan)
+    view = next(v for v in console.list_requests(site["dir"])
+                if v.plan and v.plan.plan_hash == plan.plan_hash)
+    graph_line = next(c for c in view.checks if c.rule == "training.graph")
+    assert graph_line.status == "pass" and view.graph is not None
+    assert view.graph.parameters == sum(int(np.prod(v.shape))
+                                        for v in _benign_start().values())
+    assert not list(Path("/tmp").glob(f"{mark}-*"))
+    assert any(c.failed for c in view.checks if c.rule.startswith("model_code"))  # feedback
+
+
+def test_constructor_arguments_are_numbers_lists_or_safe_words():
+    for bad in ({"cmd": "$(touch /tmp/x)"}, {"cmd": "a;b"}, {"path": "/etc/passwd"},
+                {"many": list(range(100))}):
+        with pytest.raises(ValueError):
+            ModelSpec(source="x", class_name="A", kwargs=bad)
+    ok = ModelSpec(source="x", class_name="A",
+                   kwargs={"width": 8, "p": 0.1, "bias": True, "act": "gelu", "k": [3, 3, 3]})
+    assert ok.kwargs["act"] == "gelu"
