@@ -37,9 +37,10 @@ def make_job(plan, cohort, steps: int = 1, weights=None, graph_json: str | None 
                seed=1, max_parameters=max_parameters)
 
 
-def run_job(site_dir, job: Job, cohort) -> tuple[RunStatus, object | None]:
-    """The job in a sealed training process, as the runtime starts it; its status and, when
-    it has one, its output."""
+def run_job(site_dir, job: Job, cohort, procs=None, timeout_s: float = 120
+            ) -> tuple[RunStatus, object | None]:
+    """The job in a sealed training process (the site's, or `procs`), as the runtime starts
+    it; its status and, when it has one, its output."""
     files = {name: memory_file(name) for name in RUN_FILES}
     job.save(files["job"])
     save_private(files["private"], torch.from_numpy(cohort.stacked(["mri", "pet"])),
@@ -47,10 +48,11 @@ def run_job(site_dir, job: Job, cohort) -> tuple[RunStatus, object | None]:
     for f in files.values():
         f.flush()
         f.seek(0)
-    rounds.training_processes(Site.open(site_dir)).run(
-        b"run", [f.fileno() for f in files.values()], 120)
-    status = RunStatus.load(files["status"])
-    output = load_output(files["output"], 1 << 30) if status.ok else None
-    for f in files.values():
-        f.close()
-    return status, output
+    procs = procs or rounds.training_processes(Site.open(site_dir))
+    try:
+        procs.run(b"run", [f.fileno() for f in files.values()], timeout_s)
+        status = RunStatus.load(files["status"])
+        return status, (load_output(files["output"], 1 << 30) if status.ok else None)
+    finally:
+        for f in files.values():
+            f.close()

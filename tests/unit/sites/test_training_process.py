@@ -7,12 +7,11 @@ import re
 import time
 
 import pytest
-import torch
 
 from datasets.synthetic import generate_cohort
-from sites.sandbox.job import RUN_FILES, RunStatus, memory_file, save_private
+from sites.sandbox.job import RunStatus
 from sites.sandbox.launcher import ChildTimeout, SandboxSettings, TrainingProcesses
-from tests.support.jobs import RESEARCHER, make_job
+from tests.support.jobs import RESEARCHER, make_job, run_job
 from tests.support.plans import make_plan
 
 SHAPE = (8, 8, 8)
@@ -27,19 +26,7 @@ def procs(tmp_path):
 
 
 def _run(procs, job, cohort, timeout_s: float = 120) -> RunStatus:
-    files = {name: memory_file(name) for name in RUN_FILES}
-    job.save(files["job"])
-    save_private(files["private"], torch.from_numpy(cohort.stacked(["mri", "pet"])),
-                 torch.from_numpy(cohort.labels))
-    for f in files.values():
-        f.flush()
-        f.seek(0)
-    try:
-        procs.run(b"run", [f.fileno() for f in files.values()], timeout_s)
-        return RunStatus.load(files["status"])
-    finally:
-        for f in files.values():
-            f.close()
+    return run_job(None, job, cohort, procs=procs, timeout_s=timeout_s)[0]
 
 
 def test_each_run_gets_a_fresh_process_and_the_next_one_waits(procs, tmp_path):
