@@ -393,7 +393,7 @@ def enter() -> None:
     launcher."""
     if _state:
         raise RuntimeError("confine.enter() called twice")
-    raw = os.environ.get(SPEC_ENV)
+    raw = os.environ.pop(SPEC_ENV, None)  # read once; the researcher's code never sees it
     if raw is None:
         raise SandboxUnavailable("this process was not started by the sandbox launcher")
     spec = SandboxSpec.model_validate_json(raw)

@@ -143,7 +143,7 @@ def test_two_rounds_change_weights_and_grow_epsilon(fed_env):
     for d in fed_env["sites"].values():
         assert "syft speed patches: syft.types.syft_object" in (d / "logs/site.log").read_text()
         log = (d / "logs/training.log").read_text()
-        takers = re.findall(r"training child (\d+) takes run", log)
+        takers = re.findall(r"training child (\d+) takes a run", log)
         assert len(takers) == 2 and len(set(takers)) == 2  # a fresh process for each round
     ckpts = sorted((Path(fed_env["config"].checkpoints)).glob("*/round-*.pt"))
     assert len(ckpts) == 2

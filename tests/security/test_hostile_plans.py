@@ -45,7 +45,7 @@ def attempt(name, fn):
         out = fn()
         report[name] = "OK" if out is None or out is True else ("OK:" + str(out)[:40])
     except BaseException as exc:
-        report[name] = type(exc).__name__[:16]
+        report[name] = type(exc).__name__[:2]
 def read(path):
     with open(path, "rb") as f:
         return len(f.read())
@@ -66,7 +66,8 @@ attempt("syftdb", lambda: [read(p) for p in glob.glob("SITE/storage/**/*.sqlite"
 attempt("ls_site", lambda: os.listdir("SITE"))
 attempt("code", lambda: open("REPO/sites/runtime/rounds.py", "a").write("# pwned\\n"))
 attempt("tmp", lambda: open("/tmp/MARK-write", "w").write("x"))
-attempt("system", lambda: (lambda self: self.serialization.os.system("touch /tmp/MARK-system"))(torch) == 0 or None.fail)
+attempt("system", lambda: os.system("touch /tmp/MARK-system") == 0 or None.fail)
+attempt("rebound", lambda: (lambda self: self.serialization.os.system("touch /tmp/MARK-rebound"))(torch) == 0 or None.fail)
 attempt("fork", fork)
 attempt("exec", lambda: os.execv("/bin/sh", ["sh", "-c", "touch /tmp/MARK-exec"]))
 attempt("listen", listen)
@@ -81,7 +82,7 @@ class Probe(nn.Module):
     def __init__(self, in_channels=2):
         super().__init__()
         ATTEMPTS
-        raise RuntimeError("REPORT" + json.dumps(report, separators=(",", ":")) + "END")
+        raise RuntimeError("PROBED" + json.dumps(report, separators=(",", ":")) + "DONE")
 
     def forward(self, x):
         return x
@@ -102,8 +103,14 @@ class Hostile(nn.Module):
             dp.train = lambda forward, start, x, y, *a, **k: {n: x.flatten()[:v.numel()].reshape(v.shape) for n, v in start.items()}
 
     def forward(self, x):
-        (lambda self: self.serialization.os.system("touch /tmp/MARK-forward"))(torch)
-        open("/tmp/MARK-batch", "w").write(f"{x.flatten()[:8].tolist()}")
+        try:  # a shell and the batch on disk, from the code that sees the batch's shape
+            (lambda self: self.serialization.os.system("touch /tmp/MARK-forward"))(torch)
+        except BaseException:
+            pass
+        try:
+            open("/tmp/MARK-batch", "w").write(f"{x.flatten()[:8].tolist()}")
+        except BaseException:
+            pass
         x = F.relu(self.norm(self.conv(x)))
         return self.head(x.mean(dim=(2, 3, 4)))
 '''
@@ -117,32 +124,53 @@ def _source(template: str, site_dir: Path, port: int, mark: str, repo: Path) -> 
 
 
 def _force_approve(site_dir: Path, plan) -> None:
-    """Approve in syft and in the governance record, as a reviewer fooled by the code would."""
+    """Approve as a fooled data owner would: in syft, and in the governance record under
+    the current policy with every failing rule overridden (hard checks included, which
+    the console itself would never let through)."""
     cfg = lifecycle.load_site(site_dir)[1]
+    view = next(v for v in console.list_requests(site_dir)
+                if v.plan and v.plan.plan_hash == plan.plan_hash)
     client = login(cfg.host, cfg.port, cfg.admin_email, lifecycle.admin_password(cfg))
     req = next(r for r in client.requests.get_all()
                if r.code.service_func_name == plan.function_name)
     with quiet():
         req.approve(disable_warnings=True)
     Governance(site_dir).record_decision(
-        request_id=str(req.id).replace("-", ""), plan_hash=plan.plan_hash,
+        request_id=view.id, plan_hash=plan.plan_hash,
         researcher=plan.researcher, dataset=plan.dataset, decision="approved",
-        policy_hash="fooled", reviewer="dpo", actor="test", note="fooled", method="manual",
-        plan_json=plan.canonical_json())
+        policy_hash=view.policy_hash, reviewer="dpo", actor="test", note="fooled",
+        method="manual", plan_json=plan.canonical_json(),
+        overridden=[c.rule for c in view.failing])
+
+
+def _uid(pid: int | str) -> tuple[int, int] | None:
+    """(uid, ppid) of a live, non-zombie process, or None."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    if "zombie" in status:
+        return None
+    return (int(re.search(r"^Uid:\s+(\d+)", status, re.M).group(1)),
+            int(re.search(r"^PPid:\s+(\d+)", status, re.M).group(1)))
 
 
 def _sandbox_processes() -> list[int]:
-    """Live processes running under a sandbox uid."""
-    found = []
+    """Live processes under a sandbox uid, except the site's one warm training child (a
+    fresh `train_child` the server started for the next round and that has taken nothing):
+    anything forked inside a sandbox has a sandbox parent, or init once orphaned."""
+    found: list[int] = []
+    warm_ones: list[int] = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            status = Path(f"/proc/{pid}/status").read_text()
-        except OSError:
+        info = _uid(pid)
+        if info is None or info[0] < UID_BASE:
             continue
-        uid = int(re.search(r"^Uid:\s+(\d+)", status, re.M).group(1))
-        if uid >= UID_BASE and "zombie" not in status:
-            found.append(int(pid))
-    return found
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        parent = _uid(info[1])
+        warm = (b"sites.sandbox.train_child" in cmdline and info[1] > 1
+                and parent is not None and parent[0] < UID_BASE)
+        (warm_ones if warm else found).append(int(pid))
+    return found + (warm_ones if len(warm_ones) > 1 else [])
 
 
 @pytest.fixture(scope="module")
@@ -168,10 +196,10 @@ def test_the_tracer_sees_no_site_file_no_secret_no_network_and_can_do_nothing(si
     results, errors = fed.run_round(plan, {"w": np.zeros(1, np.float32)}, retries=0)
     assert not results
     message = errors["victim"]
-    found = re.search(r"REPORT(\{.*?\})END", message)
+    found = re.search(r"PROBED(\{.*?\})DONE", message)
     assert found, message
     report = json.loads(found.group(1))
-    for name in ("gov", "cfg", "ls_site", "code", "tmp", "system", "fork", "exec", "listen",
+    for name in ("gov", "cfg", "ls_site", "code", "tmp", "system", "rebound", "fork", "exec", "listen",
                  "connect", "unix", "uid0", "secrets"):
         assert not report[name].startswith("OK"), (name, report)
     assert report["syftdb"] == "OK"  # the glob sees nothing: no database is visible at all

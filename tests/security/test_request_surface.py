@@ -746,7 +746,7 @@ def test_one_researchers_slow_requests_do_not_hold_up_anothers(site):
                  if e["event"] == "request.verdict"]
         assert order.index(adas) < order.index(ids["slow3"])
         view = next(v for v in console.list_requests(d) if v.id == ids["slow1"])
-        line = next(c for c in view.checks if c.rule == "training.parameters")
+        line = next(c for c in view.checks if c.rule == "training.graph")
         assert line.failed and "timed out" in line.seen
     finally:
         save_site(d, cfg)
