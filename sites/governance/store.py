@@ -50,8 +50,6 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE TABLE IF NOT EXISTS verdicts (
     request_id TEXT NOT NULL, policy_hash TEXT NOT NULL, plan_hash TEXT NOT NULL,
     computed_at REAL NOT NULL, report TEXT NOT NULL, PRIMARY KEY (request_id, policy_hash));
-CREATE TABLE IF NOT EXISTS model_facts (
-    model_hash TEXT PRIMARY KEY, n INTEGER, error TEXT);
 CREATE TABLE IF NOT EXISTS model_graphs (
     trace_key TEXT PRIMARY KEY, graph_json TEXT, error TEXT, traced_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS researchers (
@@ -125,6 +123,8 @@ class Governance:
             if "volume_shape" not in columns:  # sites created before the training graph
                 db.execute("ALTER TABLE datasets ADD COLUMN volume_shape TEXT NOT NULL "
                            "DEFAULT ''")
+            # parameter counts of the retired inspect child: the graph cache replaces them
+            db.execute("DROP TABLE IF EXISTS model_facts")
         finally:
             db.close()
 

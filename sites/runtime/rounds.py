@@ -271,9 +271,3 @@ def _execute(site_dir: Path, plan_json: str, data: Any, weights: Any) -> dict:
         if not released:
             gov.finish_run(run.id, released=False, actor=ACTOR, category=category)
 
-# pwned
-# pwned
-# pwned
-# pwned
-# pwned
-# pwned

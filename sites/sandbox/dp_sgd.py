@@ -55,7 +55,8 @@ MICRO_BATCH_INPUT_ELEMENTS = 1 << 22  # CPU: 16 MiB of float32 input per micro-b
 MICRO_BATCH_MAX = 32
 
 
-def micro_batch_size(sample_numel: int, device: torch.device) -> int:
+def micro_batch_size(sample_numel: int, device: torch.device, activation_bytes: int = 0,
+                     memory_bytes: int | None = None) -> int:
     """How many samples go through one vmap pass.
 
     The result does not change what is computed (each sample's gradient is its
@@ -63,12 +64,21 @@ def micro_batch_size(sample_numel: int, device: torch.device) -> int:
     grow (benchmarks/dp_step.py measured, against a plain step at batch 48:
     32 best at 24³, 16 at 48³, 8 at 64³), so it is the largest power of two
     whose inputs fit MICRO_BATCH_INPUT_ELEMENTS, which also keeps the peak
-    memory of a step bounded for big volumes. On CUDA it stays MICRO_BATCH_MAX.
+    memory of a step bounded for big volumes. On CUDA it starts at MICRO_BATCH_MAX.
+
+    With the graph's measured `activation_bytes` per sample (forward and backward) and
+    the process's `memory_bytes`, it is also at most what fits half of that memory: a
+    policy may allow each sample 2 GiB, and 32 of them would not fit the sandbox.
     """
     if device.type != "cpu":
-        return MICRO_BATCH_MAX
-    fit = max(1, MICRO_BATCH_INPUT_ELEMENTS // max(1, sample_numel))
-    return min(MICRO_BATCH_MAX, 1 << (fit.bit_length() - 1))
+        size = MICRO_BATCH_MAX
+    else:
+        fit = max(1, MICRO_BATCH_INPUT_ELEMENTS // max(1, sample_numel))
+        size = min(MICRO_BATCH_MAX, 1 << (fit.bit_length() - 1))
+    if activation_bytes > 0 and memory_bytes:
+        fit = max(1, (memory_bytes // 2) // activation_bytes)
+        size = min(size, 1 << (fit.bit_length() - 1))
+    return size
 
 
 def per_sample_gradients(

@@ -21,10 +21,11 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from policies.contract.errors import MedsyftError
+from policies.contract.errors import MedsyftError, printable
 from sites.sandbox import launcher
 
 MAX_ANSWER = 4 << 20
+MAX_ERROR = 600  # characters of a model's own error shown to the data owner and researcher
 READY = b"ready\n"
 #: start-up (imports, warm-up) is not the model's fault: it has its own, longer limit
 STARTUP_GRACE_S = 120.0
@@ -73,8 +74,9 @@ def _trace(request: str, timeout_s: float, settings: launcher.SandboxSettings) -
                          f"{proc.returncode})") from None
     if not isinstance(answer, dict):
         raise TraceError("the tracer's answer is malformed")
-    if "error" in answer:
-        raise TraceError(str(answer["error"])[:600])
+    if "error" in answer:  # the researcher's words: one printable line
+        text = " ".join(str(answer["error"]).split())
+        raise TraceError(printable(text, MAX_ERROR))
     if "graph" not in answer:
         raise TraceError("the tracer's answer has no graph")
     return json.dumps(answer["graph"])

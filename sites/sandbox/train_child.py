@@ -27,7 +27,9 @@ if __name__ == "__main__":
 
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = "/"
 
+import dataclasses  # noqa: E402
 import os  # noqa: E402
+import resource  # noqa: E402
 import time  # noqa: E402
 import traceback  # noqa: E402
 from typing import BinaryIO  # noqa: E402
@@ -50,6 +52,22 @@ def _device(choice: str) -> torch.device:
         print("site configured device=cuda but no CUDA device is available; using CPU",
               file=sys.stderr)
     return torch.device("cpu")
+
+
+def _memory_bytes(device: torch.device) -> int | None:
+    """What this process may still use: free GPU memory, or what its address-space limit
+    leaves above what it has mapped already."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info()[0])
+    soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if soft == resource.RLIM_INFINITY:
+        return None
+    try:
+        with open("/proc/self/statm") as f:
+            mapped = int(f.read().split()[0]) * resource.getpagesize()
+    except (OSError, ValueError, IndexError):
+        mapped = 0
+    return max(1, int(soft) - mapped)
 
 
 def run(job_f: BinaryIO, private_f: BinaryIO, out_f: BinaryIO, status_f: BinaryIO) -> None:
@@ -86,6 +104,11 @@ def run(job_f: BinaryIO, private_f: BinaryIO, out_f: BinaryIO, status_f: BinaryI
     torch.manual_seed(job.seed)  # dropout draws from the site's seed
     x, y = load_private(private_f)
     private_f.close()
+    micro = dp_sgd.micro_batch_size(x[0].numel(), device, facts.activation_bytes,
+                                    _memory_bytes(device))
+    cfg = dataclasses.replace(cfg, micro_batch=micro)
+    print(f"micro-batch {micro} ({facts.activation_bytes / 2**20:.1f} MiB per sample)",
+          file=sys.stderr)
     t0 = time.perf_counter()
     try:
         params = dp_sgd.train(forward, job.weights, x, y, cfg, device, seed=job.seed)

@@ -170,6 +170,25 @@ def test_a_model_that_never_finishes_building_times_out():
     assert not isinstance(exc.value, tracing.SiteBusy)
 
 
+def test_a_models_error_reaches_people_as_one_printable_line():
+    """The tracer's error is the researcher's own words, shown to the data owner: no
+    terminal escapes, no bidi override, no fake verdict lines, bounded."""
+    from sites.sandbox import launcher, tracing
+
+    words = ("\\x1b]52;c;cHduZWQ=\\x07\\x1b[2J\\u202e ok\\n  training.graph  pass  validated\\r"
+             + "x" * 2000)
+    source = small_model_source().replace(
+        "super().__init__()", f"super().__init__()\n        raise ValueError('{words}')")
+    spec = make_plan(name="loud", source=source).model
+    with pytest.raises(tracing.TraceError) as exc:
+        tracing.trace_model(spec.model_dump_json(), [1, 2, 8, 8, 8], 30.0,
+                            launcher.SandboxSettings(**SETTINGS))
+    text = str(exc.value)
+    assert "ValueError" in text and "training.graph" in text
+    assert all(ch.isprintable() for ch in text)  # no \\x1b, \\x07, \\u202e, \\n, \\r
+    assert len(text) <= tracing.MAX_ERROR
+
+
 def test_a_site_too_busy_to_start_the_tracer_is_not_held_against_the_model(site_dir,
                                                                            monkeypatch):
     """The timeout runs from the tracer's `ready`: under load (two test workers, each with

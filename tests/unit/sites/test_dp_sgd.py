@@ -96,6 +96,18 @@ def test_micro_batch_shrinks_as_volumes_grow_and_bounds_the_input_per_pass():
     assert dp_sgd.micro_batch_size(2 * 64 ** 3, torch.device("meta")) == dp_sgd.MICRO_BATCH_MAX
 
 
+def test_micro_batch_fits_the_activation_memory_into_half_of_what_the_process_has():
+    """A policy may allow 2 GiB per sample: 32 such samples would not fit the sandbox."""
+    cpu, gib = torch.device("cpu"), 1 << 30
+    assert dp_sgd.micro_batch_size(2 * 16 ** 3, cpu, 2 * gib, 32 * gib) == 8
+    assert dp_sgd.micro_batch_size(2 * 16 ** 3, cpu, 2 * gib, 3 * gib) == 1
+    assert dp_sgd.micro_batch_size(2 * 16 ** 3, cpu, 1 << 20, 32 * gib) == dp_sgd.MICRO_BATCH_MAX
+    assert dp_sgd.micro_batch_size(2 * 16 ** 3, torch.device("meta"), gib, 8 * gib) == 4
+    for budget in (gib, 5 * gib, 100 * gib):
+        mb = dp_sgd.micro_batch_size(2 * 16 ** 3, cpu, gib // 3, budget)
+        assert mb * (gib // 3) <= budget // 2 or mb == 1
+
+
 def test_micro_batching_does_not_change_the_update():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv3d(2, 3, 3, padding=1), nn.ReLU(), nn.Flatten(),
