@@ -22,6 +22,7 @@ from sites.sandbox.job import CATEGORIES
 
 MAX_WEIGHT_TENSORS = 10_000
 MAX_WEIGHT_BYTES = 2 * 1024**3
+MAX_WEIGHT_ABS = 1e6  # start weights; a trained network's are orders of magnitude smaller
 
 
 def refused(category: str) -> Refused:
@@ -55,6 +56,9 @@ def validate_weights(weights: Any, max_parameters: int | None = None
         t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
         if not torch.isfinite(t).all():
             raise invalid(f"weights[{name[:60]!r}] has non-finite values")
+        if t.numel() and float(t.abs().max()) > MAX_WEIGHT_ABS:
+            # near float32's end, whether the update overflows would depend on the data
+            raise invalid(f"weights[{name[:60]!r}] has values beyond ±{MAX_WEIGHT_ABS:g}")
         out[name] = t
     return out
 

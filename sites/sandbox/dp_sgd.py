@@ -99,11 +99,24 @@ def per_sample_gradients(
 
 
 def clip_and_sum(grads: dict[str, torch.Tensor], max_norm: float) -> dict[str, torch.Tensor]:
-    """Σ_i g_i·min(1, C/‖g_i‖) with the norm taken over all parameters of sample i."""
+    """Σ_i c(g_i) with c(g) = g·min(1, C/‖g‖), the norm over all parameters of sample i,
+    and c(g) = 0 when ‖g‖ is not finite (a NaN, an inf, or a norm that overflows).
+
+    Any c(g) lies in the ball of radius C, so the sensitivity bound holds whatever the
+    model does with a sample. Without the second case one sample's NaN would make the
+    whole update NaN, and whether the round is released would be a noiseless answer to
+    a question about the batch (a graph can turn "some voxel above t" into a NaN).
+    """
     flat = torch.stack([g.reshape(g.shape[0], -1).norm(2, dim=1) for g in grads.values()], 1)
     norms = flat.norm(2, dim=1)
-    factor = (max_norm / (norms + 1e-6)).clamp(max=1.0)
-    return {k: torch.einsum("b,b...->...", factor, g) for k, g in grads.items()}
+    finite = torch.isfinite(norms)
+    factor = torch.where(finite, (max_norm / (norms + 1e-6)).clamp(max=1.0),
+                         torch.zeros_like(norms))
+    out = {}
+    for k, g in grads.items():
+        keep = finite.reshape(-1, *([1] * (g.dim() - 1)))
+        out[k] = torch.einsum("b,b...->...", factor, torch.where(keep, g, torch.zeros_like(g)))
+    return out
 
 
 def add_noise(summed: dict[str, torch.Tensor], std: float,

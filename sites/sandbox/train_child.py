@@ -105,6 +105,9 @@ def run(job_f: BinaryIO, private_f: BinaryIO, out_f: BinaryIO, status_f: BinaryI
     if job.threads > 0:
         torch.set_num_threads(job.threads)
     torch.manual_seed(job.seed)  # dropout draws from the site's seed
+    # subnormal arithmetic is many times slower on CPUs: a graph could make the round's
+    # time depend on how many voxels cross a threshold (red team, issue 14)
+    torch.set_flush_denormal(True)
     x, y = load_private(private_f)
     private_f.close()
     micro = dp_sgd.micro_batch_size(x[0].numel(), device, facts.activation_bytes,

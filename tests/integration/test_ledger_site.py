@@ -9,7 +9,6 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
 import pytest
 
 from policies.contract import privacy
@@ -40,18 +39,6 @@ class Broken(nn.Module):
         assert x.mean(dim=(1, 2, 3, 4)) > 1e12, x
         return self.head(x.mean(dim=(2, 3, 4)))
 '''
-
-#: A valid graph that overflows on real data: the weights come back non-finite.
-OVERFLOW = '''
-class Overflow(nn.Module):
-    def __init__(self, in_channels=2):
-        super().__init__()
-        self.head = nn.Linear(2, 1)
-
-    def forward(self, x):
-        return self.head(x.mean(dim=(2, 3, 4)) * 1e30 * 1e30)
-'''
-
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory, memory_keyring, repo_root):
@@ -108,25 +95,6 @@ def test_data_dependent_model_is_refused_at_review_with_the_reason(site):
         time.sleep(1.0)
     assert "training.graph" in (status.reason or "")
     assert Governance(d).runs(fed.bind(plan).plan_hash) == []
-
-
-def test_failing_model_leaks_nothing_through_any_researcher_api(site):
-    fed, d, cohort = site["fed"], site["dir"], site["cohort"]
-    plan = plan_of("leaky", 1, 1, 0.5, source=OVERFLOW, class_name="Overflow")
-    fed.submit(plan)
-    approved(fed, plan)
-    bound = fed.bind(plan)
-    with pytest.raises(Exception) as exc:
-        fed.run_site_round("delta", bound, initial_weights(bound))
-    assert str(exc.value) == "delta: release filter rejected the result"
-    text = _visible_text(fed.client("delta"))
-    vol = cohort.volumes["mri"]
-    rng = np.random.default_rng(0)
-    values = [float(vol.flat[i]) for i in rng.choice(vol.size, 40, replace=False)]
-    needles = {f"{v:.4f}" for v in values if abs(v) > 0.05} | {f"{v:.6f}" for v in values}
-    assert not [n for n in needles if n in text]
-    assert "Traceback" not in text
-    assert Governance(d).ledger_history(EMAIL, "brain-mri-pet", ("released", "running")) == []
 
 
 def test_killed_site_mid_round_returns_the_reservation_and_continues(site):

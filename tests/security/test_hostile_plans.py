@@ -254,6 +254,47 @@ def test_review_traces_the_model_in_the_sandbox_before_anything_else(site, repo_
     assert any(c.failed for c in view.checks if c.rule.startswith("model_code"))  # feedback
 
 
+#: A yes/no question about the batch, asked through the release (red team, issue 14):
+#: the gradient of `a.bias` is inf exactly when some voxel exceeds the threshold `t.bias`
+#: the researcher sends in the start weights. One inf sample once made the whole update
+#: NaN, and "release filter rejected the result" answered the question without noise
+#: (the cohort's maximum voxel came back to 4 digits in 29 rounds).
+NAN_PROBE = '''
+class NanProbe(nn.Module):
+    def __init__(self, in_channels=2):
+        super().__init__()
+        self.t = nn.Linear(1, 1)
+        self.a = nn.Linear(1, 1)
+
+    def forward(self, x):
+        m = x.amax(dim=(1, 2, 3, 4)).reshape(1, 1)
+        d = F.relu(m - self.t.bias)
+        v = 1.0 - torch.clamp(d * 1e30, max=1.0)
+        return torch.sqrt(v + self.a.bias).reshape(1, 1)
+'''
+
+
+def test_whether_a_round_is_released_answers_no_question_about_the_data(site):
+    fed, cohort = site["fed"], site["cohort"]
+    plan = make_plan(name="nan_probe", rounds=4, source=NAN_PROBE, class_name="NanProbe",
+                     researcher=EMAIL).model_copy(update={"batch_size": 64})  # q = 1
+    plan = fed.bind(plan)
+    fed.submit(plan)
+    _force_approve(site["dir"], plan)
+    peak = float(cohort.stacked(["mri", "pet"]).max())
+    start = initial_weights(plan)
+    outcomes = {}
+    for t in (peak + 1.0, peak - 1e-3):  # "no voxel above t", then "some voxel above t"
+        w = {k: v.copy() for k, v in start.items()}
+        w["t.bias"][:] = t
+        w["a.bias"][:] = 0.0
+        results, errors = fed.run_round(plan, w, retries=0)
+        outcomes[t] = (bool(results), errors)
+        assert not errors, errors
+        assert all(np.isfinite(v).all() for v in results["victim"].params.values())
+    assert [ok for ok, _ in outcomes.values()] == [True, True]
+
+
 def test_constructor_arguments_are_numbers_lists_or_safe_words():
     for bad in ({"cmd": "$(touch /tmp/x)"}, {"cmd": "a;b"}, {"path": "/etc/passwd"},
                 {"many": list(range(100))}):

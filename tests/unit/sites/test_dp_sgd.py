@@ -23,6 +23,21 @@ def test_gradients_under_the_bound_are_left_alone():
     torch.testing.assert_close(clipped["a"], grads["a"][0], rtol=1e-5, atol=1e-6)
 
 
+def test_a_sample_whose_gradient_is_not_finite_contributes_nothing():
+    """One sample's NaN, inf or overflowing norm must not turn the sum non-finite: whether
+    a round is released would then answer a question about that sample."""
+    torch.manual_seed(0)
+    grads = {"a": torch.randn(4, 3), "b": torch.randn(4, 2)}
+    clean = dp_sgd.clip_and_sum({k: v[:1] for k, v in grads.items()}, 1.0)
+    grads["a"][1, 0] = float("nan")
+    grads["b"][2, 1] = float("inf")
+    grads["a"][3] = 3e38  # finite, but its norm overflows float32
+    summed = dp_sgd.clip_and_sum(grads, 1.0)
+    for k in grads:
+        assert torch.isfinite(summed[k]).all()
+        torch.testing.assert_close(summed[k], clean[k])
+
+
 def test_noise_has_the_stated_scale():
     zeros = {"w": torch.zeros(200_000)}
     gen = torch.Generator().manual_seed(1)

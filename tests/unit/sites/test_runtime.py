@@ -232,6 +232,18 @@ def test_non_finite_weights_are_refused_before_training(site):
     assert gov.runs() == []
 
 
+def test_start_weights_near_the_end_of_float32_are_refused(site):
+    """Whether w + update overflows to inf would depend on the data: refused up front."""
+    site_dir, gov, cohort = site
+    plan = make_plan(researcher=RESEARCHER)
+    approve(gov, plan)
+    w = weights_for(plan)
+    w["head.bias"] = np.array([3e38], dtype=np.float32)
+    out = runtime.execute_round(plan.canonical_json(), cohort.to_asset(), w)
+    assert out["ok"] is False and "beyond" in out["error"]
+    assert gov.runs() == []
+
+
 BATCHNORM = '''
 class WithBN(nn.Module):
     def __init__(self, in_channels=2):
