@@ -25,7 +25,7 @@ from policies.contract.errors import Refused
 from policies.contract.wire import FailureCode
 from sites.graph import ops
 from sites.graph.execute import value_of
-from sites.graph.schema import INPUT, MAX_GRAPH_BYTES, PARAM_PREFIX, Graph, Ref
+from sites.graph.schema import INPUT, MAX_GRAPH_BYTES, PARAM_PREFIX, Graph, Node, Ref
 
 #: backward keeps the forward's activations and makes gradients of the same size
 BACKWARD_FACTOR = 3
@@ -116,6 +116,45 @@ def _reduce_dims(value: object, ndim: int) -> list[int]:
     return [d % ndim if isinstance(d, int) and ndim else d for d in dims]
 
 
+def _tensors_where_tensors_go(node: Node, args: list, kwargs: dict) -> None:
+    """The operator works on the graph's (meta) tensors: at least one argument its schema
+    types as a tensor is one, a number may stand in the others (`mul.Tensor(x, 2)`), and
+    a list of tensors holds graph tensors only. With numbers alone the operator would
+    build a real tensor in this process (`add.Tensor(0.5, 0.5)`, then `expand` and
+    `clone` to any size: red team, issue 14)."""
+    schema = ops.resolve(node.op)._schema.arguments
+    seen_tensor = False
+    for i, spec in enumerate(schema):
+        if spec.kwarg_only:
+            given, value = spec.name in kwargs, kwargs.get(spec.name)
+        else:
+            given, value = i < len(args), args[i] if i < len(args) else None
+        kind = str(spec.type)
+        if not given or "Tensor" not in kind:
+            if isinstance(value, torch.Tensor) and not _is_meta(value):
+                raise _refuse(f"node {node.name}: argument {spec.name} is not a graph tensor")
+            continue
+        if kind.startswith("List["):
+            items = list(value) if isinstance(value, (list, tuple)) else [value]
+            if not items or not all(_is_meta(v) or (v is None and "Optional" in kind)
+                                    for v in items):
+                raise _refuse(f"node {node.name}: argument {spec.name} of {node.op} must "
+                              "list the graph's tensors")
+            seen_tensor = True
+        elif _is_meta(value):
+            seen_tensor = True
+        elif isinstance(value, torch.Tensor) or not (
+                value is None or isinstance(value, (bool, int, float))):
+            raise _refuse(f"node {node.name}: argument {spec.name} of {node.op} must be a "
+                          "graph tensor or a number")
+    if not seen_tensor:
+        raise _refuse(f"node {node.name}: {node.op} must work on one of the graph's tensors")
+
+
+def _is_meta(value: object) -> bool:
+    return isinstance(value, torch.Tensor) and value.device.type == "meta"
+
+
 def _measure(graph: Graph) -> tuple[dict[str, list[int]], int]:
     """Evaluate on the meta device: every node's shape, and Σ bytes of the activations."""
     env: dict[str, object] = {INPUT: torch.empty(graph.input_shape, device="meta")}
@@ -141,6 +180,7 @@ def _measure(graph: Graph) -> tuple[dict[str, list[int]], int]:
             p = args[1] if len(args) > 1 else kwargs.get("p")
             if not isinstance(p, (int, float)) or not 0 <= p < 1:
                 raise _refuse(f"node {node.name}: dropout probability outside [0, 1)")
+        _tensors_where_tensors_go(node, args, kwargs)
         try:
             out = ops.resolve(node.op)(*args, **kwargs)
         except Exception as exc:  # the operator's own argument check
@@ -148,6 +188,8 @@ def _measure(graph: Graph) -> tuple[dict[str, list[int]], int]:
                           f"({type(exc).__name__})") from None
         if not isinstance(out, torch.Tensor):
             raise _refuse(f"node {node.name}: {node.op} must give one tensor")
+        if out.device.type != "meta":  # a real tensor would be computed in this process
+            raise _refuse(f"node {node.name}: {node.op} must work on the graph's tensors")
         if out.dtype not in (torch.float32, torch.float64, torch.int64, torch.bool):
             raise _refuse(f"node {node.name}: dtype {out.dtype} is not allowed")
         env[node.name] = out

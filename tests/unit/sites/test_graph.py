@@ -169,6 +169,32 @@ def test_a_tampered_graph_is_refused(mutate, match):
         _validate(doc)
 
 
+def _bomb(first_args: list) -> dict:
+    """Red team (issue 14): an operator on numbers alone gives a real CPU tensor, which
+    `expand` and `clone` then grew to 3 GiB inside the site process during validation."""
+    def node(name, op, *args):
+        return {"name": name, "op": op, "args": list(args), "kwargs": {}}
+    nodes = [node("s", "aten.add.Tensor", *first_args),
+             node("e", "aten.expand.default", {"t": "s"}, [1 << 14, 1 << 14]),
+             node("c", "aten.clone.default", {"t": "e"}),
+             node("out", "aten.view.default", {"t": "input"}, [1, -1])]
+    return {"input_shape": [1, 1], "params": [], "nodes": nodes, "output": {"t": "out"}}
+
+
+def test_an_operator_on_numbers_alone_never_computes_a_real_tensor():
+    import resource
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(Refused, match="node s: .*graph's tensors"):
+        _validate(_bomb([0.5, 0.5]))
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 256 * 1024  # KiB
+    with pytest.raises(Refused, match="node s: .*graph tensor"):  # nor one smuggled in a list
+        _validate(_bomb([{"t": "input"}, [0.5]]))
+    doc = _bomb([{"t": "input"}, 0.5])  # a number beside a graph tensor is ordinary
+    doc["nodes"] = [doc["nodes"][0], {"name": "out", "op": "aten.view.default",
+                                      "args": [{"t": "s"}, [1, -1]], "kwargs": {}}]
+    _validate(doc)
+
+
 def test_non_finite_numbers_do_not_parse_into_a_graph():
     text = trace(demo_model(), SHAPE).canonical_json().replace("1e-05", "NaN", 1)
     with pytest.raises(Refused):
