@@ -63,8 +63,13 @@ NOFILE = 64
 # topology that OpenMP and glibc read. Nothing of /etc but what glibc and Python look up
 # (no shadow, no host keys, no TLS keys), never /home, /root, /srv, /var, /tmp or /work.
 SYSTEM_READ = ("/usr", "/lib", "/lib64", "/lib32", "/etc/ld.so.cache", "/etc/localtime",
-               "/etc/nsswitch.conf", "/etc/passwd", "/etc/group", "/proc",
-               "/sys/devices/system/cpu", "/dev/urandom", "/dev/random", "/dev/zero")
+               "/etc/nsswitch.conf", "/sys/devices/system/cpu", "/dev/urandom",
+               "/dev/random", "/dev/zero")
+#: Of /proc, the machine's shape only; plus the child's own /proc/<pid> (`_rules`). Not the
+#: listing, and no other process: their command lines named the site's folders and venv
+#: (red team, issue 14).
+PROC_READ = ("/proc/cpuinfo", "/proc/meminfo", "/proc/stat", "/proc/sys/kernel/cap_last_cap",
+             "/proc/sys/vm/overcommit_memory")
 SINKS = ("/dev/null",)  # may be opened for writing too: it keeps nothing
 GPU_READ = ("/sys", "/proc/driver/nvidia")
 GPU_DEVICES = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools",
@@ -265,6 +270,7 @@ def _rules(spec: SandboxSpec) -> list[tuple[str, int]]:
     """(path, rights) for every path the child may touch; paths that do not exist are
     left out (a /lib64 on aarch64, a driver file on a machine without it)."""
     rules = [(p, READ) for p in SYSTEM_READ] + [(p, SINK) for p in SINKS]
+    rules += [(p, READ) for p in PROC_READ] + [(f"/proc/{os.getpid()}", READ)]
     rules += [(p, READ) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)]
     rules += [(p, READ) for p in spec.read] + [(p, LIST) for p in spec.list_only]
     if spec.gpu:

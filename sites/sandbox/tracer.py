@@ -27,6 +27,11 @@ if __name__ == "__main__":
     import os
 
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = "/"
+    # tempfile.gettempdir() (torch asks at import) probes for a writable folder; naming
+    # one it never writes to lets the tracer run with nothing writable at all
+    import tempfile
+
+    tempfile.tempdir = "/nonexistent"
 
 import json  # noqa: E402
 import os  # noqa: E402
@@ -56,7 +61,6 @@ def _answer(out: int, payload: dict) -> None:
 
 
 def main() -> int:
-    os.environ["TMPDIR"] = os.environ.get("HOME", "/nonexistent")  # the tracer's own folder
     _warm_up()
     confine.seal()
     out = os.dup(1)  # the answer channel; whatever the model prints goes to stderr

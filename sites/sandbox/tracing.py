@@ -16,10 +16,8 @@ import json
 import os
 import selectors
 import subprocess
-import tempfile
 import time
 from dataclasses import replace
-from pathlib import Path
 
 from policies.contract.errors import MedsyftError, printable
 from sites.sandbox import launcher
@@ -49,9 +47,9 @@ def trace_model(model_json: str, input_shape: list[int], timeout_s: float,
     Raises `TraceError` (the model failed), `SiteBusy`, or `launcher`'s
     `SandboxUnavailable` when this kernel cannot seal the tracer."""
     request = json.dumps({"model": json.loads(model_json), "input_shape": input_shape})
-    with tempfile.TemporaryDirectory(prefix="medsyft-trace-") as scratch:
-        # torch.export wants a temporary folder: an empty one of its own, gone afterwards
-        return _trace(request, timeout_s, replace(settings, writable=Path(scratch)))
+    # nothing writable: a scratch folder once let a model fill the disk (fallocate) and
+    # outlive its cleanup (3,000 nested folders); torch.export needs none
+    return _trace(request, timeout_s, replace(settings, writable=None, file_mib=None))
 
 
 def _trace(request: str, timeout_s: float, settings: launcher.SandboxSettings) -> str:

@@ -40,12 +40,14 @@ SHAPE = (8, 8, 8)
 ATTEMPTS = '''
 import os, socket, sys, json, glob
 report = {}
+tried = []
 def attempt(name, fn):
+    tried.append(name)
     try:
         out = fn()
         report[name] = "OK" if out is None or out is True else ("OK:" + str(out)[:40])
     except BaseException as exc:
-        report[name] = type(exc).__name__[:2]
+        pass  # blocked: only what worked is reported (the error text is bounded)
 def read(path):
     with open(path, "rb") as f:
         return len(f.read())
@@ -64,7 +66,14 @@ attempt("gov", lambda: read("SITE/governance.sqlite"))
 attempt("cfg", lambda: read("SITE/site.yaml"))
 attempt("syftdb", lambda: [read(p) for p in glob.glob("SITE/storage/**/*.sqlite", recursive=True)] or None)
 attempt("ls_site", lambda: os.listdir("SITE"))
-attempt("code", lambda: open("REPO/sites/runtime/rounds.py", "a").write("# pwned\\n"))
+attempt("code", lambda: open("REPO/sites/runtime/MARK.py", "w").write("# pwned\\n"))
+attempt("home", lambda: open(os.path.join(os.environ.get("HOME", "/"), "MARK"), "w").write("x"))
+def fill():
+    import tempfile
+    fd = os.open(os.path.join(tempfile.gettempdir(), "MARK-fill"), os.O_WRONLY | os.O_CREAT, 0o600)
+    os.posix_fallocate(fd, 0, 1 << 30)
+attempt("fill", fill)
+attempt("procs", lambda: sum(p.isdigit() for p in os.listdir("/proc")))
 attempt("tmp", lambda: open("/tmp/MARK-write", "w").write("x"))
 attempt("system", lambda: os.system("touch /tmp/MARK-system") == 0 or None.fail)
 attempt("rebound", lambda: (lambda self: self.serialization.os.system("touch /tmp/MARK-rebound"))(torch) == 0 or None.fail)
@@ -82,7 +91,7 @@ class Probe(nn.Module):
     def __init__(self, in_channels=2):
         super().__init__()
         ATTEMPTS
-        raise RuntimeError("PROBED" + json.dumps(report, separators=(",", ":")) + "DONE")
+        raise RuntimeError("PROBED" + json.dumps({"n": len(tried), "ok": report}, separators=(",", ":")) + "DONE")
 
     def forward(self, x):
         return x
@@ -199,12 +208,11 @@ def test_the_tracer_sees_no_site_file_no_secret_no_network_and_can_do_nothing(si
     found = re.search(r"PROBED(\{.*?\})DONE", message)
     assert found, message
     report = json.loads(found.group(1))
-    for name in ("gov", "cfg", "ls_site", "code", "tmp", "system", "rebound", "fork", "exec", "listen",
-                 "connect", "unix", "uid0", "secrets"):
-        assert not report[name].startswith("OK"), (name, report)
-    assert report["syftdb"] == "OK"  # the glob sees nothing: no database is visible at all
+    assert report["n"] == ATTEMPTS.count("\nattempt(")  # every attempt ran to its end
+    # nothing worked but the glob over the site's syft databases, which found none
+    assert report["ok"] == {"syftdb": "OK"}, report
     assert not list(Path("/tmp").glob(f"{mark}-*"))
-    assert "# pwned" not in (repo_root / "sites/runtime/rounds.py").read_text()
+    assert not list((repo_root / "sites/runtime").glob(f"{mark}*"))
     assert Governance(site["dir"]).runs(plan.plan_hash) == []  # nothing ran, nothing spent
     assert _sandbox_processes() == []
 
@@ -234,7 +242,7 @@ def test_a_hostile_model_trains_harmlessly_and_releases_only_dp_weights(site, re
     values = np.concatenate([v.ravel() for v in params.values()]).astype(np.float32)
     assert not np.isin(values, private).any()  # not one released value is a private voxel
     assert not list(Path("/tmp").glob(f"{mark}-*"))  # no shell, no file, no batch on disk
-    assert "# pwned" not in (repo_root / "sites/runtime/rounds.py").read_text()
+    assert not list((repo_root / "sites/runtime").glob(f"{mark}*"))
     assert _sandbox_processes() == []  # nothing outlived the round
 
 

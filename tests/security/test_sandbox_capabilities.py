@@ -352,9 +352,12 @@ def test_other_processes_cannot_be_traced_signalled_or_read(mode):
     kind, cmd = mode
     run = probe(kind, cmd, [("ptrace_parent", {}), ("ptrace_traceme", {}),
                             ("signal_parent", {}), ("read_parent_environ", {}),
-                            ("open_parent_mem", {})])
+                            ("read_parent_cmdline", {}), ("list_processes", {}),
+                            ("open_parent_mem", {}), ("read_own_status", {})])
+    # the command lines of other processes named the site's folders (red team, issue 14)
     _blocked(run, "ptrace_parent", "ptrace_traceme", "signal_parent", "read_parent_environ",
-             "open_parent_mem")
+             "read_parent_cmdline", "list_processes", "open_parent_mem")
+    assert run.outcomes["read_own_status"].startswith("ok")  # its own /proc stays readable
 
 
 def test_no_way_back_to_privilege(mode):

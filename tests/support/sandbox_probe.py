@@ -250,6 +250,18 @@ def read_parent_environ() -> str:
     return read_file(f"/proc/{os.getppid()}/environ")
 
 
+def read_parent_cmdline() -> str:
+    return read_file(f"/proc/{os.getppid()}/cmdline")
+
+
+def list_processes() -> str:
+    return "ok:" + str(sum(name.isdigit() for name in os.listdir("/proc")))
+
+
+def read_own_status() -> str:
+    return read_file("/proc/self/status")
+
+
 def open_parent_mem() -> str:
     with open(f"/proc/{os.getppid()}/mem", "rb"):
         return "ok"
@@ -315,7 +327,8 @@ ATTEMPTS = {f.__name__: f for f in (
     read_file, list_dir, write_file, create_file, mkdir, socket_of, socketpair, connect_tcp,
     connect_presealed, bind_presealed, fork, fork_and_sleep, execv, subprocess_run,
     posix_spawn, thread, ptrace_parent, ptrace_traceme, unshare_user, mount_tmpfs, syscall,
-    setuid_root, signal_parent, read_parent_environ, open_parent_mem, import_module, allocate,
+    setuid_root, signal_parent, read_parent_environ, read_parent_cmdline, list_processes,
+    read_own_status, open_parent_mem, import_module, allocate,
     allocate_torch, burn_cpu, status, sleep, write_fd)}
 
 
