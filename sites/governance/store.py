@@ -287,17 +287,26 @@ class Governance:
             return [dict(r) for r in db.execute("SELECT * FROM decisions ORDER BY id")]
 
     # -- model facts ----------------------------------------------------------
-    def cached_graph(self, trace_key: str) -> tuple[str | None, str | None] | None:
-        """(graph JSON, error) traced earlier for this model and input shape, or None."""
+    def cached_graph(self, trace_key: str, error_ttl_s: float | None = None
+                     ) -> tuple[str | None, str | None] | None:
+        """(graph JSON, error) traced earlier for this model and input shape, or None; a
+        failure older than `error_ttl_s` counts as none (it may have been the moment's:
+        a timeout under load, a tracer killed by the machine)."""
         with self._connect() as db:
-            row = db.execute("SELECT graph_json, error FROM model_graphs WHERE trace_key = ?",
-                             (trace_key,)).fetchone()
-            return (row["graph_json"], row["error"]) if row else None
+            row = db.execute("SELECT graph_json, error, traced_at FROM model_graphs"
+                             " WHERE trace_key = ?", (trace_key,)).fetchone()
+        if row is None:
+            return None
+        if (row["graph_json"] is None and error_ttl_s is not None
+                and time.time() - row["traced_at"] > error_ttl_s):
+            return None
+        return row["graph_json"], row["error"]
 
     def cache_graph(self, trace_key: str, graph_json: str | None,
                     error: str | None = None) -> None:
         """Remember a trace, failures too: a model that cannot be traced is not traced again
-        at every listing or round. The graph is validated again whenever it is used."""
+        at every listing or round (until its failure is old: `cached_graph`). The graph is
+        validated again whenever it is used."""
         with self._connect() as db:
             db.execute("INSERT OR REPLACE INTO model_graphs VALUES (?, ?, ?, ?)",
                        (trace_key, graph_json, error, time.time()))

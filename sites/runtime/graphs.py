@@ -39,6 +39,11 @@ class PlanGraph:
     facts: check.GraphFacts
 
 
+#: A failed trace is tried again after this long: a timeout under load must not fail a model
+#: for good, and a model that really fails costs one sealed trace per 10 minutes.
+TRACE_ERROR_TTL_S = 600.0
+
+
 def input_shape(plan: TrainingPlan, volume_shape: tuple[int, ...] | list[int]) -> list[int]:
     """One sample as the graph sees it: batch 1, the plan's modalities, the volume."""
     return [1, len(plan.inputs), *[int(s) for s in volume_shape]]
@@ -69,7 +74,7 @@ def plan_graph(gov: Governance, cfg: SiteConfig, plan: TrainingPlan, shape: list
     Raises `Refused` (code MODEL) with the tracer's or the validator's reason; a tracer
     that could not start in time raises `tracing.SiteBusy` and caches nothing."""
     key = trace_key(plan, shape)
-    cached = gov.cached_graph(key)
+    cached = gov.cached_graph(key, error_ttl_s=TRACE_ERROR_TTL_S)
     if cached is None:
         try:
             graph_json, error = tracing.trace_model(

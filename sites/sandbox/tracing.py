@@ -67,7 +67,7 @@ def _trace(request: str, timeout_s: float, settings: launcher.SandboxSettings) -
     line = out[:MAX_ANSWER].split(b"\n", 1)[0]
     try:
         answer = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):  # a model may write the answer line itself
         raise TraceError(f"the tracer ended without an answer (exit status "
                          f"{proc.returncode})") from None
     if not isinstance(answer, dict):

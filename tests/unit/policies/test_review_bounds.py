@@ -189,6 +189,48 @@ def test_a_models_error_reaches_people_as_one_printable_line():
     assert len(text) <= tracing.MAX_ERROR
 
 
+DEEP_ANSWER = """
+class Deep(nn.Module):
+    def __init__(self, in_channels=2):
+        super().__init__()
+        os = torch.serialization.os
+        line = b'{"graph":' + b"[" * 1000000 + b"\\n"
+        for fd in range(3, 64):
+            try:
+                os.write(fd, line)
+                break
+            except OSError:
+                pass
+        os._exit(0)
+
+    def forward(self, x):
+        return x
+"""
+
+
+def test_an_answer_written_by_the_model_itself_is_a_trace_error_however_deep():
+    """The model can find the tracer's answer pipe; a million brackets once escaped
+    `trace_model` as RecursionError (never cached: traced again at every listing)."""
+    from sites.sandbox import launcher, tracing
+
+    spec = make_plan(name="deep", source=DEEP_ANSWER, class_name="Deep").model
+    with pytest.raises(tracing.TraceError, match="without an answer|malformed"):
+        tracing.trace_model(spec.model_dump_json(), [1, 2, 8, 8, 8], 30.0,
+                            launcher.SandboxSettings(**SETTINGS))
+
+
+def test_a_failed_trace_is_tried_again_once_it_is_old(site_dir):
+    """A timeout under load must not fail a model for good; a good graph is kept."""
+    from sites.governance.store import Governance
+
+    gov = Governance(site_dir)
+    gov.cache_graph("bad", None, "tracing the model timed out")
+    gov.cache_graph("good", '{"graph": 1}', None)
+    assert gov.cached_graph("bad", error_ttl_s=600) == (None, "tracing the model timed out")
+    assert gov.cached_graph("bad", error_ttl_s=-1) is None
+    assert gov.cached_graph("good", error_ttl_s=-1) == ('{"graph": 1}', None)
+
+
 def test_a_site_too_busy_to_start_the_tracer_is_not_held_against_the_model(site_dir,
                                                                            monkeypatch):
     """The timeout runs from the tracer's `ready`: under load (two test workers, each with
