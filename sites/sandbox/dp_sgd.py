@@ -31,10 +31,21 @@ from torch.func import grad, vmap
 #: f(params, x) for one sample with a batch dimension of 1
 Forward = Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor]
 
+def _cross_entropy(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of one sample; a label outside the model's classes contributes zero
+    (it once raised, and whether a round failed told whether any sampled subject had a
+    label the model could not hold: red team, issue 14)."""
+    logits = out.reshape(1, -1)
+    label = y.reshape(-1).long()
+    valid = (label >= 0) & (label < logits.shape[1])
+    loss = F.cross_entropy(logits, torch.where(valid, label, torch.zeros_like(label)))
+    return loss * valid.to(loss.dtype).sum()
+
+
 LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "bce_with_logits": lambda out, y: F.binary_cross_entropy_with_logits(
         out.reshape(-1), y.reshape(-1).to(out.dtype)),
-    "cross_entropy": lambda out, y: F.cross_entropy(out.reshape(1, -1), y.reshape(-1).long()),
+    "cross_entropy": _cross_entropy,
 }
 
 

@@ -36,6 +36,12 @@ from typing import BinaryIO  # noqa: E402
 
 import torch  # noqa: E402
 
+# Subnormal arithmetic is many times slower on CPUs: a graph could make the round's time
+# depend on how many voxels cross a threshold (red team, issue 14). The setting is per
+# thread and new threads take it from the one that starts them: set here, before the
+# warm-up starts torch's worker threads (set afterwards, the workers kept subnormals).
+torch.set_flush_denormal(True)
+
 from policies.contract.errors import Refused  # noqa: E402
 from policies.contract.plan import TrainingPlan  # noqa: E402
 from sites.graph import check  # noqa: E402
@@ -105,9 +111,7 @@ def run(job_f: BinaryIO, private_f: BinaryIO, out_f: BinaryIO, status_f: BinaryI
     if job.threads > 0:
         torch.set_num_threads(job.threads)
     torch.manual_seed(job.seed)  # dropout draws from the site's seed
-    # subnormal arithmetic is many times slower on CPUs: a graph could make the round's
-    # time depend on how many voxels cross a threshold (red team, issue 14)
-    torch.set_flush_denormal(True)
+    torch.set_flush_denormal(True)  # again, should the thread count have changed anything
     x, y = load_private(private_f)
     private_f.close()
     micro = dp_sgd.micro_batch_size(x[0].numel(), device, facts.activation_bytes,

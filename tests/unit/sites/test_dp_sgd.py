@@ -139,3 +139,38 @@ def test_micro_batching_does_not_change_the_update():
         for k in start:
             torch.testing.assert_close(other[k], outs[0][k], rtol=1e-5, atol=1e-6)
     assert any(not torch.equal(outs[0][k], start[k]) for k in start)
+
+
+def test_every_training_thread_flushes_subnormals():
+    """A graph made the round's time track how many voxels cross a threshold through slow
+    subnormal arithmetic; the flush was once set only on the main thread, after the
+    warm-up had started the worker threads (red team, issue 14)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import torch\n"
+        "from sites.sandbox import train_child\n"
+        "train_child._warm_up()\n"
+        "torch.set_num_threads(2)\n"
+        "x = torch.full((1 << 22,), 0x00400000, dtype=torch.int32).view(torch.float32)\n"
+        "print(int((torch.mul(x, 1.0) != 0).sum()))\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         env={**__import__("os").environ, "OMP_NUM_THREADS": "2"},
+                         timeout=300, check=True)
+    assert out.stdout.strip() == "0", out.stderr[-2000:]
+
+
+def test_a_label_the_model_cannot_hold_contributes_nothing_instead_of_failing():
+    """Label 2 under a two-class model once raised in the training child: a failed round
+    answered "does any sampled subject have label >= 2?" without noise."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
+    forward, params = forward_of(model, [1, 1, 4], "cross_entropy"), start_of(model)
+    x = torch.randn(3, 1, 4)
+    grads = dp_sgd.per_sample_gradients(forward, params, dp_sgd.LOSSES["cross_entropy"],
+                                        x, torch.tensor([0, 2, 1]))
+    for g in grads.values():
+        assert torch.isfinite(g).all()
+        assert torch.count_nonzero(g[1]) == 0  # the out-of-range sample: nothing
+        assert torch.count_nonzero(g[0]) > 0 and torch.count_nonzero(g[2]) > 0
