@@ -40,7 +40,7 @@ CREATE TABLE IF NOT EXISTS decisions (
     policy_hash TEXT NOT NULL, reviewer TEXT NOT NULL, actor TEXT NOT NULL,
     note TEXT NOT NULL, method TEXT NOT NULL, overridden TEXT NOT NULL DEFAULT '[]',
     approvals_required INTEGER NOT NULL DEFAULT 1, plan_json TEXT NOT NULL,
-    decided_at REAL NOT NULL);
+    decided_at REAL NOT NULL, graph_digest TEXT);
 CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY AUTOINCREMENT, plan_hash TEXT NOT NULL, round INTEGER NOT NULL,
     researcher TEXT NOT NULL DEFAULT '', dataset TEXT NOT NULL DEFAULT '',
@@ -80,6 +80,7 @@ class Approval:
     reviewers: tuple[str, ...]
     overridden: tuple[str, ...]
     decided_at: float
+    graph_digest: str | None = None  # the training graph the reviewers saw (None: older)
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,9 @@ class Governance:
             if "volume_shape" not in columns:  # sites created before the training graph
                 db.execute("ALTER TABLE datasets ADD COLUMN volume_shape TEXT NOT NULL "
                            "DEFAULT ''")
+            decided = {r[1] for r in db.execute("PRAGMA table_info(decisions)")}
+            if "graph_digest" not in decided:  # approvals from before the training graph
+                db.execute("ALTER TABLE decisions ADD COLUMN graph_digest TEXT")
             # parameter counts of the retired inspect child: the graph cache replaces them
             db.execute("DROP TABLE IF EXISTS model_facts")
         finally:
@@ -195,7 +199,8 @@ class Governance:
                         dataset: str, decision: str, policy_hash: str, reviewer: str,
                         actor: str, note: str, method: str, plan_json: str,
                         institution: str | None = None, overridden: list[str] | None = None,
-                        approvals_required: int = 1, verdict: list[dict] | None = None) -> None:
+                        approvals_required: int = 1, verdict: list[dict] | None = None,
+                        graph_digest: str | None = None) -> None:
         """Append a decision. An approval by a reviewer who already approved since the
         last denial, or of a plan bound to another request, is refused."""
         if decision not in ("approved", "denied"):
@@ -214,11 +219,11 @@ class Governance:
             db.execute(
                 "INSERT INTO decisions (request_id, plan_hash, researcher, institution, dataset,"
                 " decision, policy_hash, reviewer, actor, note, method, overridden,"
-                " approvals_required, plan_json, decided_at)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " approvals_required, plan_json, decided_at, graph_digest)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (request_id, plan_hash, researcher, institution, dataset, decision, policy_hash,
                  reviewer, actor, note, method, json.dumps(overridden or []),
-                 approvals_required, plan_json, time.time()),
+                 approvals_required, plan_json, time.time(), graph_digest),
             )
             event = f"request.{decision}" if method != "override" else "request.override"
             self._audit(db, actor, event, request_id, plan_hash=plan_hash,
@@ -263,7 +268,7 @@ class Governance:
                              for rule in json.loads(r["overridden"])})
         return Approval(last["request_id"], plan_hash, last["researcher"], last["institution"],
                         last["dataset"], last["policy_hash"], tuple(approvers),
-                        tuple(overridden), last["decided_at"])
+                        tuple(overridden), last["decided_at"], last["graph_digest"])
 
     def committed_epsilon(self, researcher: str, dataset: str, exclude_plan: str) -> float:
         """Σ ε targets of the researcher's other approved plans on the dataset."""

@@ -328,7 +328,8 @@ def _record(site_dir: Path, cfg: SiteConfig, view: RequestView, decision: str, r
             actor=f"{reviewer} via {cfg.admin_email}", note=note, method=method,
             plan_json=view.plan.canonical_json() if view.plan else "",
             overridden=overridden, approvals_required=view.approvals_required,
-            verdict=[c.model_dump() for c in view.checks])
+            verdict=[c.model_dump() for c in view.checks],
+            graph_digest=view.graph.digest if view.graph else None)
     except ValueError as exc:
         raise ConsoleError(f"request {view.short_id}: {exc}") from None
 

@@ -206,6 +206,12 @@ def _execute(site_dir: Path, plan_json: str, data: Any, weights: Any) -> dict:
                       code=FailureCode.INVALID)
     plan_graph = _graph(site, gov, plan, graphs.input_shape(plan, cohort.volume_shape),
                         dataset_policy.training.max_parameters)
+    if approval.graph_digest is not None and approval.graph_digest != plan_graph.facts.digest:
+        # traced again (a torch upgrade, a lost cache) into another graph than was reviewed
+        gov.audit(ACTOR, "run.refused", plan.plan_hash, reason="training.graph changed",
+                  approved=approval.graph_digest, traced=plan_graph.facts.digest)
+        raise Refused("the model's training graph differs from the one approved; the data "
+                      "owner must review the plan again", code=FailureCode.POLICY)
     if {p.name: tuple(p.shape) for p in plan_graph.graph.params} != \
             {k: tuple(v.shape) for k, v in start.items()}:
         raise refused("weights_mismatch")

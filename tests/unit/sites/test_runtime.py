@@ -32,11 +32,11 @@ def site(site_dir, monkeypatch):
     return site_dir, gov, cohort
 
 
-def approve(gov: Governance, plan) -> None:
+def approve(gov: Governance, plan, graph_digest: str | None = None) -> None:
     gov.record_decision(request_id="r-" + plan.plan_hash[:8], plan_hash=plan.plan_hash,
                         researcher=plan.researcher, dataset=plan.dataset, decision="approved",
                         policy_hash="p", reviewer="dpo", actor="test", note="", method="manual",
-                        plan_json=plan.canonical_json())
+                        plan_json=plan.canonical_json(), graph_digest=graph_digest)
 
 
 def test_mock_call_returns_at_once_and_spends_nothing(site):
@@ -229,6 +229,17 @@ def test_non_finite_weights_are_refused_before_training(site):
     w["head.bias"] = np.array([np.nan], dtype=np.float32)
     out = runtime.execute_round(plan.canonical_json(), cohort.to_asset(), w)
     assert out["ok"] is False and "non-finite" in out["error"]
+    assert gov.runs() == []
+
+
+def test_a_graph_other_than_the_one_approved_does_not_run(site):
+    """A retrace (torch upgrade, lost cache) runs the researcher's code again, which may
+    give another graph than the reviewers saw (red team, issue 14)."""
+    site_dir, gov, cohort = site
+    plan = make_plan(researcher=RESEARCHER, name="pinned")
+    approve(gov, plan, graph_digest="0" * 64)
+    out = runtime.execute_round(plan.canonical_json(), cohort.to_asset(), weights_for(plan))
+    assert out["ok"] is False and "differs from the one approved" in out["error"]
     assert gov.runs() == []
 
 
