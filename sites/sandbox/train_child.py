@@ -36,12 +36,6 @@ from typing import BinaryIO  # noqa: E402
 
 import torch  # noqa: E402
 
-# Subnormal arithmetic is many times slower on CPUs: a graph could make the round's time
-# depend on how many voxels cross a threshold (red team, issue 14). The setting is per
-# thread and new threads take it from the one that starts them: set here, before the
-# warm-up starts torch's worker threads (set afterwards, the workers kept subnormals).
-torch.set_flush_denormal(True)
-
 from policies.contract.errors import Refused  # noqa: E402
 from policies.contract.plan import TrainingPlan  # noqa: E402
 from sites.graph import check  # noqa: E402
@@ -175,8 +169,19 @@ def _warm_up() -> None:
     dp_sgd.add_noise(dp_sgd.clip_and_sum(grads, 1.0), 1.0, None)
 
 
-def main() -> int:
+def prepare() -> None:
+    """Everything before the seal. Subnormal arithmetic is many times slower on CPUs: a
+    graph could make the round's time depend on how many voxels cross a threshold (red
+    team, issue 14). The flush is per thread and new threads take it from the one that
+    starts them: set first, before the warm-up starts torch's worker threads (set after
+    it, the workers kept subnormals). Not at import: importing this module must not change
+    the importing process's arithmetic."""
+    torch.set_flush_denormal(True)
     _warm_up()
+
+
+def main() -> int:
+    prepare()
     sealed = confine.seal()
     print(f"training child {os.getpid()} sealed: {sealed.model_dump_json()}", file=sys.stderr)
     try:

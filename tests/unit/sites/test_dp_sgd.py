@@ -151,7 +151,7 @@ def test_every_training_thread_flushes_subnormals():
     script = (
         "import torch\n"
         "from sites.sandbox import train_child\n"
-        "train_child._warm_up()\n"
+        "train_child.prepare()\n"
         "torch.set_num_threads(2)\n"
         "x = torch.full((1 << 22,), 0x00400000, dtype=torch.int32).view(torch.float32)\n"
         "print(int((torch.mul(x, 1.0) != 0).sum()))\n")
