@@ -190,18 +190,31 @@ def site(tmp_path_factory, memory_keyring):
         yield env
 
 
-def _plan(site, template: str, class_name: str, mark: str, name: str, repo_root: Path):
+def _submitted(site, template: str, class_name: str, name: str, repo_root: Path,
+               approve: bool = True):
+    """(plan, mark): the attack submitted (and approved behind the review's back), its
+    files named after a mark of its own."""
+    mark = f"medsyft-{name}-{uuid.uuid4().hex[:8]}"
     cfg = lifecycle.load_site(site["dir"])[1]
-    return make_plan(name=name, rounds=1, class_name=class_name, researcher=EMAIL,
-                     source=_source(template, site["dir"], cfg.port, mark, repo_root))
+    plan = site["fed"].bind(make_plan(
+        name=name, rounds=1, class_name=class_name, researcher=EMAIL,
+        source=_source(template, site["dir"], cfg.port, mark, repo_root)))
+    site["fed"].submit(plan)
+    if approve:
+        _force_approve(site["dir"], plan)
+    return plan, mark
+
+
+def _nothing_left(mark: str, repo_root: Path) -> None:
+    """No file the attack named, no shell's mark, no process outlived it."""
+    assert not list(Path("/tmp").glob(f"{mark}-*"))
+    assert not list((repo_root / "sites/runtime").glob(f"{mark}*"))
+    assert _sandbox_processes() == []
 
 
 def test_the_tracer_sees_no_site_file_no_secret_no_network_and_can_do_nothing(site, repo_root):
-    mark = f"medsyft-probe-{uuid.uuid4().hex[:8]}"
     fed = site["fed"]
-    plan = fed.bind(_plan(site, PROBE, "Probe", mark, "probe", repo_root))
-    fed.submit(plan)
-    _force_approve(site["dir"], plan)
+    plan, mark = _submitted(site, PROBE, "Probe", "probe", repo_root)
     results, errors = fed.run_round(plan, {"w": np.zeros(1, np.float32)}, retries=0)
     assert not results
     message = errors["victim"]
@@ -211,10 +224,8 @@ def test_the_tracer_sees_no_site_file_no_secret_no_network_and_can_do_nothing(si
     assert report["n"] == ATTEMPTS.count("\nattempt(")  # every attempt ran to its end
     # nothing worked but the glob over the site's syft databases, which found none
     assert report["ok"] == {"syftdb": "OK"}, report
-    assert not list(Path("/tmp").glob(f"{mark}-*"))
-    assert not list((repo_root / "sites/runtime").glob(f"{mark}*"))
     assert Governance(site["dir"]).runs(plan.plan_hash) == []  # nothing ran, nothing spent
-    assert _sandbox_processes() == []
+    _nothing_left(mark, repo_root)
 
 
 def _benign_start() -> dict[str, np.ndarray]:
@@ -224,11 +235,8 @@ def _benign_start() -> dict[str, np.ndarray]:
 
 
 def test_a_hostile_model_trains_harmlessly_and_releases_only_dp_weights(site, repo_root):
-    mark = f"medsyft-hostile-{uuid.uuid4().hex[:8]}"
     fed = site["fed"]
-    plan = fed.bind(_plan(site, HOSTILE, "Hostile", mark, "hostile", repo_root))
-    fed.submit(plan)
-    _force_approve(site["dir"], plan)
+    plan, mark = _submitted(site, HOSTILE, "Hostile", "hostile", repo_root)
     start = _benign_start()
     results, errors = fed.run_round(plan, start, retries=0)
     assert not errors, errors
@@ -241,24 +249,19 @@ def test_a_hostile_model_trains_harmlessly_and_releases_only_dp_weights(site, re
                               site["cohort"].labels.ravel()]).astype(np.float32)
     values = np.concatenate([v.ravel() for v in params.values()]).astype(np.float32)
     assert not np.isin(values, private).any()  # not one released value is a private voxel
-    assert not list(Path("/tmp").glob(f"{mark}-*"))  # no shell, no file, no batch on disk
-    assert not list((repo_root / "sites/runtime").glob(f"{mark}*"))
-    assert _sandbox_processes() == []  # nothing outlived the round
+    _nothing_left(mark, repo_root)  # no shell, no file, no batch on disk, no process
 
 
 def test_review_traces_the_model_in_the_sandbox_before_anything_else(site, repo_root):
     """The console measures a plan by tracing it: hostile constructor code runs then, sealed."""
-    mark = f"medsyft-review-{uuid.uuid4().hex[:8]}"
-    fed = site["fed"]
-    plan = fed.bind(_plan(site, HOSTILE, "Hostile", mark, "reviewed", repo_root))
-    fed.submit(plan)
+    plan, mark = _submitted(site, HOSTILE, "Hostile", "reviewed", repo_root, approve=False)
     view = next(v for v in console.list_requests(site["dir"])
                 if v.plan and v.plan.plan_hash == plan.plan_hash)
     graph_line = next(c for c in view.checks if c.rule == "training.graph")
     assert graph_line.status == "pass" and view.graph is not None
     assert view.graph.parameters == sum(int(np.prod(v.shape))
                                         for v in _benign_start().values())
-    assert not list(Path("/tmp").glob(f"{mark}-*"))
+    _nothing_left(mark, repo_root)
     assert any(c.failed for c in view.checks if c.rule.startswith("model_code"))  # feedback
 
 
