@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sqlite3
 import uuid
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from sites.operator import lifecycle
 from sites.review import console
 from sites.sandbox.confine import UID_BASE
 from tests.support.plans import TEST_POLICY, make_plan
-from tests.support.sites import one_site
+from tests.support.sites import one_site, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -200,6 +201,12 @@ def _submitted(site, template: str, class_name: str, name: str, repo_root: Path,
         name=name, rounds=1, class_name=class_name, researcher=EMAIL,
         source=_source(template, site["dir"], cfg.port, mark, repo_root)))
     site["fed"].submit(plan)
+    db = Governance(site["dir"]).path
+    # the steward's own review traces the model first: once its verdict is in, no sealed
+    # tracer of this plan is still running, and whatever is left later is a leftover
+    wait_for(lambda: sqlite3.connect(db).execute(
+        "SELECT 1 FROM verdicts WHERE plan_hash = ?", (plan.plan_hash,)).fetchone(),
+        timeout_s=180)
     if approve:
         _force_approve(site["dir"], plan)
     return plan, mark
