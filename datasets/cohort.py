@@ -81,24 +81,31 @@ class Cohort:
             meta=dict(asset.get("meta") or {}),
         )
 
+    def subset(self, index: np.ndarray) -> Cohort:
+        """The subjects at `index`, in that order (same cohort id and meta)."""
+        index = np.asarray(index, dtype=np.int64)
+        return Cohort(volumes={m: v[index] for m, v in self.volumes.items()},
+                      labels=self.labels[index], cohort_id=self.cohort_id, meta=dict(self.meta))
+
     def label_counts(self) -> dict[int, int]:
         values, counts = np.unique(self.labels, return_counts=True)
         return {int(v): int(c) for v, c in zip(values, counts, strict=True)}
 
-    def describe(self, release: Release | None = None) -> str:
-        """Schema-only description: modalities, shape, spacing, and N and label counts as
-        far as the release rule allows (exact, rounded, or left out when hidden)."""
+    def describe(self, release: Release | None = None, public_n: int | None = None) -> str:
+        """Schema-only description: modalities, shape, spacing, and the size as far as the
+        release rule allows: exact N and label counts (`exact`), the DP count `public_n`
+        rounded (`rounded`; no label counts, which would be exact counts of parts of N),
+        or nothing (`hidden`)."""
         d, h, w = self.volume_shape
         mods = ", ".join(m.upper() for m in self.volumes)
-        count = (lambda n: n) if release is None else release.count
-        n = count(self.n)
-        if n is None:
-            who = "subjects (count withheld by policy)"
+        if release is None or release.sample_count == "exact":
+            n = self.n if public_n is None else public_n
+            per = ", ".join(f"label {k}: {v}" for k, v in self.label_counts().items())
+            who = f"{n} subjects ({per})"
+        elif release.sample_count == "rounded" and public_n is not None:
+            who = f"about {release.count(public_n)} subjects (a differentially private count)"
         else:
-            approx = "" if release is None or release.sample_count == "exact" else "about "
-            per = ", ".join(f"label {k}: {approx}{count(v)}"
-                            for k, v in self.label_counts().items())
-            who = f"{approx}{n} subjects ({per})"
+            who = "subjects (count withheld by policy)"
         grid = f"each volume {d}x{h}x{w} float32"
         if self.meta.get("spacing_mm"):
             sp = "x".join(f"{float(s):g}" for s in self.meta["spacing_mm"])
@@ -111,3 +118,27 @@ class Cohort:
             + f" (asset keys: {', '.join(sorted(self.volumes))}, labels int64 0=control "
             "1=disease)."
         )
+
+
+def holdout_size(labels: np.ndarray, fraction: float) -> int:
+    """How many subjects `holdout_split` keeps out at this fraction."""
+    _, counts = np.unique(np.asarray(labels), return_counts=True)
+    return int(sum(int(round(c * fraction)) for c in counts))
+
+
+def holdout_split(labels: np.ndarray, fraction: float, seed: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(training indices, held-out indices), each sorted: per label, a random
+    `round(fraction × count)` of its subjects are held out (stratified, so the audit's
+    non-members look like its members). The same labels, fraction and seed give the same
+    split, which is how the site recomputes it from the seed it recorded at publish."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    held: list[np.ndarray] = []
+    for value in np.unique(labels):
+        idx = np.flatnonzero(labels == value)
+        k = int(round(len(idx) * fraction))
+        held.append(rng.permutation(idx)[:k])
+    out = np.sort(np.concatenate(held)) if held else np.zeros(0, np.int64)
+    train = np.setdiff1d(np.arange(len(labels)), out)
+    return train.astype(np.int64), out.astype(np.int64)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from policies.schema import DEFAULT_FUNCTIONS, DEFAULT_LAYERS, SitePolicy
 
+_ACCOUNTANT_WORDS = {"rdp": "Rényi DP (Opacus)", "prv": "privacy random variables (Opacus)",
+                     "pld": "privacy loss distributions (Google's dp-accounting)"}
+
 
 def explain(policy: SitePolicy) -> list[str]:
     out: list[str] = []
@@ -37,8 +40,19 @@ def explain(policy: SitePolicy) -> list[str]:
                    f"(δ at most {p.delta_max:g}); one researcher at most ε = "
                    f"{p.epsilon_total:g} over all their plans on it. Training noise must be "
                    f"at least σ = {p.min_noise_multiplier:g} with per-example gradients "
-                   f"clipped to at most {p.max_grad_norm:g}. Accounting: "
-                   f"{', '.join(p.accountants)}.")
+                   f"clipped to at most {p.max_grad_norm:g}.")
+        relation = ("replace-one adjacency: the number of patients is public, and ε bounds "
+                    "what anyone can learn about one patient's record being replaced by "
+                    "another's" if r.adjacency == "replace_one" else
+                    "add/remove adjacency: the number of patients is private, and ε bounds "
+                    "what anyone can learn about whether one patient is in the data at "
+                    "all; the site releases the count only once, with Gaussian noise of "
+                    f"standard deviation {r.count_noise:g} patients, and charges it to "
+                    "every ledger")
+        out.append(f"  Guarantee: every ε is stated at its δ, per patient, under {relation}. "
+                   f"Accounted with {_ACCOUNTANT_WORDS[ds.ledger_accountant]}, which also "
+                   "derives each plan's noise. Every run that touched the data is charged "
+                   "and counts as a round, whether it released weights or failed.")
         device = "the site's default device" if t.device == "auto" else t.device
         out.append(f"  Training: at most {t.max_rounds} rounds of at most {t.max_local_epochs} "
                    f"local epochs, batches of {t.batch_size.min} to {t.batch_size.max}, models "
@@ -52,8 +66,15 @@ def explain(policy: SitePolicy) -> list[str]:
                    "imports, file access, introspection or writes to the model's own state; "
                    "checked automatically on every request.")
         count = {"exact": "the exact number of patients used",
-                 "rounded": f"the number of patients rounded to a multiple of {r.round_to}",
+                 "rounded": f"the noised patient count rounded to a multiple of "
+                            f"{r.round_to}",
                  "hidden": "no patient count"}[r.sample_count]
+        timing = (f" A round's duration is padded to a multiple of {r.pad_seconds} s."
+                  if r.pad_seconds else " A round's duration is not padded: it can depend on "
+                  "the batches drawn.")
         out.append(f"  Released after each round: DP-noised model weights, the privacy "
-                   f"accounting and {count}.")
+                   f"accounting and {count}.{timing}")
+        if ds.audit.holdout_fraction:
+            out.append(f"  Audit: {ds.audit.holdout_fraction:.0%} of the patients are held out "
+                       "of training at publication, for the data owner's privacy audit.")
     return out

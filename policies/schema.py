@@ -90,8 +90,18 @@ class Privacy(_Strict):
                                                           "their plans on this dataset")
     min_noise_multiplier: float = Field(0.3, ge=0, description="smallest σ a plan may get")
     max_grad_norm: float = Field(10.0, gt=0, description="largest clipping norm C")
-    accountants: list[Literal["rdp", "prv"]] = Field(default_factory=lambda: ["rdp", "prv"],
-                                                     min_length=1)
+    accountant: Literal["rdp", "prv", "pld"] | None = Field(
+        None, description="the one accountant this dataset's ledgers compose with (σ is "
+                          "derived with it too); default pld when the cohort size is public "
+                          "(replace-one adjacency), rdp when it is private")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_accountant_list(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "accountants" in data:
+            raise ValueError("'accountants' was replaced by 'accountant' (one accountant per "
+                             "ledger): write e.g. accountant: rdp, or leave it out")
+        return data
 
     @model_validator(mode="after")
     def _total_covers_plan(self) -> Privacy:
@@ -131,16 +141,45 @@ class ModelCode(_Strict):
 
 
 class Release(_Strict):
+    """What a run may reveal besides DP-noised weights: the cohort size and timing.
+
+    `exact`: N is public and ε is stated under replace-one adjacency. `rounded` and
+    `hidden`: N is private and ε is stated under add/remove adjacency; what is released
+    depends on N only through one DP count Ñ = N + 𝒩(0, count_noise²), drawn once per
+    published cohort and charged to every ledger on it (q = B/Ñ reveals Ñ). `rounded`
+    sends Ñ rounded to `round_to` as the round's sample count; `hidden` sends none.
+    """
+
     sample_count: Literal["exact", "rounded", "hidden"] = "exact"
     round_to: int = Field(10, ge=2, le=10_000, description="multiple used when 'rounded'")
+    count_noise: float = Field(10.0, ge=1.0, le=10_000,
+                               description="standard deviation, in subjects, of the DP count "
+                                           "of a private cohort size")
+    pad_seconds: int = Field(0, ge=0, le=86_400,
+                             description="a round's duration is padded up to a multiple of "
+                                         "this (0: not padded)")
+
+    @property
+    def adjacency(self) -> Literal["add_remove", "replace_one"]:
+        """The neighbouring relation ε is stated under on this dataset."""
+        return "replace_one" if self.sample_count == "exact" else "add_remove"
 
     def count(self, n: int) -> int | None:
-        """A count as this rule releases it: exact, rounded to a multiple (never 0), or None."""
+        """A count as this rule releases it: exact, rounded to a multiple (never 0), or None.
+        Under `rounded`, `n` must already be the DP count."""
         if self.sample_count == "exact":
             return n
         if self.sample_count == "rounded":
             return max(self.round_to, int(round(n / self.round_to)) * self.round_to)
         return None
+
+
+class Audit(_Strict):
+    """Subjects kept out of training for the data owner's privacy audit."""
+
+    holdout_fraction: float = Field(0.0, ge=0.0, le=0.5,
+                                    description="share of subjects held out of training at "
+                                                "publish time (fixed then; 0: none)")
 
 
 class DatasetPolicy(_Strict):
@@ -149,6 +188,23 @@ class DatasetPolicy(_Strict):
     training: Training
     model_code: ModelCode = Field(default_factory=ModelCode)
     release: Release = Field(default_factory=Release)
+    audit: Audit = Field(default_factory=Audit)
+
+    @model_validator(mode="after")
+    def _accountant_fits_relation(self) -> DatasetPolicy:
+        if self.release.adjacency == "replace_one" and self.privacy.accountant in ("rdp", "prv"):
+            raise ValueError(
+                f"privacy.accountant: {self.privacy.accountant} states ε under add/remove "
+                "adjacency only, but release.sample_count: exact makes the cohort size "
+                "public (replace-one); use accountant: pld, or sample_count: rounded/hidden")
+        return self
+
+    @property
+    def ledger_accountant(self) -> Literal["rdp", "prv", "pld"]:
+        """The accountant this dataset's ledgers compose with."""
+        if self.privacy.accountant is not None:
+            return self.privacy.accountant
+        return "pld" if self.release.adjacency == "replace_one" else "rdp"
 
 
 class SitePolicy(_Strict):
@@ -180,6 +236,8 @@ class SitePolicy(_Strict):
                 "training": ds.training.model_dump(mode="json"),
                 "model_code": ds.model_code.model_dump(mode="json"),
                 "release": ds.release.model_dump(mode="json"),
+                "accounting": {"accountant": ds.ledger_accountant,
+                               "adjacency": ds.release.adjacency},
                 "access": {"expires": ds.access.expires.isoformat()
                            if ds.access.expires else None},
             }

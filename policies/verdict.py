@@ -42,8 +42,11 @@ class Facts(BaseModel):
     researcher: str
     institution: str | None = None
     today: date
-    cohort_n: int | None = None
+    cohort_n: int | None = None  # the accounting's n: exact N, or the DP count when private
     noise_multiplier: float | None = None
+    noise_error: str | None = None
+    adjacency: str | None = None
+    accountant: str | None = None
     n_parameters: int | None = None
     parameters_error: str | None = None
     graph_summary: str | None = None
@@ -84,12 +87,24 @@ def review_plan(policy: SitePolicy, plan: TrainingPlan, facts: Facts) -> list[Ch
               p.epsilon_total, "this plan would take the researcher over their total ε"),
         _line("privacy.max_grad_norm", plan.dp.max_grad_norm <= p.max_grad_norm,
               plan.dp.max_grad_norm, p.max_grad_norm, "clipping norm above the cap"),
-        _line("privacy.accountant", plan.dp.accountant in p.accountants, plan.dp.accountant,
-              ", ".join(p.accountants), "accountant not accepted"),
     ]
+    adjacency = facts.adjacency or dp.release.adjacency
+    lines.append(_line("privacy.relation", True,
+                       f"{adjacency}, {facts.accountant or dp.ledger_accountant}",
+                       f"sample_count {dp.release.sample_count}", ""))
+    if facts.cohort_n is not None:
+        # a private N: q = 1 would make the update's scale and the batch a count of N
+        q_one = plan.batch_size >= facts.cohort_n
+        lines.append(_line(
+            "privacy.sample_rate", adjacency == "replace_one" or not q_one,
+            f"batch {plan.batch_size}", f"at most {max(1, facts.cohort_n - 1)}",
+            f"the batch would sample every subject (q = 1) of a cohort whose size is "
+            f"private; the largest batch allowed here is {max(1, facts.cohort_n - 1)}"
+        ).model_copy(update={"overridable": False}))
     if facts.noise_multiplier is None:
-        lines.append(_line("privacy.noise_multiplier", False, "unknown (dataset not "
-                           "published?)", p.min_noise_multiplier, "cannot derive σ"))
+        lines.append(_line("privacy.noise_multiplier", False,
+                           facts.noise_error or "unknown (dataset not published?)",
+                           p.min_noise_multiplier, "cannot derive σ"))
     else:
         lines.append(_line("privacy.noise_multiplier",
                            facts.noise_multiplier >= p.min_noise_multiplier,

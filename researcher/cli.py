@@ -20,13 +20,15 @@ FedOpt = typer.Option(Path("federation.yaml"), "--federation", "-f",
 
 
 def round_table(rr) -> Table:
-    t = Table("site", "n_k", "ε so far", "ε target", "σ", "steps", "seconds", "status",
+    t = Table("site", "n_k", "ε so far", "ε target", "relation", "σ", "steps", "status",
               title=f"round {rr.round}" + (f" · global AUC {rr.auc:.3f}" if rr.auc is not None
-                                           else ""))
+                                           else ""),
+              caption="ε per subject at the site's δ, under the relation each site states")
     for s in rr.sites:
         if s.ok:
-            t.add_row(plain(s.site), str(s.n_k), f"{s.epsilon:.3f}", f"{s.target_epsilon:g}",
-                      f"{s.noise_multiplier:.3f}", str(s.steps), f"{s.seconds:.1f}", "ok")
+            t.add_row(plain(s.site), "-" if s.n_k is None else str(s.n_k), f"{s.epsilon:.3f}",
+                      f"{s.target_epsilon:g}", plain(str(s.adjacency)),
+                      f"{s.noise_multiplier:.3f}", str(s.steps), "ok")
         else:
             t.add_row(plain(s.site), "-", "-", "-", "-", "-", "-",
                       Text(printable(str(s.error)), style="red"))

@@ -169,8 +169,8 @@ def run_demo(workdir: Path, report_path: Path, rounds: int | None = None,
                   f"{', '.join(f'{r.auc:.3f}' for r in report.rounds)}; final {last.auc:.3f}")
         for s in last.sites:
             if s.ok:
-                con.print(f"  {s.site}: ε spent {s.epsilon:.3f} of {s.target_epsilon:g} "
-                          f"(δ {s.delta:g})")
+                con.print(f"  {s.site}: {s.guarantee} (target {s.target_epsilon:g}, "
+                          f"accountant {s.accountant})")
         con.print(f"report written to {report_path} "
                   f"({time.perf_counter() - t_start:.0f} s in all)")
         return report
@@ -201,8 +201,8 @@ def _report_json(report: RunReport, seconds: float) -> str:
             {"round": r.round, "auc": r.auc, "loss": r.loss, "seconds": r.seconds,
              "sites": [s.model_dump(include={"site", "ok", "n_k", "sample_rate",
                                              "noise_multiplier", "steps", "delta", "epsilon",
-                                             "target_epsilon", "seconds", "train_seconds",
-                                             "error"})
+                                             "target_epsilon", "adjacency", "accountant",
+                                             "guarantee", "error"})
                        for s in r.sites]}
             for r in report.rounds],
     }

@@ -2,8 +2,9 @@
 
 Uses the same verdict code as the site (`policies.verdict.review_plan`) on the
 published part of the policy. Who may access a dataset is not published, so
-access rules come back as "warn: not checked"; σ is derived from the published
-cohort size when the site releases it; the model is traced into its training
+access rules come back as "warn: not checked"; σ is derived under the site's
+published accounting terms (relation, accountant, and the N or DP count q derives
+from), as the site will; the model is traced into its training
 graph locally and checked against the site's operator allowlist, as the site will
 do in its sealed tracer (it is the researcher's own code, on their own machine).
 """
@@ -37,8 +38,17 @@ def _policy_from_public(doc: dict) -> SitePolicy:
 def precheck(doc: dict, plan: TrainingPlan) -> list[CheckResult]:
     policy = _policy_from_public(doc)
     ds = doc["datasets"].get(plan.dataset) or doc["datasets"].get("*") or {}
-    n = ds.get("cohort_n")
-    sigma = privacy.noise_for(plan, int(n)).noise_multiplier if n else None
+    terms = ds.get("accounting") or {}
+    accounting = sigma = noise_error = None
+    if terms.get("n"):
+        accounting = privacy.Accounting(accountant=terms["accountant"],
+                                        adjacency=terms["adjacency"], n=int(terms["n"]),
+                                        count_noise=terms.get("count_noise"))
+        try:
+            sigma = privacy.noise_for(plan, accounting).noise_multiplier
+        except privacy.TargetUnreachable as exc:
+            noise_error = str(exc)
+    n = accounting.n if accounting else None
     graph_facts, params_error = None, None
     shape = ds.get("volume_shape")
     try:
@@ -54,7 +64,9 @@ def precheck(doc: dict, plan: TrainingPlan) -> list[CheckResult]:
     except Exception as exc:
         n_params, params_error = None, f"{type(exc).__name__}: {exc}"[:300]
     facts = Facts(researcher=plan.researcher or "you", today=date.today(), cohort_n=n,
-                  noise_multiplier=sigma, n_parameters=n_params, parameters_error=params_error,
+                  noise_multiplier=sigma, noise_error=noise_error,
+                  adjacency=terms.get("adjacency"), accountant=terms.get("accountant"),
+                  n_parameters=n_params, parameters_error=params_error,
                   graph_summary=graph_facts.summary() if graph_facts else None,
                   activation_mib=graph_facts.activation_bytes / 2**20 if graph_facts else None)
     out = []
@@ -65,7 +77,7 @@ def precheck(doc: dict, plan: TrainingPlan) -> list[CheckResult]:
         elif line.rule == "training.graph" and not shape and n_params is not None:
             line = line.model_copy(update={"status": "warn", "seen": "-", "message":
                                            "volume shape not published; the site traces"})
-        elif line.rule == "privacy.noise_multiplier" and sigma is None:
+        elif line.rule == "privacy.noise_multiplier" and sigma is None and not noise_error:
             line = line.model_copy(update={"status": "warn", "message": "cohort size not "
                                            "published; the site derives σ"})
         out.append(line)

@@ -21,8 +21,9 @@ class SiteRoundReport(BaseModel):
     delta: float | None = None
     epsilon: float | None = None
     target_epsilon: float | None = None
-    seconds: float | None = None
-    train_seconds: float | None = None
+    adjacency: str | None = None
+    accountant: str | None = None
+    guarantee: str | None = Field(None, description="the site's ε claim in words")
     error: str | None = None
 
     @classmethod
@@ -30,8 +31,8 @@ class SiteRoundReport(BaseModel):
         a = r.accounting
         return cls(site=r.site, ok=True, n_k=r.n_k, sample_rate=a.sample_rate,
                    noise_multiplier=a.noise_multiplier, steps=a.steps, delta=a.delta,
-                   epsilon=a.epsilon, target_epsilon=a.target_epsilon, seconds=r.seconds,
-                   train_seconds=r.train_seconds)
+                   epsilon=a.epsilon, target_epsilon=a.target_epsilon,
+                   adjacency=a.adjacency, accountant=a.accountant, guarantee=a.claim())
 
 
 class RoundReport(BaseModel):

@@ -25,6 +25,7 @@ from datasets.cli import (
     progress_bar,
 )
 from policies.cli_output import err, esc, out, plain, print_json
+from policies.contract.claims import guarantee
 from policies.contract.errors import printable
 
 site_app = typer.Typer(help="Run a hospital datasite: create, start, stop, add researchers, "
@@ -253,7 +254,10 @@ def console_show(request_id: str = typer.Argument(..., help="request id (a prefi
         print_json(v.summary() | {
             "plan": v.plan.model_dump(mode="json") if v.plan else None,
             "template_error": v.template_error, "noise_multiplier": v.noise_multiplier,
-            "cohort_n": v.cohort_n, "checks": [c.model_dump() for c in v.checks]})
+            "cohort_n": v.cohort_n, "adjacency": v.adjacency, "accountant": v.accountant,
+            "guarantee": guarantee(v.plan.dp.target_epsilon, v.plan.dp.delta, v.adjacency)
+            if v.plan and v.adjacency else None,
+            "checks": [c.model_dump() for c in v.checks]})
         return
     out.rule(f"request {v.short_id} · {v.status} · {esc(v.researcher)}")
     if v.template_error:
@@ -266,11 +270,13 @@ def console_show(request_id: str = typer.Argument(..., help="request id (a prefi
                   f"inputs {esc(', '.join(p.inputs))}; loss {p.loss}; {p.optimizer} lr "
                   f"{p.learning_rate}; "
                   f"batch {p.batch_size}; {p.local_epochs} local epoch(s); {p.rounds} rounds")
-        out.print(f"DP: ε ≤ {p.dp.target_epsilon} at δ {p.dp.delta} over all rounds, "
-                  f"clip {p.dp.max_grad_norm}, accountant {p.dp.accountant}")
+        if v.adjacency:
+            out.print(f"DP: {guarantee(p.dp.target_epsilon, p.dp.delta, v.adjacency)}, over "
+                      f"all rounds; clip {p.dp.max_grad_norm}; accountant {v.accountant}")
         if v.noise_multiplier is not None:
-            out.print(f"projected noise multiplier σ = {v.noise_multiplier:.3f} "
-                      f"(N = {v.cohort_n})")
+            size = (f"N = {v.cohort_n}" if v.adjacency == "replace_one"
+                    else f"from the DP count {v.cohort_n} of the private N")
+            out.print(f"projected noise multiplier σ = {v.noise_multiplier:.3f} ({size})")
         if v.n_parameters is not None:
             out.print(f"parameters: {v.n_parameters:,} (measured on the meta device)")
         out.print(f"approvals: {len(v.approvers)} of {v.approvals_required} "
@@ -333,13 +339,16 @@ def console_ledger(site_dir: Path = SiteDir,
     if json_out:
         print_json([e.model_dump() for e in entries])
         return
-    t = Table("researcher", "dataset", "spent ε", "reserved ε", "remaining ε", "cap",
-              "per plan", caption="ε composed with the accountant at the policy's δ")
+    t = Table("researcher", "dataset", "relation", "spent ε", "reserved ε", "remaining ε",
+              "cap", "per plan",
+              caption="ε per subject at the policy's δ, composed by the ledger's accountant "
+                      "over every run that touched the data (failed runs included)")
     for e in entries:
-        t.add_row(e.researcher, e.dataset, f"{e.spent:.3f}", f"{e.reserved:.3f}",
+        t.add_row(e.researcher, e.dataset, f"{e.adjacency} ({e.accountant})",
+                  f"{e.spent:.3f}", f"{e.reserved:.3f}",
                   "-" if e.remaining is None else f"{e.remaining:.3f}",
                   "-" if e.cap is None else f"{e.cap:g}",
-                  "; ".join(f"{p.plan}: {p.epsilon:.3f} ({p.rounds_released} rounds)"
+                  "; ".join(f"{p.plan}: {p.epsilon:.3f} ({p.rounds_charged} rounds)"
                             for p in e.plans))
     out.print(t if entries else "no privacy budget spent yet")
 

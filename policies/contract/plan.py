@@ -12,10 +12,17 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from policies.contract.errors import MedsyftError, error_lines
 
@@ -46,7 +53,14 @@ class DPSpec(BaseModel):
     target_epsilon: float = Field(gt=0, le=100)
     delta: float = Field(gt=0, lt=1e-2)
     max_grad_norm: float = Field(gt=0, le=100)
-    accountant: Literal["rdp", "prv"] = "rdp"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _site_chooses_accountant(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "accountant" in data:
+            raise ValueError("accountant: each site composes its ledger with its own "
+                             "accountant and derives σ with it; remove this field")
+        return data
 
 
 class TrainingPlan(BaseModel):

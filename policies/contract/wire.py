@@ -8,7 +8,9 @@ anything is averaged. A failure carries a `FailureCode`, which says whether tryi
 again makes sense; nobody matches English sentences.
 
 Must never hold anything but what the site's release filter let through: parameter
-values, counts the policy allows, timings and the privacy accounting.
+values, counts the policy allows and the privacy accounting. No timings: a round's
+duration depends on the Poisson batch sizes (and may on the data); the researcher sees
+only their own clock, which the site's policy may pad (`release.pad_seconds`).
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from policies.contract.claims import guarantee
 from policies.contract.errors import MedsyftError, format_errors, printable
 
 #: Version of the wire layout; a site and a client agree on it or refuse each other.
-WIRE_VERSION = 1
+WIRE_VERSION = 2
 #: More subjects than any cohort has: a larger count would let one site outweigh the rest.
 MAX_COHORT = 10_000_000
 
@@ -62,8 +65,19 @@ class RoundAccounting(BaseModel):
     epsilon: float = Field(ge=0, allow_inf_nan=False,
                            description="ε spent by this plan at this site so far")
     target_epsilon: float = Field(gt=0, allow_inf_nan=False)
-    accountant: str = Field(max_length=16)
+    accountant: Literal["rdp", "prv", "pld"] = Field(
+        description="the site's ledger accountant: σ was derived with it, ε is its value")
+    adjacency: Literal["add_remove", "replace_one"] = Field(
+        description="the neighbouring relation ε is stated under")
+    count_noise: float | None = Field(
+        None, gt=0, allow_inf_nan=False,
+        description="add/remove: std of the DP count of N that q derives from (its ε is "
+                    "included)")
     max_grad_norm: float = Field(gt=0, allow_inf_nan=False)
+
+    def claim(self) -> str:
+        """"ε … at δ …, per subject, under <relation>"."""
+        return guarantee(self.epsilon, self.delta, self.adjacency)
 
 
 class RoundResult(BaseModel):
@@ -71,7 +85,7 @@ class RoundResult(BaseModel):
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
-    medsyft: Literal[1] = WIRE_VERSION
+    medsyft: Literal[2] = WIRE_VERSION
     ok: Literal[True] = True
     site: str = Field(pattern=r"^[a-z][a-z0-9-]{1,39}$")
     round: int = Field(ge=1)
@@ -79,10 +93,6 @@ class RoundResult(BaseModel):
     plan_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
     n_k: int | None = Field(None, ge=1, le=MAX_COHORT,
                             description="None when the site's policy hides it")
-    seconds: float = Field(ge=0, allow_inf_nan=False,
-                           description="the site's runtime for this round, training included")
-    train_seconds: float | None = Field(None, ge=0, allow_inf_nan=False,
-                                        description="DP-SGD training alone")
     device: Literal["cpu", "cuda"]
     weights_sha256: str
     accounting: RoundAccounting
@@ -98,7 +108,7 @@ class RoundFailure(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    medsyft: Literal[1] = WIRE_VERSION
+    medsyft: Literal[2] = WIRE_VERSION
     ok: Literal[False] = False
     code: FailureCode
     error: str = Field(max_length=2000)

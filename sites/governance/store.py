@@ -5,7 +5,8 @@ runtime refuses any execution without an approval record bound to the plan
 hash, whatever syft's own request status says, and counts rounds here (syft
 0.9.5 output policies do not limit executions). Round reservation is atomic
 (`BEGIN IMMEDIATE`) and charges the researcher's privacy ledger on the dataset
-(composition of every released and reserved run of all their plans there).
+(composition of every run of all their plans there: a run that touched the private
+data is charged whether it released weights or failed, and counts as a round).
 Every decision, reservation, commit, release and execution appends to
 `audit`, an append-only hash chain (`sites.governance.audit`): each entry holds
 the previous entry's hash, so `verify_audit` finds any altered, removed or
@@ -46,7 +47,8 @@ CREATE TABLE IF NOT EXISTS runs (
     researcher TEXT NOT NULL DEFAULT '', dataset TEXT NOT NULL DEFAULT '',
     status TEXT NOT NULL, started_at REAL NOT NULL, ended_at REAL,
     noise_multiplier REAL NOT NULL, sample_rate REAL NOT NULL, steps INTEGER NOT NULL,
-    n_k INTEGER, epsilon REAL, category TEXT);
+    n_k INTEGER, epsilon REAL, category TEXT, adjacency TEXT NOT NULL DEFAULT 'replace_one',
+    accountant TEXT);
 CREATE TABLE IF NOT EXISTS verdicts (
     request_id TEXT NOT NULL, policy_hash TEXT NOT NULL, plan_hash TEXT NOT NULL,
     computed_at REAL NOT NULL, report TEXT NOT NULL, PRIMARY KEY (request_id, policy_hash));
@@ -62,7 +64,11 @@ CREATE TABLE IF NOT EXISTS audit (
     prev_hash TEXT NOT NULL, hash TEXT NOT NULL);
 """
 
-RUN_ACTIVE = ("running", "released")
+#: Runs charged to the ledger and counted as rounds: every run that began (it reached the
+#: private data), whatever its end. "aborted": the site stopped during it.
+RUN_ACTIVE = ("running", "released", "failed", "aborted")
+#: Runs whose charge is final (the ledger's "spent"; a running one is "reserved").
+RUN_FINISHED = ("released", "failed", "aborted")
 #: Decision method of the steward's refusal of a request that fails a hard check.
 REFUSED = "refused"
 #: The reviewer name of the steward's own decisions (automatic approvals and refusals).
@@ -106,11 +112,20 @@ class RunRecord:
     epsilon: float | None
     started_at: float
     ended_at: float | None
+    adjacency: str = "replace_one"
+    category: str | None = None
 
     @property
     def noise(self) -> tuple[float, float, int]:
         """This run's (σ, q, steps): one entry of a history that ε composes."""
         return (self.noise_multiplier, self.sample_rate, self.steps)
+
+
+def noisy_count(n: int, noise: float, seed: int) -> int:
+    """max(1, round(N + 𝒩(0, noise²))): a Gaussian mechanism on a count (sensitivity 1)."""
+    import numpy as np
+
+    return max(1, int(round(n + np.random.default_rng(seed).normal(0.0, noise))))
 
 
 class Governance:
@@ -129,6 +144,17 @@ class Governance:
                 db.execute("ALTER TABLE decisions ADD COLUMN graph_digest TEXT")
             # parameter counts of the retired inspect child: the graph cache replaces them
             db.execute("DROP TABLE IF EXISTS model_facts")
+            for column, kind in (("count_value", "INTEGER"), ("count_noise", "REAL"),
+                                 ("holdout_seed", "INTEGER"), ("holdout_fraction", "REAL")):
+                if column not in columns:  # sites from before the stated relation
+                    db.execute(f"ALTER TABLE datasets ADD COLUMN {column} {kind}")
+            ran = {r[1] for r in db.execute("PRAGMA table_info(runs)")}
+            if "adjacency" not in ran:
+                # every earlier release derived q = B/N from the exact N: N was public
+                db.execute("ALTER TABLE runs ADD COLUMN adjacency TEXT NOT NULL "
+                           "DEFAULT 'replace_one'")
+            if "accountant" not in ran:
+                db.execute("ALTER TABLE runs ADD COLUMN accountant TEXT")
         finally:
             db.close()
 
@@ -170,18 +196,58 @@ class Governance:
 
     # -- datasets ------------------------------------------------------------
     def register_dataset(self, name: str, cohort_id: str, n: int, description: str,
-                         actor: str, volume_shape: tuple[int, ...] = ()) -> None:
-        """Record a published dataset (its cohort id is how the runtime recognises the
-        private asset, `n` is the cohort size N the accounting uses, and the volume shape
-        is what a plan's model is traced on); audited."""
+                         actor: str, volume_shape: tuple[int, ...] = (),
+                         count: tuple[int, float] | None = None,
+                         holdout: tuple[int, float] | None = None) -> None:
+        """Record a published dataset; audited.
+
+        Args:
+            name, cohort_id: how the runtime recognises the private asset.
+            n: the training part's size N (the held-out subjects excluded).
+            description: what researchers read.
+            actor: who published.
+            volume_shape: what a plan's model is traced on.
+            count: (Ñ, s), the DP count of N drawn at publish for a private cohort size.
+            holdout: (seed, fraction) of the audit split (`datasets.cohort.holdout_split`).
+        """
         with self._connect() as db:
             db.execute(
                 "INSERT OR REPLACE INTO datasets (name, cohort_id, n, description, "
-                "published_at, volume_shape) VALUES (?,?,?,?,?,?)",
+                "published_at, volume_shape, count_value, count_noise, holdout_seed, "
+                "holdout_fraction) VALUES (?,?,?,?,?,?,?,?,?,?)",
                 (name, cohort_id, n, description, time.time(),
-                 ",".join(str(int(s)) for s in volume_shape)),
+                 ",".join(str(int(s)) for s in volume_shape),
+                 count[0] if count else None, count[1] if count else None,
+                 holdout[0] if holdout else None, holdout[1] if holdout else None),
             )
-            self._audit(db, actor, "dataset.published", name, n=n)
+            self._audit(db, actor, "dataset.published", name, n=n,
+                        holdout_fraction=holdout[1] if holdout else 0.0)
+            if count:
+                self._audit(db, actor, "dataset.count_released", name, count=count[0],
+                            noise=count[1])
+
+    def cohort_count(self, name: str, noise: float, actor: str = "site") -> tuple[int, float]:
+        """(Ñ, s): the dataset's DP count of N, drawn once with std `noise` if it has none
+        yet (a dataset published while its size was public); the draw is kept and audited.
+        Ñ = max(1, round(N + 𝒩(0, s²))), the noise from the operating system's randomness.
+
+        Raises:
+            KeyError: no such dataset.
+        """
+        import secrets
+
+        with self._connect(immediate=True) as db:
+            row = db.execute("SELECT n, count_value, count_noise FROM datasets WHERE name = ?",
+                             (name,)).fetchone()
+            if row is None:
+                raise KeyError(name)
+            if row["count_value"] is not None:
+                return int(row["count_value"]), float(row["count_noise"])
+            value = noisy_count(int(row["n"]), noise, secrets.randbits(64))
+            db.execute("UPDATE datasets SET count_value = ?, count_noise = ? WHERE name = ?",
+                       (value, float(noise), name))
+            self._audit(db, actor, "dataset.count_released", name, count=value, noise=noise)
+            return value, float(noise)
 
     def dataset(self, name: str) -> dict | None:
         """The published dataset's record (name, cohort_id, n, description), or None."""
@@ -341,12 +407,14 @@ class Governance:
     # -- rounds --------------------------------------------------------------
     def begin_run(self, plan_hash: str, max_rounds: int, noise_multiplier: float,
                   sample_rate: float, steps: int, actor: str,
-                  budget: Budget | None = None) -> RunRecord:
+                  budget: Budget | None = None, adjacency: str = "replace_one",
+                  accountant: str | None = None) -> RunRecord:
         """Atomically reserve the next round of an approved plan, or refuse.
 
         With a `budget`, the reservation is also charged to the researcher's privacy
-        ledger on the dataset: the composition of every released and reserved run of all
-        their plans there, plus this one, must stay within the cap. Both checks and the
+        ledger on the dataset: the composition of every run of all their plans there
+        (released, failed, aborted or running), plus this one, must stay within the cap.
+        The charge is never returned: a run that began reached the private data. Both checks and the
         insert happen in one `BEGIN IMMEDIATE` transaction, so parallel triggers at the
         budget's edge are serialised and never overspend.
         """
@@ -379,23 +447,25 @@ class Governance:
                 now = time.time()
                 cur = db.execute(
                     "INSERT INTO runs (plan_hash, round, researcher, dataset, status, started_at,"
-                    " noise_multiplier, sample_rate, steps) VALUES (?,?,?,?,?,?,?,?,?)",
+                    " noise_multiplier, sample_rate, steps, adjacency, accountant)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                     (plan_hash, used + 1, budget.researcher if budget else "",
                      budget.dataset if budget else "", "running", now, noise_multiplier,
-                     sample_rate, steps))
+                     sample_rate, steps, adjacency, accountant))
                 self._audit(db, actor, "run.started", plan_hash, round=used + 1,
                             run=cur.lastrowid)
                 self._audit(db, actor, "budget.reserved", plan_hash, run=cur.lastrowid,
                             noise_multiplier=noise_multiplier, sample_rate=sample_rate,
-                            steps=steps)
+                            steps=steps, adjacency=adjacency, accountant=accountant)
                 record = RunRecord(cur.lastrowid, plan_hash, used + 1, "running",
-                                   noise_multiplier, sample_rate, steps, None, None, now, None)
+                                   noise_multiplier, sample_rate, steps, None, None, now, None,
+                                   adjacency)
         if refusal is not None:
             raise Refused(refusal, code=code)
         return record
 
     def ledger_history(self, researcher: str, dataset: str,
-                       statuses: tuple[str, ...] = ("released",)) -> list[RunRecord]:
+                       statuses: tuple[str, ...] = RUN_FINISHED) -> list[RunRecord]:
         """The researcher's runs on the dataset (all their plans) with these statuses,
         oldest first: what their privacy ledger there composes."""
         placeholders = ",".join("?" * len(statuses))
@@ -416,8 +486,9 @@ class Governance:
                    epsilon: float | None = None, category: str | None = None,
                    weights_sha256: str | None = None) -> None:
         """Close a reserved run: released (its ε and the released weights' digest are
-        recorded and it counts against the ledger) or failed (its reservation is returned;
-        `category` says why). Audited in the same transaction.
+        recorded) or failed (`category` says why). Either way its charge stays on the
+        ledger and it counts as a round: it touched the private data, and whether it failed
+        could depend on that data. Audited in the same transaction.
 
         Args:
             run_id: the id `begin_run` returned.
@@ -435,21 +506,23 @@ class Governance:
             db.execute(
                 "UPDATE runs SET status = ?, ended_at = ?, n_k = ?, epsilon = ?, category = ?"
                 " WHERE id = ?", (status, time.time(), n_k, epsilon, category, run_id))
-            self._audit(db, actor, "budget.committed" if released else "budget.returned",
-                        row["plan_hash"], run=run_id)
+            self._audit(db, actor, "budget.committed", row["plan_hash"], run=run_id,
+                        released=released)
             self._audit(db, actor, f"run.{status}", row["plan_hash"], round=row["round"],
                         run=run_id, n_k=n_k, epsilon=epsilon, category=category,
                         weights_sha256=weights_sha256)
 
     def abort_running(self, actor: str = "site") -> int:
-        """Mark runs left 'running' by a crash as aborted (called at site start)."""
+        """Mark runs left 'running' by a crash as aborted (called at site start); their
+        charge stays (the run may have trained on the data before the site stopped)."""
         with self._connect(immediate=True) as db:
             rows = db.execute("SELECT id, plan_hash, round FROM runs WHERE status = 'running'")
             rows = rows.fetchall()
             for r in rows:
                 db.execute("UPDATE runs SET status = 'aborted', ended_at = ? WHERE id = ?",
                            (time.time(), r["id"]))
-                self._audit(db, actor, "budget.returned", r["plan_hash"], run=r["id"])
+                self._audit(db, actor, "budget.committed", r["plan_hash"], run=r["id"],
+                            released=False)
                 self._audit(db, actor, "run.aborted", r["plan_hash"], round=r["round"],
                             run=r["id"])
             return len(rows)
@@ -465,8 +538,18 @@ class Governance:
     def _run(r: sqlite3.Row) -> RunRecord:
         return RunRecord(r["id"], r["plan_hash"], r["round"], r["status"], r["noise_multiplier"],
                          r["sample_rate"], r["steps"], r["n_k"], r["epsilon"], r["started_at"],
-                         r["ended_at"])
+                         r["ended_at"], r["adjacency"], r["category"])
 
-    def released_history(self, plan_hash: str) -> list[tuple[float, float, int]]:
-        """The (σ, q, steps) of every released run of the plan: what its ε composes."""
-        return [r.noise for r in self.runs(plan_hash) if r.status == "released"]
+    def charged_history(self, plan_hash: str) -> list[tuple[float, float, int]]:
+        """The (σ, q, steps) of every finished run of the plan, released or failed: what
+        its ε composes."""
+        return [r.noise for r in self.runs(plan_hash) if r.status in RUN_FINISHED]
+
+    def ledger_adjacency(self, researcher: str, dataset: str, current: str) -> str:
+        """The relation the researcher's ledger on the dataset is stated under: replace-one
+        once any of their runs there was (the exact N reached them), else `current`."""
+        with self._connect() as db:
+            row = db.execute("SELECT 1 FROM runs WHERE researcher = ? AND dataset = ? AND"
+                             " adjacency = 'replace_one' LIMIT 1",
+                             (researcher, dataset)).fetchone()
+        return "replace_one" if row else current

@@ -6,25 +6,28 @@ site's own registry (`sites.governance.registry`) with the syft account's id and
 key: that record, not syft's editable profile, is who the researcher is. A
 published dataset's mock is
 generated from public parameters only, never from private values, and the
-description states schema and N only.
+description states the schema and, as the policy allows, N (exact) or its DP count
+(rounded); label counts only when N is public. Publishing fixes, once, the audit's
+held-out subjects and the DP count of a private N.
 """
 
 from __future__ import annotations
 
 import contextlib
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from datasets.cohort import Cohort
+from datasets.cohort import Cohort, holdout_size, holdout_split
 from datasets.ingest import IngestReport, Progress, ingest_manifest
 from datasets.preprocess import Preprocessing
 from datasets.synthetic import DEMO_PROFILES, NEUTRAL, SiteProfile, generate_cohort, generate_mock
 from policies.contract.errors import MedsyftError
-from policies.schema import PolicyError, Release
+from policies.schema import DatasetPolicy, PolicyError
 from sites.common.syft_client import login, quiet, syft
 from sites.governance.registry import Registry, RegistryError, Researcher, normalise_email
-from sites.governance.store import Governance
+from sites.governance.store import Governance, noisy_count
 from sites.operator import lifecycle
 from sites.operator.config import SiteConfig, load_site
 from sites.operator.site import Site
@@ -136,14 +139,20 @@ def _syft_uid(hex_id: str) -> Any:
     return UID(hex_id)
 
 
-def _release_rule(site_dir: Path, cfg: SiteConfig, dataset: str) -> Release | None:
-    """The policy's release rule for `dataset` (None when the policy does not cover it)."""
+def _dataset_rule(site_dir: Path, cfg: SiteConfig, dataset: str) -> DatasetPolicy:
+    """The policy's rule for `dataset`; with no readable or covering policy, one that
+    reveals the least (count hidden) and holds nothing out."""
     try:
         policy, _ = Site(site_dir, cfg).policy()
+        rule = policy.for_dataset(dataset)
     except (PolicyError, OSError):
-        return Release(sample_count="hidden")  # no readable policy: reveal the least
-    rules = policy.for_dataset(dataset)
-    return rules.release if rules else Release(sample_count="hidden")
+        rule = None
+    if rule is not None:
+        return rule
+    return DatasetPolicy.model_validate({
+        "access": {}, "privacy": {"delta_max": 1e-5, "epsilon_per_plan": 1,
+                                  "epsilon_total": 1},
+        "training": {"max_rounds": 1}, "release": {"sample_count": "hidden"}})
 
 
 def publish_cohort(site_dir: Path, dataset: str, cohort: Cohort, mock: Cohort,
@@ -156,7 +165,23 @@ def publish_cohort(site_dir: Path, dataset: str, cohort: Cohort, mock: Cohort,
         sy = syft()
         if any(d.name == dataset for d in client.datasets.get_all()):
             raise AdminError(f"dataset {dataset!r} is already published on {cfg.name}")
-        public = cohort.describe(_release_rule(site_dir, cfg, dataset))
+        rule = _dataset_rule(site_dir, cfg, dataset)
+        holdout, training = None, cohort
+        if rule.audit.holdout_fraction > 0:
+            k = holdout_size(cohort.labels, rule.audit.holdout_fraction)
+            if k < 2 or cohort.n - k < 2:
+                raise AdminError(f"audit.holdout_fraction {rule.audit.holdout_fraction:g} of "
+                                 f"this cohort leaves too few subjects on one side")
+            holdout = (secrets.randbits(62), rule.audit.holdout_fraction)
+            training = cohort.subset(holdout_split(cohort.labels,
+                                                   rule.audit.holdout_fraction,
+                                                   holdout[0])[0])
+        n_train = training.n
+        count = None
+        if rule.release.adjacency == "add_remove":
+            count = (noisy_count(n_train, rule.release.count_noise, secrets.randbits(64)),
+                     rule.release.count_noise)
+        public = training.describe(rule.release, public_n=count[0] if count else n_train)
         description = f"{summary} {public} Mock: synthetic, same schema."
         ds = sy.Dataset(name=dataset, description=description)
         ds.add_asset(sy.Asset(name=ASSET_NAME, data=cohort.to_asset(), mock=mock.to_asset(),
@@ -164,9 +189,10 @@ def publish_cohort(site_dir: Path, dataset: str, cohort: Cohort, mock: Cohort,
         with quiet():
             res = client.upload_dataset(ds)
         _ok(res, f"cannot publish {dataset}")
-        Governance(site_dir).register_dataset(dataset, cohort.cohort_id, cohort.n,
+        Governance(site_dir).register_dataset(dataset, cohort.cohort_id, n_train,
                                               description, actor=cfg.admin_email,
-                                              volume_shape=cohort.volume_shape)
+                                              volume_shape=cohort.volume_shape, count=count,
+                                              holdout=holdout)
     return description
 
 

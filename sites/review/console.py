@@ -52,6 +52,7 @@ from sites.operator.config import SiteConfig
 from sites.operator.site import Site
 from sites.review.request_review import SiteIdentity, request_checks
 from sites.runtime import graphs
+from sites.runtime.accounting import accounting_for
 from sites.sandbox.confine import SandboxUnavailable
 from sites.sandbox.tracing import SiteBusy
 
@@ -76,7 +77,9 @@ class RequestView:
     institution: str | None = None
     checks: list[CheckResult] = field(default_factory=list)
     noise_multiplier: float | None = None
-    cohort_n: int | None = None
+    cohort_n: int | None = None  # the accounting's n (the DP count when N is private)
+    adjacency: str | None = None
+    accountant: str | None = None
     n_parameters: int | None = None
     graph: GraphFacts | None = None
     policy_hash: str = ""
@@ -134,10 +137,20 @@ def site_facts(site_dir: Path, policy: SitePolicy, plan: TrainingPlan, researche
     """Facts for the verdict that need the governance DB (cohort size, σ, committed ε)."""
     gov = Governance(site_dir)
     record = gov.dataset(plan.dataset)
-    n = int(record["n"]) if record else None
-    sigma = privacy.noise_for(plan, n).noise_multiplier if n else None
+    rule = policy.for_dataset(plan.dataset)
+    accounting = sigma = noise_error = None
+    if record and rule:
+        accounting = accounting_for(gov, record, rule, researcher)
+        try:
+            sigma = privacy.noise_for(plan, accounting).noise_multiplier
+        except privacy.TargetUnreachable as exc:
+            noise_error = str(exc)
     return Facts(researcher=researcher, institution=institution, today=date.today(),
-                 cohort_n=n, noise_multiplier=sigma, n_parameters=n_parameters,
+                 cohort_n=accounting.n if accounting else None, noise_multiplier=sigma,
+                 noise_error=noise_error,
+                 adjacency=accounting.adjacency if accounting else None,
+                 accountant=accounting.accountant if accounting else None,
+                 n_parameters=n_parameters,
                  parameters_error=parameters_error,
                  graph_summary=graph.summary() if graph else None,
                  activation_mib=graph.activation_bytes / 2**20 if graph else None,
@@ -243,6 +256,7 @@ def _review(site_dir: Path, cfg: SiteConfig, req: Any, context: ReviewContext) -
     facts = site_facts(site_dir, policy, plan, researcher, view.institution,
                        view.n_parameters, params_error, view.graph)
     view.cohort_n, view.noise_multiplier = facts.cohort_n, facts.noise_multiplier
+    view.adjacency, view.accountant = facts.adjacency, facts.accountant
     view.checks = checks + review_plan(policy, plan, facts) + [
         denial_check(earlier_denials(gov, plan, view.id))]
     return view

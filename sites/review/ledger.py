@@ -1,29 +1,33 @@
 """Reports on the privacy ledger and on plans: `medsyft console ledger` and `console plans`.
 
 The ledger of a researcher on a dataset is the accountant's composition of every
-released run of all their plans there (reserved runs shown apart), at the
-policy's δ, against the policy's ε total. Read-only: reservation and commit
-happen in `Governance.begin_run` / `finish_run`.
+run of all their plans there that touched the data, released or failed (running
+ones shown apart as reserved), after the DP count of a private cohort size, at the
+policy's δ, against the policy's ε total, under the ledger's stated relation.
+Read-only: reservation and commit happen in `Governance.begin_run` / `finish_run`.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from policies.contract import privacy
 from policies.schema import PolicyError
-from sites.governance.store import REFUSED, Governance
+from sites.governance.store import REFUSED, RUN_FINISHED, Governance
 from sites.operator.config import load_site
 from sites.operator.site import Site
+from sites.runtime.accounting import accounting_for
 
 
 class PlanSpend(BaseModel):
     plan_hash: str
     plan: str
-    rounds_released: int
+    rounds_charged: int = Field(description="runs that touched the data, released or failed")
+    rounds_failed: int
     epsilon: float
 
 
@@ -31,6 +35,8 @@ class LedgerEntry(BaseModel):
     researcher: str
     dataset: str
     accountant: str
+    adjacency: Literal["add_remove", "replace_one"]
+    guarantee: str = Field(description="the spent ε in words, with its relation")
     delta: float
     cap: float | None
     spent: float
@@ -62,6 +68,7 @@ def _plan_docs(gov: Governance) -> dict[str, dict]:
 
 def ledger(site_dir: Path, researcher: str | None = None,
            dataset: str | None = None) -> list[LedgerEntry]:
+    """Every ledger (researcher × dataset), composed as the runtime charges it."""
     site_dir, cfg = load_site(site_dir)
     gov = Governance(site_dir)
     try:
@@ -74,24 +81,31 @@ def ledger(site_dir: Path, researcher: str | None = None,
         if (researcher and r_email != researcher) or (dataset and ds != dataset):
             continue
         rule = policy.for_dataset(ds) if policy else None
-        acct = rule.privacy.accountants[0] if rule else "rdp"
+        record = gov.dataset(ds)
+        if rule is None or record is None:
+            # no rule or no dataset any more: state it under the stricter relation
+            accounting = privacy.Accounting("pld", "replace_one", n=1)
+        else:
+            accounting = accounting_for(gov, record, rule, r_email)
         delta = rule.privacy.delta_max if rule else 1e-5
         cap = rule.privacy.epsilon_total if rule else None
-        released = gov.ledger_history(r_email, ds)
-        both = gov.ledger_history(r_email, ds, ("released", "running"))
-        history = [r.noise for r in released]
-        spent = privacy.epsilon_spent(history, delta, acct)
-        with_reserved = privacy.epsilon_spent(
-            [r.noise for r in both], delta, acct)
+        finished = gov.ledger_history(r_email, ds)
+        running = gov.ledger_history(r_email, ds, ("running",))
+        spent = accounting.epsilon([r.noise for r in finished], delta)
+        with_reserved = accounting.epsilon([r.noise for r in finished + running], delta)
         per_plan: dict[str, list] = {}
-        for r in released:
+        for r in finished:
             per_plan.setdefault(r.plan_hash, []).append(r)
-        plans = [PlanSpend(plan_hash=h, plan=_name(docs.get(h)), rounds_released=len(rs),
-                           epsilon=privacy.epsilon_spent(
-                               [r.noise for r in rs],
-                               delta, acct)) for h, rs in per_plan.items()]
-        out.append(LedgerEntry(researcher=r_email, dataset=ds, accountant=acct, delta=delta,
-                               cap=cap, spent=spent, reserved=with_reserved - spent,
+        plans = [PlanSpend(plan_hash=h, plan=_name(docs.get(h)), rounds_charged=len(rs),
+                           rounds_failed=sum(r.status != "released" for r in rs),
+                           epsilon=accounting.epsilon([r.noise for r in rs], delta))
+                 for h, rs in per_plan.items()]
+        out.append(LedgerEntry(researcher=r_email, dataset=ds,
+                               accountant=accounting.accountant,
+                               adjacency=accounting.adjacency,
+                               guarantee=privacy.guarantee(spent, delta, accounting.adjacency),
+                               delta=delta, cap=cap, spent=spent,
+                               reserved=with_reserved - spent,
                                remaining=None if cap is None else max(0.0, cap - with_reserved),
                                plans=plans))
     return out
@@ -107,9 +121,9 @@ def plans(site_dir: Path) -> list[PlanProgress]:
     out = []
     for plan_hash, doc in _plan_docs(gov).items():
         runs = gov.runs(plan_hash)
-        done = sum(r.status == "released" for r in runs)
+        done = sum(r.status in RUN_FINISHED for r in runs)
         running = sum(r.status == "running" for r in runs)
-        eps = [r.epsilon for r in runs if r.status == "released" and r.epsilon is not None]
+        eps = [r.epsilon for r in runs if r.status in RUN_FINISHED and r.epsilon is not None]
         approval = gov.approval(plan_hash)
         status = "approved" if approval else ("denied" if doc["_status"] == "denied"
                                               else "awaiting approval")

@@ -1,8 +1,10 @@
 """The public part of a site's policy, served to logged-in researchers through syft.
 
 A syft custom API endpoint (`medsyft.policy`) whose code only calls
-`public_policy`: limits, allowed model code and dataset sizes, never who is
-allowed or who reviews. Researchers call it for `Federation.check(plan)`.
+`public_policy`: limits, allowed model code, each dataset's accounting terms
+(relation, accountant, the n that q derives from: N where it is public, its DP count
+where it is private), never who is allowed or who reviews. Researchers call it for
+`Federation.check(plan)`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ def public_policy(site_dir: str | Path) -> dict[str, Any]:
     from sites.governance.store import Governance
     from sites.operator.config import load_site
     from sites.operator.site import Site
+    from sites.runtime.accounting import accounting_for
 
     site_dir, cfg = load_site(site_dir)
     try:
@@ -30,8 +33,14 @@ def public_policy(site_dir: str | Path) -> dict[str, Any]:
     for name in list(doc["datasets"]):
         record = gov.dataset(name) if name != "*" else None
         rule = policy.for_dataset(name)
-        if record and rule and rule.release.sample_count != "hidden":
-            doc["datasets"][name]["cohort_n"] = int(record["n"])
+        if record and rule:
+            # the n that q and the steps derive from: N when public, else its DP count
+            # (which every ledger on the dataset is charged for); never the private N
+            terms = accounting_for(gov, record, rule)
+            doc["datasets"][name]["accounting"] |= {"n": terms.n,
+                                                    "count_noise": terms.count_noise}
+            if rule.release.sample_count == "exact":
+                doc["datasets"][name]["cohort_n"] = terms.n
         if record and record.get("volume_shape"):  # the schema is public (the mock has it)
             doc["datasets"][name]["volume_shape"] = [
                 int(v) for v in record["volume_shape"].split(",")]

@@ -17,6 +17,7 @@ child printed stay in the site log. It must never print.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import secrets
 import time
@@ -43,7 +44,8 @@ from policies.verdict import Facts, review_plan
 from sites.governance.registry import Registry, Researcher
 from sites.governance.store import Approval, Budget, Governance
 from sites.operator.site import Site
-from sites.runtime import graphs
+from sites.runtime import graphs, holdout, releases
+from sites.runtime.accounting import accounting_for
 from sites.runtime.release import refused, release_filter, validate_weights
 from sites.sandbox import confine, launcher, tracing
 from sites.sandbox.job import (
@@ -132,7 +134,8 @@ def execute_round(plan_json: str, data: Any, weights: Any) -> dict:
 
 
 def _recheck_policy(site: Site, gov: Governance, plan: TrainingPlan, approval: Approval,
-                    record: Researcher, n: int) -> DatasetPolicy:
+                    record: Researcher, dataset: dict
+                    ) -> tuple[DatasetPolicy, privacy.Accounting]:
     """Re-run the verdict against the current policy file before every round.
 
     Rules overridden at approval stay overridden only while the policy file is the one
@@ -151,9 +154,15 @@ def _recheck_policy(site: Site, gov: Governance, plan: TrainingPlan, approval: A
         raise Refused(f"policy changed: no rule covers dataset {plan.dataset} any more",
                       code=FailureCode.POLICY)
     changed = policy_hash != approval.policy_hash
+    accounting = accounting_for(gov, dataset, dataset_policy, plan.researcher)
+    try:
+        sigma = privacy.noise_for(plan, accounting).noise_multiplier
+    except privacy.TargetUnreachable as exc:
+        raise Refused(f"policy: {exc}", code=FailureCode.POLICY) from None
     facts = Facts(researcher=plan.researcher, institution=record.institution,
-                  today=date.today(), cohort_n=n, n_parameters=0,
-                  noise_multiplier=privacy.noise_for(plan, n).noise_multiplier,
+                  today=date.today(), cohort_n=accounting.n, n_parameters=0,
+                  noise_multiplier=sigma, adjacency=accounting.adjacency,
+                  accountant=accounting.accountant,
                   epsilon_committed=gov.committed_epsilon(plan.researcher, plan.dataset,
                                                           plan.plan_hash))
     waived = set() if changed else set(approval.overridden)
@@ -164,10 +173,11 @@ def _recheck_policy(site: Site, gov: Governance, plan: TrainingPlan, approval: A
                       policy_hash=policy_hash)
             raise Refused(f"{prefix}: {line.message} ({line.rule}: {line.seen}, "
                           f"limit {line.limit})", code=FailureCode.POLICY)
-    return dataset_policy
+    return dataset_policy, accounting
 
 
 def _execute(site_dir: Path, plan_json: str, data: Any, weights: Any) -> dict:
+    t_start = time.perf_counter()
     site = Site.open(site_dir)
     cfg = site.config
     try:
@@ -196,10 +206,15 @@ def _execute(site_dir: Path, plan_json: str, data: Any, weights: Any) -> dict:
                       code=FailureCode.NOT_APPROVED)
     if approval.researcher != plan.researcher or approval.dataset != plan.dataset:
         raise Refused("plan is not approved at this site", code=FailureCode.NOT_APPROVED)
-    dataset_policy = _recheck_policy(site, gov, plan, approval, record, int(dataset["n"]))
+    dataset_policy, accounting = _recheck_policy(site, gov, plan, approval, record, dataset)
 
     start = validate_weights(weights, dataset_policy.training.max_parameters)
-    cohort = Cohort.from_asset(data)
+    try:
+        cohort, _ = holdout.parts(dataset, Cohort.from_asset(data))
+    except holdout.SplitMismatch:
+        log.error("dataset %s: the private asset does not match its publish record",
+                  plan.dataset)
+        raise refused("internal") from None
     missing = [m for m in plan.inputs if m not in cohort.volumes]
     if missing:
         raise Refused(f"dataset {plan.dataset} has no {', '.join(missing)} images",
@@ -215,26 +230,29 @@ def _execute(site_dir: Path, plan_json: str, data: Any, weights: Any) -> dict:
     if {p.name: tuple(p.shape) for p in plan_graph.graph.params} != \
             {k: tuple(v.shape) for k, v in start.items()}:
         raise refused("weights_mismatch")
-    noise = privacy.noise_for(plan, cohort.n)
+    noise = privacy.noise_for(plan, accounting)
     sigma = noise.noise_multiplier
-    ledger_accountant = dataset_policy.privacy.accountants[0]
     budget = Budget(
         researcher=plan.researcher, dataset=plan.dataset,
         cap=dataset_policy.privacy.epsilon_total,
-        epsilon_of=lambda h: privacy.epsilon_spent(h, dataset_policy.privacy.delta_max,
-                                                   ledger_accountant))
+        epsilon_of=lambda h: accounting.epsilon(h, dataset_policy.privacy.delta_max))
     run = gov.begin_run(plan.plan_hash, plan.rounds, sigma, noise.sample_rate, noise.steps,
-                        ACTOR, budget=budget)
-    log.info("run %s: plan %s round %d/%d started (n=%d, q=%.4f, sigma=%.4f, steps=%d, "
-             "graph %s)", run.id, plan.plan_hash[:12], run.round, plan.rounds, cohort.n,
-             noise.sample_rate, sigma, noise.steps, plan_graph.facts.digest[:12])
-    t0 = time.perf_counter()
+                        ACTOR, budget=budget, adjacency=accounting.adjacency,
+                        accountant=accounting.accountant)
+    log.info("run %s: plan %s round %d/%d started (n=%d, accounting n=%d, %s, q=%.4f, "
+             "sigma=%.4f, steps=%d, graph %s)", run.id, plan.plan_hash[:12], run.round,
+             plan.rounds, cohort.n, accounting.n, accounting.adjacency, noise.sample_rate,
+             sigma, noise.steps, plan_graph.facts.digest[:12])
+    # ε of the plan with this run charged, released or not: the run reaches the data now
+    eps = accounting.epsilon(gov.charged_history(plan.plan_hash) + [noise.as_history_entry()],
+                             plan.dp.delta)
     released = False
     category = CATEGORIES["internal"][0]
     try:
         job = Job(plan_json=plan.canonical_json(), graph_json=plan_graph.graph_json,
                   graph_digest=plan_graph.facts.digest, weights=start,
-                  sample_rate=noise.sample_rate, noise_multiplier=sigma, steps=noise.steps,
+                  sample_rate=noise.sample_rate, expected_batch=noise.expected_batch,
+                  noise_multiplier=sigma, steps=noise.steps,
                   threads=cfg.train_threads,
                   device=cfg.device if dataset_policy.training.device == "auto"
                   else dataset_policy.training.device,
@@ -247,33 +265,46 @@ def _execute(site_dir: Path, plan_json: str, data: Any, weights: Any) -> dict:
             torch.from_numpy(cohort.labels), timeout, site,
             max_output=2 * param_bytes + (1 << 20))
         params = release_filter(output, start)
-        history = gov.released_history(plan.plan_hash) + [noise.as_history_entry()]
-        eps = privacy.epsilon_spent(history, plan.dp.delta, plan.dp.accountant)
         digest = weights_digest(params)
-        seconds = time.perf_counter() - t0
+        releases.keep(site.folder, plan.plan_hash, run.round, params)
         gov.finish_run(run.id, released=True, actor=ACTOR, n_k=cohort.n, epsilon=eps,
                        weights_sha256=digest)
         released = True
-        log.info("run %s released in %.1fs, epsilon %.3f", run.id, seconds, eps)
+        log.info("run %s released in %.1fs (training %ss), epsilon %.3f", run.id,
+                 time.perf_counter() - t_start, status.train_seconds, eps)
+        steps_so_far = sum(h[2] for h in gov.charged_history(plan.plan_hash))
         return RoundResult(
             site=cfg.name, round=run.round, rounds=plan.rounds, plan_hash=plan.plan_hash,
-            params=params, n_k=dataset_policy.release.count(cohort.n),
-            seconds=round(seconds, 3), train_seconds=status.train_seconds,
+            params=params, n_k=dataset_policy.release.count(accounting.n),
             device="cuda" if status.device == "cuda" else "cpu", weights_sha256=digest,
             accounting=RoundAccounting(
                 sample_rate=noise.sample_rate, noise_multiplier=sigma,
-                steps=sum(h[2] for h in history), round_steps=noise.steps,
+                steps=steps_so_far, round_steps=noise.steps,
                 delta=plan.dp.delta, epsilon=eps, target_epsilon=plan.dp.target_epsilon,
-                accountant=plan.dp.accountant, max_grad_norm=plan.dp.max_grad_norm),
+                accountant=accounting.accountant, adjacency=accounting.adjacency,
+                count_noise=accounting.count_noise, max_grad_norm=plan.dp.max_grad_norm),
         ).to_wire()
     except Refused as exc:
         category = str(exc)
-        log.warning("run %s failed: %s", run.id, exc)
-        raise
+        log.warning("run %s failed (charged, counted as round %d): %s", run.id, run.round, exc)
+        raise Refused(f"{exc}; the round was charged to the plan's privacy budget and counts "
+                      f"as round {run.round} of {plan.rounds}", code=exc.code) from None
     except Exception:
         log.exception("run %s failed inside the runtime", run.id)
         raise refused("internal") from None
     finally:
         if not released:
-            gov.finish_run(run.id, released=False, actor=ACTOR, category=category)
+            gov.finish_run(run.id, released=False, actor=ACTOR, category=category,
+                           epsilon=eps)
+        _pad(t_start, dataset_policy.release.pad_seconds)
+
+
+def _pad(t_start: float, pad_seconds: int) -> None:
+    """Sleep until the time since `t_start` is a whole multiple of `pad_seconds`: what a
+    researcher's clock sees of a run is then the number of buckets, not the batch sizes."""
+    if pad_seconds <= 0:
+        return
+    elapsed = time.perf_counter() - t_start
+    buckets = max(1, math.ceil(elapsed / pad_seconds))
+    time.sleep(max(0.0, buckets * pad_seconds - elapsed))
 

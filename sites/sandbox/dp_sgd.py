@@ -7,8 +7,12 @@ independently with probability q):
                                                  single samples: a model cannot
                                                  see another sample of the batch)
     ḡ_i   = g_i · min(1, C / ‖g_i‖₂)              clip to norm C over all params
-    g̃     = (Σ_i ḡ_i + N(0, σ²C² I)) / (q·N)      noise the sum, divide by the
-                                                 expected batch size
+    g̃     = (Σ_i ḡ_i + N(0, σ²C² I)) / B̄          noise the sum, divide by the
+                                                 expected batch B̄ = q·n that the
+                                                 site's accounting states (the plan's
+                                                 batch size), never by the private N:
+                                                 a divisor N would let the update's
+                                                 scale reveal N (red team, issue 15)
     θ     ← optimizer(θ, g̃)                       SGD or Adam on the runtime's
                                                  own copy of θ
 
@@ -61,6 +65,9 @@ class DPConfig:
     learning_rate: float = 0.1
     momentum: float = 0.0
     micro_batch: int | None = None  # None: micro_batch_size() for the input and device
+    #: the divisor of the noised sum; None: q·len(x), for library use where N is public.
+    #: The site always sets it (`sites.runtime`: q·n of its accounting).
+    expected_batch: float | None = None
 
 
 MICRO_BATCH_INPUT_ELEMENTS = 1 << 22  # CPU: 16 MiB of float32 input per micro-batch
@@ -161,7 +168,7 @@ def train(
     gen = torch.Generator(device="cpu").manual_seed(seed)
     noise_gen = torch.Generator(device=device).manual_seed(seed + 1)
     n = x.shape[0]
-    expected_batch = cfg.sample_rate * n
+    expected_batch = cfg.expected_batch or cfg.sample_rate * n
     noise_std = cfg.noise_multiplier * cfg.max_grad_norm
     micro = cfg.micro_batch or micro_batch_size(x[0].numel(), device)
     for step in range(cfg.steps):

@@ -58,6 +58,8 @@ class Job(BaseModel):
     graph_digest: str
     weights: dict[str, torch.Tensor]
     sample_rate: float = Field(gt=0, le=1)
+    expected_batch: float = Field(gt=0, description="what the noised sum is divided by: q·n "
+                                                    "of the accounting, never the private N")
     noise_multiplier: float = Field(ge=0)
     steps: int = Field(ge=1)
     threads: int = Field(0, ge=0)

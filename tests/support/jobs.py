@@ -33,7 +33,8 @@ def make_job(plan, cohort, steps: int = 1, weights=None, graph_json: str | None 
     weights = weights_for(plan) if weights is None else weights
     return Job(plan_json=plan.canonical_json(), graph_json=graph_json, graph_digest=digest,
                weights={k: torch.from_numpy(v) for k, v in weights.items()},
-               sample_rate=0.5, noise_multiplier=1.0, steps=steps, device="cpu", threads=1,
+               sample_rate=0.5, expected_batch=0.5 * cohort.n, noise_multiplier=1.0, steps=steps,
+               device="cpu", threads=1,
                seed=1, max_parameters=max_parameters)
 
 

@@ -449,8 +449,11 @@ def test_description_follows_the_release_rule():
     exact = c.describe(Release(sample_count="exact"))
     assert "23 subjects" in exact and f"label 1: {counts[1]}" in exact
     assert "2x2x2.5 mm voxels, RAS" in exact
-    rounded = c.describe(Release(sample_count="rounded", round_to=10))
-    assert "about 20 subjects" in rounded and "23" not in rounded
+    # rounded: only the DP count is described (here 31), never N or the label counts
+    rounded = c.describe(Release(sample_count="rounded", round_to=10), public_n=31)
+    assert "about 30 subjects" in rounded and "23" not in rounded
+    assert "label 1" not in rounded and "differentially private" in rounded
+    assert "withheld" in c.describe(Release(sample_count="rounded"))  # no count: nothing
     hidden = c.describe(Release(sample_count="hidden"))
     assert "withheld" in hidden and "23" not in hidden and "label 1" not in hidden
 

@@ -23,10 +23,11 @@ def result(**changes) -> dict:
     params = {k: np.full_like(v, 0.5) for k, v in EXPECTED.items()}
     doc = RoundResult(
         site="st-agnes", round=1, rounds=4, plan_hash="ab" * 32, params=params, n_k=480,
-        seconds=1.5, train_seconds=1.0, device="cpu", weights_sha256=weights_digest(params),
+        device="cpu", weights_sha256=weights_digest(params),
         accounting=RoundAccounting(sample_rate=0.1, noise_multiplier=1.1, steps=10,
                                    round_steps=10, delta=1e-5, epsilon=2.0, target_epsilon=8,
-                                   accountant="rdp", max_grad_norm=1.0)).to_wire()
+                                   accountant="pld", adjacency="replace_one",
+                                   max_grad_norm=1.0)).to_wire()
     doc.update(changes)
     return doc
 
@@ -39,7 +40,7 @@ def test_a_released_round_survives_the_wire_and_matches_its_digest():
 
 
 @pytest.mark.parametrize("bad,reason", [
-    ({"medsyft": 2}, "wire version"),
+    ({"medsyft": 1}, "wire version"),  # a site of the layout before the stated relation
     ({"params": {"conv.weight": np.zeros((4, 2), np.float32)}}, "do not match the model"),
     ({"params": {"conv.weight": np.zeros((2, 4), np.float32),
                  "head.bias": np.zeros(1, np.float32)}}, "wrong shape"),
@@ -49,7 +50,7 @@ def test_a_released_round_survives_the_wire_and_matches_its_digest():
     ({"device": "tpu"}, "invalid result"),
     ({"n_k": 0}, "invalid result"),
     ({"n_k": 10**30}, "invalid result"),  # would outweigh every other site in FedAvg
-    ({"seconds": float("nan")}, "invalid result"),
+    ({"train_seconds": 1.0}, "invalid result"),  # timings are not part of a result
     ({"weights_sha256": "0" * 64}, "do not match their digest"),
     ({"params": {"conv.weight": np.zeros((4, 2), np.complex128),
                  "head.bias": np.zeros(1, np.float32)}}, "not float32"),
@@ -86,10 +87,11 @@ def test_only_transient_failures_are_worth_a_retry():
 
 
 def test_a_failure_without_a_valid_code_keeps_its_message_and_is_not_retried():
-    for payload in ({"medsyft": 1, "ok": False, "error": "all 4 rounds of this plan have "
+    v = WIRE_VERSION
+    for payload in ({"medsyft": v, "ok": False, "error": "all 4 rounds of this plan have "
                      "been run"},  # an older site
-                    {"medsyft": 1, "ok": False, "code": "made-up", "error": "all 4 rounds"},
-                    {"medsyft": 1, "ok": False, "code": "internal", "error": "all 4 rounds",
+                    {"medsyft": v, "ok": False, "code": "made-up", "error": "all 4 rounds"},
+                    {"medsyft": v, "ok": False, "code": "internal", "error": "all 4 rounds",
                      "extra": 1}):
         with pytest.raises(SiteFailed, match="all 4 rounds") as exc:
             parse_round(payload, EXPECTED)
@@ -112,7 +114,8 @@ def test_a_failure_message_is_bounded():
 @pytest.mark.parametrize("field,bad", [
     ("epsilon", float("inf")), ("delta", float("nan")), ("delta", 2.0),
     ("target_epsilon", float("-inf")), ("max_grad_norm", float("nan")),
-    ("noise_multiplier", float("inf")), ("accountant", "x" * 100_000)])
+    ("noise_multiplier", float("inf")), ("accountant", "x" * 100_000),
+    ("adjacency", "replace_some"), ("count_noise", -1.0)])
 def test_accounting_must_be_finite_and_in_range(field, bad):
     doc = result()
     doc["accounting"] = doc["accounting"] | {field: bad}

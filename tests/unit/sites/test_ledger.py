@@ -34,15 +34,35 @@ def test_ledger_composes_every_released_run_of_all_plans(tmp_path):
     assert privacy.epsilon_spent(history, DELTA) == pytest.approx(expected, rel=1e-9)
 
 
-def test_failed_or_aborted_runs_give_their_reservation_back(tmp_path):
+def test_failed_and_aborted_runs_stay_charged_and_count_as_rounds(tmp_path):
+    """A run that began reached the private data: whether it failed can depend on that data,
+    so a failure is charged like a release and uses up a round (red team, issue 15)."""
     gov = Governance(tmp_path)
-    failed = gov.begin_run("p", 5, 1.0, 0.1, 10, "t", budget=budget(100))
+    failed = gov.begin_run("p", 3, 1.0, 0.1, 10, "t", budget=budget(100))
     gov.finish_run(failed.id, released=False, actor="t", category="model forward raised")
-    gov.begin_run("p", 5, 1.0, 0.1, 10, "t", budget=budget(100))  # left running: a crash
+    gov.begin_run("p", 3, 1.0, 0.1, 10, "t", budget=budget(100))  # left running: a crash
     assert gov.abort_running() == 1
-    assert gov.ledger_history("ada@x.org", "brain", ("released", "running")) == []
+    charged = gov.ledger_history("ada@x.org", "brain")
+    assert [r.status for r in charged] == ["failed", "aborted"]
+    assert gov.charged_history("p") == [(1.0, 0.1, 10)] * 2
+    assert privacy.epsilon_spent([r.noise for r in charged], DELTA) == pytest.approx(
+        reference_epsilon([(1.0, 0.1, 10)] * 2, DELTA), rel=1e-9)
+    third = gov.begin_run("p", 3, 1.0, 0.1, 10, "t", budget=budget(100))
+    assert third.round == 3  # the failed and the aborted run were rounds 1 and 2
+    gov.finish_run(third.id, released=True, actor="t")
+    with pytest.raises(Refused, match="all 3 rounds"):
+        gov.begin_run("p", 3, 1.0, 0.1, 10, "t", budget=budget(100))
     events = [e["event"] for e in gov.audit_entries()]
-    assert events.count("budget.reserved") == 2 and events.count("budget.returned") == 2
+    assert "budget.returned" not in events and events.count("budget.committed") == 3
+
+
+def test_a_failed_run_is_charged_against_the_cap(tmp_path):
+    gov = Governance(tmp_path)
+    cap = privacy.epsilon_spent([(1.0, 0.1, 10)], DELTA) * 1.01  # room for one run only
+    run = gov.begin_run("p", 5, 1.0, 0.1, 10, "t", budget=budget(cap))
+    gov.finish_run(run.id, released=False, actor="t", category="timed out")
+    with pytest.raises(Refused, match="budget exhausted"):
+        gov.begin_run("p", 5, 1.0, 0.1, 10, "t", budget=budget(cap))
 
 
 def test_run_beyond_the_budget_is_refused_with_a_readable_reason(tmp_path):

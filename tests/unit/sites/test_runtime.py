@@ -9,7 +9,7 @@ import torch
 from datasets.synthetic import generate_cohort, generate_mock
 from policies.contract.errors import Refused
 from policies.contract.model_code import build_model
-from policies.contract.wire import FailureCode
+from policies.contract.wire import WIRE_VERSION, FailureCode
 from sites import runtime
 from sites.governance.registry import Registry
 from sites.governance.store import Governance
@@ -54,7 +54,7 @@ def test_unapproved_plan_is_refused_without_training(site):
     site_dir, gov, cohort = site
     plan = make_plan(researcher=RESEARCHER)
     out = runtime.execute_round(plan.canonical_json(), cohort.to_asset(), weights_for(plan))
-    assert out == {"medsyft": 1, "ok": False, "code": "not_approved", "mock": False,
+    assert out == {"medsyft": WIRE_VERSION, "ok": False, "code": "not_approved", "mock": False,
                    "error": "plan is not approved at this site"}
     assert gov.runs() == []
 
