@@ -171,6 +171,20 @@ def run_demo(workdir: Path, report_path: Path, rounds: int | None = None,
             if s.ok:
                 con.print(f"  {s.site}: {s.guarantee} (target {s.target_epsilon:g}, "
                           f"accountant {s.accountant})")
+        con.rule("6. each data owner audits what left the site "
+                 "(membership inference with the subjects held out at publish)")
+        from sites.review.privacy_audit import audit_plan
+
+        for name, _, _ in HOSPITALS:
+            audit = audit_plan(site_dirs[name], fed.bind(plan).plan_hash)
+            f = audit.figures
+            con.print(f"  {name}: AUC {f.auc:.3f} (claim allows ≤ {f.max_auc_allowed:.3f}), "
+                      f"TPR at 1% FPR {f.tpr_at_1pct_fpr:.3f} (≤ "
+                      f"{f.max_tpr_at_1pct_allowed:.3f}), empirical ε ≥ "
+                      f"{f.epsilon_lower_bound:.2f} (claimed {f.epsilon_claimed:.2f}, "
+                      f"{audit.adjacency}); {f.members} trained on, {f.nonmembers} held out"
+                      + ("" if not audit.warnings else f" [red]{'; '.join(audit.warnings)}"
+                                                       "[/red]"))
         con.print(f"report written to {report_path} "
                   f"({time.perf_counter() - t_start:.0f} s in all)")
         return report

@@ -373,6 +373,49 @@ def console_plans(site_dir: Path = SiteDir,
     out.print(t if rows else "no plans yet")
 
 
+@console_app.command("audit-privacy")
+def console_audit_privacy(
+    plan: str = typer.Argument(..., help="plan hash (a prefix is enough) or 'name vN', as "
+                                         "`console plans` lists it"),
+    site_dir: Path = SiteDir,
+    round_no: int = typer.Option(None, "--round", help="audit this round's release "
+                                                      "(default: the last one)"),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Attack a plan's released weights with the subjects held out at publish: membership
+    inference (AUC, TPR at 1% FPR) and an empirical lower bound on ε, next to the largest
+    values the reported ε allows. Warns (exit 3) when a measured value exceeds them. For
+    the data owner only: the result goes to the audit log, never to the researcher."""
+    from sites.review.privacy_audit import audit_plan
+
+    with out.status("scoring the training and held-out subjects in the sandbox…"):
+        report = audit_plan(site_dir, plan, round_no)
+    f = report.figures
+    if json_out:
+        print_json(report.model_dump(mode="json"))
+    else:
+        out.rule(f"privacy audit · {plain(report.plan)} · round {report.round}")
+        out.print(f"claim: {report.guarantee} ({report.accountant}; "
+                  f"{report.rounds_charged} round(s) charged)")
+        out.print(f"subjects: {f.members} trained on, {f.nonmembers} held out")
+        t = Table("measure", "measured", "95% interval", "largest the claim allows",
+                  caption="loss-threshold membership inference on the released weights")
+        t.add_row("AUC", f"{f.auc:.3f}", f"{f.auc_ci[0]:.3f}–{f.auc_ci[1]:.3f}",
+                  f"{f.max_auc_allowed:.3f}")
+        t.add_row("TPR at 1% FPR", f"{f.tpr_at_1pct_fpr:.3f}",
+                  f"{f.tpr_at_1pct_fpr_ci[0]:.3f}–{f.tpr_at_1pct_fpr_ci[1]:.3f}",
+                  f"{f.max_tpr_at_1pct_allowed:.3f}")
+        t.add_row("ε (empirical lower bound)", f"{f.epsilon_lower_bound:.3f}",
+                  f"95% ({f.epsilon_lower_bound_method})", f"{f.epsilon_claimed:.3f}")
+        out.print(t)
+        for w in report.warnings:
+            out.print(f"[red]warning:[/red] {esc(w)}")
+        if not report.warnings:
+            out.print("[green]nothing measured exceeds what the claim allows[/green]")
+    if report.warnings:
+        raise typer.Exit(3)
+
+
 @console_app.command("audit")
 def console_audit(
     site_dir: Path = SiteDir,

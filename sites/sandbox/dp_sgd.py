@@ -117,6 +117,28 @@ def per_sample_gradients(
     return vmap(grad(loss_one), in_dims=(None, 0, 0), randomness="different")(fresh, x, y)
 
 
+def per_sample_losses(
+    forward: Forward,
+    params: dict[str, torch.Tensor],
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    micro: int,
+) -> torch.Tensor:
+    """(N,) float32: each sample's loss under `params`, one sample at a time (vmap), no
+    gradient; for the data owner's membership audit only."""
+
+    def loss_one(xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
+        return loss_fn(forward(params, xi.unsqueeze(0)), yi.unsqueeze(0))
+
+    out = []
+    with torch.no_grad():
+        for i in range(0, x.shape[0], micro):
+            out.append(vmap(loss_one, randomness="different")(x[i:i + micro],
+                                                              y[i:i + micro]).reshape(-1))
+    return torch.cat(out).float() if out else torch.zeros(0)
+
+
 def clip_and_sum(grads: dict[str, torch.Tensor], max_norm: float) -> dict[str, torch.Tensor]:
     """Σ_i c(g_i) with c(g) = g·min(1, C/‖g‖), the norm over all parameters of sample i,
     and c(g) = 0 when ‖g‖ is not finite (a NaN, an inf, or a norm that overflows).

@@ -53,6 +53,9 @@ class Job(BaseModel):
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
+    #: "train": DP-SGD, output the parameters; "score": each sample's loss under the given
+    #: weights, for the data owner's privacy audit (never for a researcher)
+    mode: Literal["train", "score"] = "train"
     plan_json: str
     graph_json: str
     graph_digest: str
@@ -117,6 +120,11 @@ class RunStatus(BaseModel):
 
 def save_output(f: BinaryIO, params: dict[str, torch.Tensor]) -> None:
     torch.save({"params": params}, f)
+    f.flush()
+
+
+def save_losses(f: BinaryIO, losses: torch.Tensor) -> None:
+    torch.save({"losses": losses}, f)
     f.flush()
 
 

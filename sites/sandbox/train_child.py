@@ -42,7 +42,14 @@ from sites.graph import check  # noqa: E402
 from sites.graph.execute import compile_graph  # noqa: E402
 from sites.graph.schema import Graph, Node, ParamSpec, Ref  # noqa: E402
 from sites.sandbox import channel, dp_sgd  # noqa: E402
-from sites.sandbox.job import RUN_FILES, Job, RunStatus, load_private, save_output  # noqa: E402
+from sites.sandbox.job import (  # noqa: E402
+    RUN_FILES,
+    Job,
+    RunStatus,
+    load_private,
+    save_losses,
+    save_output,
+)
 
 
 def _device(choice: str) -> torch.device:
@@ -114,6 +121,8 @@ def run(job_f: BinaryIO, private_f: BinaryIO, out_f: BinaryIO, status_f: BinaryI
     cfg = dataclasses.replace(cfg, micro_batch=micro)
     print(f"micro-batch {micro} ({facts.activation_bytes / 2**20:.1f} MiB per sample)",
           file=sys.stderr)
+    if job.mode == "score":
+        return _score(forward, job, plan, x, y, micro, device, out_f, status)
     t0 = time.perf_counter()
     try:
         params = dp_sgd.train(forward, job.weights, x, y, cfg, device, seed=job.seed)
@@ -130,6 +139,24 @@ def run(job_f: BinaryIO, private_f: BinaryIO, out_f: BinaryIO, status_f: BinaryI
           f"graph {t_checked - t_loaded:.3f}, data {t0 - t_checked:.3f}, "
           f"training {train_seconds:.3f}, output {time.perf_counter() - t0 - train_seconds:.3f}",
           file=sys.stderr)
+
+
+def _score(forward, job: Job, plan: TrainingPlan, x: torch.Tensor, y: torch.Tensor,  # noqa: ANN001
+           micro: int, device: torch.device, out_f: BinaryIO, status) -> None:  # noqa: ANN001
+    """The audit's run: each sample's loss under the job's weights (the graph as trained,
+    dropout included)."""
+    weights = {k: v.to(device=device, dtype=torch.float32) for k, v in job.weights.items()}
+    try:
+        losses = dp_sgd.per_sample_losses(forward, weights, dp_sgd.LOSSES[plan.loss],
+                                          x.to(device), y.to(device), micro)
+    except (torch.cuda.OutOfMemoryError, MemoryError):
+        traceback.print_exc()
+        return status(False, "oom")
+    except Exception:
+        traceback.print_exc()
+        return status(False, "forward")
+    save_losses(out_f, losses.cpu())
+    status(True, device=device.type)
 
 
 def warm_up_graph() -> Graph:
