@@ -45,7 +45,11 @@ from benchmarks._report import write_result  # noqa: E402
 from datasets.cohort import Cohort  # noqa: E402
 from datasets.synthetic import DEMO_PROFILES, generate_cohort  # noqa: E402
 from policies.contract.plan import load_plan  # noqa: E402
-from policies.contract.privacy import derive_noise_multiplier, run_shape  # noqa: E402
+from policies.contract.privacy import (  # noqa: E402
+    Accounting,
+    derive_noise_multiplier,
+    run_shape,
+)
 from researcher.aggregate import FedAvg  # noqa: E402
 from researcher.demo import HOSPITALS  # noqa: E402
 from researcher.evaluate import evaluate, load_params  # noqa: E402
@@ -129,7 +133,8 @@ def run_seed(seed: int, plan, sites: dict[str, Cohort], test: Cohort, log) -> di
     for eps in EPSILONS:
         sigmas = {name: derive_noise_multiplier(
             eps, plan.dp.delta, run_shape(len(xs), plan.batch_size, plan.local_epochs),
-            plan.rounds) for name, (xs, _) in data.items()}
+            plan.rounds, Accounting("pld", "replace_one", n=len(xs)))
+            for name, (xs, _) in data.items()}
         out[f"fedavg_dp:{eps:g}"] = federate(lambda n, th, xs, ys, s, sig=sigmas: train_dp(
             model, th, xs, ys, plan, sig[n], s))
         log(f"  fedavg DP ε={eps:g} (σ {', '.join(f'{s:.2f}' for s in sigmas.values())}) "

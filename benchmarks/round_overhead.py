@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import statistics
 import sys
@@ -174,7 +175,27 @@ class Sites:
         self._started = []
 
 
-def measure(fed: Federation, plan: TrainingPlan, rounds: int, log) -> dict:
+RELEASED = re.compile(r"run (\d+) released in ([0-9.]+)s \(training ([0-9.]+)s\)")
+
+
+def site_timings(site_dirs: list[Path]) -> tuple[float, float]:
+    """(slowest training, slowest site runtime) of each site's last release, read from the
+    site's own log as its operator would: a round's result carries no timing any more (it
+    would be a readout of the batch sizes)."""
+    train, runtime = 0.0, 0.0
+    for d in site_dirs:
+        last = None
+        for f in sorted((d / "logs").glob("*.log")):
+            for m in RELEASED.finditer(f.read_text(errors="replace")):
+                last = m
+        if last is not None:
+            runtime = max(runtime, float(last.group(2)))
+            train = max(train, float(last.group(3)))
+    return train, runtime
+
+
+def measure(fed: Federation, plan: TrainingPlan, rounds: int, log,
+            site_dirs: list[Path]) -> dict:
     """Warm-up round, then `rounds` measured rounds; medians and every round's figures."""
     weights = initial_weights(plan)
     mb = sum(a.nbytes for a in weights.values()) / 2**20
@@ -186,8 +207,7 @@ def measure(fed: Federation, plan: TrainingPlan, rounds: int, log) -> dict:
             raise RuntimeError(f"round {r}: {errors}")
         weights = fed.strategy.aggregate([(res.n_k or 1, res.params) for res in results.values()])
         round_s = time.perf_counter() - t0
-        train_s = max(res.train_seconds or 0.0 for res in results.values())
-        site_s = max(res.seconds for res in results.values())
+        train_s, site_s = site_timings(site_dirs[:len(results)])
         row = {"round_s": round(round_s, 3), "train_s": round(train_s, 3),
                "site_runtime_s": round(site_s, 3), "overhead_s": round(round_s - train_s, 3)}
         per_round.append(row)
@@ -252,13 +272,14 @@ def main(argv: list[str] | None = None) -> int:
             plan = plan_for(f"size_{int(mb)}mb", args.rounds + 1, 8, wide_for(mb))
             sites.approve(fed, plan)
             log(f"  weights {weights_mb(plan):.1f} MB at 2 sites:")
-            size_rows.append(measure(fed, plan, args.rounds, log))
+            size_rows.append(measure(fed, plan, args.rounds, log, sites.dirs))
         if counts:
             tiny = plan_for("tiny", (args.rounds + 1) * len(counts), 4, 0)
             sites.approve(sites.federation(max(counts)), tiny)
         for count in counts:
             log(f"  {count} sites, tiny model ({weights_mb(tiny) * 2**20 / 4:,.0f} weights):")
-            count_rows.append(measure(sites.federation(count), tiny, args.rounds, log))
+            count_rows.append(measure(sites.federation(count), tiny, args.rounds, log,
+                                      sites.dirs))
     finally:
         if sites is not None:
             sites.close()

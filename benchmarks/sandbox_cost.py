@@ -181,7 +181,8 @@ def measure(size: int, rounds: int, root: Path) -> dict:
     for p in graph.params:
         torch.nn.init.normal_(weights[p.name], std=0.05)
     job = Job(plan_json=plan.canonical_json(), graph_json=graph_json, graph_digest=facts.digest,
-              weights=weights, sample_rate=BATCH / N, noise_multiplier=1.0, steps=1,
+              weights=weights, sample_rate=BATCH / N, expected_batch=BATCH, noise_multiplier=1.0,
+              steps=1,
               device="cpu", threads=cfg.train_threads, seed=7, max_parameters=10**7)
     settings = graphs.settings(cfg, "train", 600)
     log = root / f"training-{size}.log"

@@ -69,7 +69,8 @@ def explain(policy: SitePolicy) -> list[str]:
                  "rounded": f"the noised patient count rounded to a multiple of "
                             f"{r.round_to}",
                  "hidden": "no patient count"}[r.sample_count]
-        timing = (f" A round's duration is padded to a multiple of {r.pad_seconds} s."
+        timing = (f" A round's duration is padded to a multiple of {r.pad_seconds} s, and "
+                  "each training step does a fixed amount of work."
                   if r.pad_seconds else " A round's duration is not padded: it can depend on "
                   "the batches drawn.")
         out.append(f"  Released after each round: DP-noised model weights, the privacy "

@@ -216,7 +216,8 @@ def _report_json(report: RunReport, seconds: float) -> str:
              "sites": [s.model_dump(include={"site", "ok", "n_k", "sample_rate",
                                              "noise_multiplier", "steps", "delta", "epsilon",
                                              "target_epsilon", "adjacency", "accountant",
-                                             "guarantee", "error"})
+                                             "guarantee", "ledger_epsilon", "count_noise",
+                                             "error"})
                        for s in r.sites]}
             for r in report.rounds],
     }

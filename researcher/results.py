@@ -24,6 +24,10 @@ class SiteRoundReport(BaseModel):
     adjacency: str | None = None
     accountant: str | None = None
     guarantee: str | None = Field(None, description="the site's ε claim in words")
+    ledger_epsilon: float | None = Field(None, description="ε of all your plans on this "
+                                                           "dataset at this site")
+    count_noise: float | None = Field(None, description="add/remove: std of the DP count "
+                                                        "of N that q derives from")
     error: str | None = None
 
     @classmethod
@@ -32,7 +36,8 @@ class SiteRoundReport(BaseModel):
         return cls(site=r.site, ok=True, n_k=r.n_k, sample_rate=a.sample_rate,
                    noise_multiplier=a.noise_multiplier, steps=a.steps, delta=a.delta,
                    epsilon=a.epsilon, target_epsilon=a.target_epsilon,
-                   adjacency=a.adjacency, accountant=a.accountant, guarantee=a.claim())
+                   adjacency=a.adjacency, accountant=a.accountant, guarantee=a.claim(),
+                   ledger_epsilon=a.ledger_epsilon, count_noise=a.count_noise)
 
 
 class RoundReport(BaseModel):

@@ -71,12 +71,15 @@ class Accounting:
         n: the cohort size that q and the steps are derived from: N itself under
             replace-one, the DP count Ñ under add/remove.
         count_noise: the standard deviation s of the DP count (add/remove only).
+        earlier_counts: the noise of each earlier DP count of this dataset (published
+            again, each draw released through q): charged too.
     """
 
     accountant: Accountant
     adjacency: Adjacency
     n: int
     count_noise: float | None = None
+    earlier_counts: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if self.adjacency not in ADJACENCIES:
@@ -94,7 +97,7 @@ class Accounting:
     def prefix(self) -> tuple[Entry, ...]:
         """What every history of this ledger starts with: the DP count of N (add/remove)."""
         if self.adjacency == "add_remove":
-            return ((float(self.count_noise), 1.0, 1),)
+            return tuple((float(s), 1.0, 1) for s in (*self.earlier_counts, self.count_noise))
         return ()
 
     def epsilon(self, history: list[Entry] | tuple[Entry, ...], delta: float) -> float:

@@ -69,6 +69,11 @@ class RoundAccounting(BaseModel):
         description="the site's ledger accountant: σ was derived with it, ε is its value")
     adjacency: Literal["add_remove", "replace_one"] = Field(
         description="the neighbouring relation ε is stated under")
+    ledger_epsilon: float = Field(
+        ge=0, allow_inf_nan=False,
+        description="ε of the researcher's whole ledger on this dataset at this site (all "
+                    "their plans, every charged run), at ledger_delta")
+    ledger_delta: float = Field(gt=0, lt=1)
     count_noise: float | None = Field(
         None, gt=0, allow_inf_nan=False,
         description="add/remove: std of the DP count of N that q derives from (its ε is "

@@ -58,6 +58,9 @@ CREATE TABLE IF NOT EXISTS researchers (
     user_id TEXT PRIMARY KEY, verify_key TEXT NOT NULL UNIQUE, email TEXT NOT NULL UNIQUE,
     name TEXT NOT NULL, institution TEXT NOT NULL DEFAULT '', created_at REAL NOT NULL,
     updated_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS count_draws (
+    dataset TEXT NOT NULL, cohort_id TEXT NOT NULL, value INTEGER NOT NULL,
+    noise REAL NOT NULL, drawn_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS audit (
     seq INTEGER PRIMARY KEY, at REAL NOT NULL, actor TEXT NOT NULL,
     event TEXT NOT NULL, subject TEXT NOT NULL, details TEXT NOT NULL,
@@ -145,7 +148,9 @@ class Governance:
             # parameter counts of the retired inspect child: the graph cache replaces them
             db.execute("DROP TABLE IF EXISTS model_facts")
             for column, kind in (("count_value", "INTEGER"), ("count_noise", "REAL"),
-                                 ("holdout_seed", "INTEGER"), ("holdout_fraction", "REAL")):
+                                 ("holdout_seed", "INTEGER"), ("holdout_fraction", "REAL"),
+                                 # earlier descriptions stated N (or N rounded): disclosed
+                                 ("n_disclosed", "INTEGER NOT NULL DEFAULT 1")):
                 if column not in columns:  # sites from before the stated relation
                     db.execute(f"ALTER TABLE datasets ADD COLUMN {column} {kind}")
             ran = {r[1] for r in db.execute("PRAGMA table_info(runs)")}
@@ -214,12 +219,16 @@ class Governance:
             db.execute(
                 "INSERT OR REPLACE INTO datasets (name, cohort_id, n, description, "
                 "published_at, volume_shape, count_value, count_noise, holdout_seed, "
-                "holdout_fraction) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                "holdout_fraction, n_disclosed) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 (name, cohort_id, n, description, time.time(),
                  ",".join(str(int(s)) for s in volume_shape),
                  count[0] if count else None, count[1] if count else None,
-                 holdout[0] if holdout else None, holdout[1] if holdout else None),
+                 holdout[0] if holdout else None, holdout[1] if holdout else None,
+                 0 if count else 1),
             )
+            if count:
+                db.execute("INSERT INTO count_draws VALUES (?,?,?,?,?)",
+                           (name, cohort_id, count[0], float(count[1]), time.time()))
             self._audit(db, actor, "dataset.published", name, n=n,
                         holdout_fraction=holdout[1] if holdout else 0.0)
             if count:
@@ -246,6 +255,8 @@ class Governance:
             value = noisy_count(int(row["n"]), noise, secrets.randbits(64))
             db.execute("UPDATE datasets SET count_value = ?, count_noise = ? WHERE name = ?",
                        (value, float(noise), name))
+            db.execute("INSERT INTO count_draws SELECT name, cohort_id, ?, ?, ? FROM datasets"
+                       " WHERE name = ?", (value, float(noise), time.time(), name))
             self._audit(db, actor, "dataset.count_released", name, count=value, noise=noise)
             return value, float(noise)
 
@@ -254,6 +265,13 @@ class Governance:
         with self._connect() as db:
             row = db.execute("SELECT * FROM datasets WHERE name = ?", (name,)).fetchone()
             return dict(row) if row else None
+
+    def count_noises(self, name: str) -> list[float]:
+        """The noise of every DP count of N ever drawn for this dataset name, oldest first
+        (a dataset published again gets a new draw; every draw was released through q)."""
+        with self._connect() as db:
+            return [float(r[0]) for r in db.execute(
+                "SELECT noise FROM count_draws WHERE dataset = ? ORDER BY rowid", (name,))]
 
     def private_cohort_ids(self) -> set[str]:
         """Cohort ids of every published private asset (to tell them from mocks)."""

@@ -184,9 +184,10 @@ def publish_cohort(site_dir: Path, dataset: str, cohort: Cohort, mock: Cohort,
         public = training.describe(rule.release, public_n=count[0] if count else n_train)
         description = f"{summary} {public} Mock: synthetic, same schema."
         ds = sy.Dataset(name=dataset, description=description)
-        ds.add_asset(sy.Asset(name=ASSET_NAME, data=cohort.to_asset(), mock=mock.to_asset(),
+        mock_asset = mock.to_asset()
+        ds.add_asset(sy.Asset(name=ASSET_NAME, data=cohort.to_asset(), mock=mock_asset,
                               description=public))
-        with quiet():
+        with quiet(), _sized_as(mock_asset):
             res = client.upload_dataset(ds)
         _ok(res, f"cannot publish {dataset}")
         Governance(site_dir).register_dataset(dataset, cohort.cohort_id, n_train,
@@ -194,6 +195,27 @@ def publish_cohort(site_dir: Path, dataset: str, cohort: Cohort, mock: Cohort,
                                               volume_shape=cohort.volume_shape, count=count,
                                               holdout=holdout)
     return description
+
+
+@contextlib.contextmanager
+def _sized_as(public: Any) -> Iterator[None]:
+    """syft 0.9.5's `upload_dataset` records the private asset's size in MB on the dataset
+    (`Dataset.mb_size`, which every guest may read): N times the bytes of one subject, so
+    N to the subject (red team, issue 15). While uploading, the size syft records is the
+    mock's, which is public."""
+    from syft.client import datasite_client
+
+    measure = getattr(datasite_client, "get_mb_size", None)
+    if measure is None:
+        raise AdminError("this syft's upload does not measure datasets the way medsyft "
+                         "checked (syft.client.datasite_client.get_mb_size); refusing to "
+                         "publish a size that might be the private one")
+    size = measure(public)
+    datasite_client.get_mb_size = lambda _data: size
+    try:
+        yield
+    finally:
+        datasite_client.get_mb_size = measure
 
 
 def publish_synthetic(site_dir: Path, dataset: str, n: int, seed: int,

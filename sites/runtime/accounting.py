@@ -21,12 +21,16 @@ def accounting_for(gov: Governance, dataset: dict, rule: DatasetPolicy,
                    researcher: str | None = None) -> Accounting:
     """The ledger's terms for `researcher` (None: anyone new) on the published `dataset`.
 
-    Replace-one when the policy makes N public, or when any earlier run of this
-    researcher there was under replace-one (they already hold N, so an add/remove claim
+    Replace-one when the policy makes N public, when the dataset was published while it
+    was (its description states N), or when any earlier run of this researcher there was
+    under replace-one (they already hold N, so an add/remove claim
     would not hold for them any more); the accountant is then dp-accounting's PLD if the
     policy's does not model replace-one.
     """
     adjacency = rule.release.adjacency
+    if dataset.get("n_disclosed", 1):
+        # published while N was public: its description (and syft's copy of it) state N
+        adjacency = "replace_one"
     if researcher:
         adjacency = gov.ledger_adjacency(researcher, dataset["name"], adjacency)
     accountant = rule.ledger_accountant
@@ -35,4 +39,6 @@ def accounting_for(gov: Governance, dataset: dict, rule: DatasetPolicy,
     if adjacency == "replace_one":
         return Accounting(accountant=accountant, adjacency=adjacency, n=int(dataset["n"]))
     n, noise = gov.cohort_count(dataset["name"], rule.release.count_noise)
-    return Accounting(accountant=accountant, adjacency=adjacency, n=n, count_noise=noise)
+    draws = gov.count_noises(dataset["name"])
+    return Accounting(accountant=accountant, adjacency=adjacency, n=n, count_noise=noise,
+                      earlier_counts=tuple(draws[:-1]))

@@ -253,6 +253,8 @@ def _execute(site_dir: Path, plan_json: str, data: Any, weights: Any) -> dict:
                   graph_digest=plan_graph.facts.digest, weights=start,
                   sample_rate=noise.sample_rate, expected_batch=noise.expected_batch,
                   noise_multiplier=sigma, steps=noise.steps,
+                  step_work=step_work(noise, accounting, plan.dp.delta)
+                  if dataset_policy.release.pad_seconds else None,
                   threads=cfg.train_threads,
                   device=cfg.device if dataset_policy.training.device == "auto"
                   else dataset_policy.training.device,
@@ -270,9 +272,13 @@ def _execute(site_dir: Path, plan_json: str, data: Any, weights: Any) -> dict:
         gov.finish_run(run.id, released=True, actor=ACTOR, n_k=cohort.n, epsilon=eps,
                        weights_sha256=digest)
         released = True
-        log.info("run %s released in %.1fs (training %ss), epsilon %.3f", run.id,
+        log.info("run %s released in %.3fs (training %ss), epsilon %.3f", run.id,
                  time.perf_counter() - t_start, status.train_seconds, eps)
         steps_so_far = sum(h[2] for h in gov.charged_history(plan.plan_hash))
+        ledger_delta = dataset_policy.privacy.delta_max
+        ledger_eps = accounting.epsilon(
+            [r.noise for r in gov.ledger_history(plan.researcher, plan.dataset)],
+            ledger_delta)
         return RoundResult(
             site=cfg.name, round=run.round, rounds=plan.rounds, plan_hash=plan.plan_hash,
             params=params, n_k=dataset_policy.release.count(accounting.n),
@@ -282,6 +288,7 @@ def _execute(site_dir: Path, plan_json: str, data: Any, weights: Any) -> dict:
                 steps=steps_so_far, round_steps=noise.steps,
                 delta=plan.dp.delta, epsilon=eps, target_epsilon=plan.dp.target_epsilon,
                 accountant=accounting.accountant, adjacency=accounting.adjacency,
+                ledger_epsilon=ledger_eps, ledger_delta=ledger_delta,
                 count_noise=accounting.count_noise, max_grad_norm=plan.dp.max_grad_norm),
         ).to_wire()
     except Refused as exc:
@@ -297,6 +304,21 @@ def _execute(site_dir: Path, plan_json: str, data: Any, weights: Any) -> dict:
             gov.finish_run(run.id, released=False, actor=ACTOR, category=category,
                            epsilon=eps)
         _pad(t_start, dataset_policy.release.pad_seconds)
+
+
+def step_work(noise: privacy.RoundNoise, accounting: privacy.Accounting, delta: float) -> int:
+    """The per-sample gradients a padded round's every step computes (the draw, then
+    zero-weighted stand-ins): L = ⌈μ + z·√μ⌉ with μ = B + z·q·s, the expected draw at a
+    cohort z standard deviations s of the DP count above Ñ, and z the normal quantile at
+    δ / (2·steps). A step's work, and so the round's duration and whether it meets the
+    time limit, then depends on how many subjects the draw took (and, through it, on N)
+    only when a draw exceeds L: about δ/2 per run from the draw and δ/2 from N. Not part of
+    ε: stated in the README's threat model."""
+    from scipy.stats import norm
+
+    z = float(norm.isf(delta / (2 * max(1, noise.steps))))
+    mu = noise.expected_batch + z * noise.sample_rate * (accounting.count_noise or 0.0)
+    return int(math.ceil(mu + z * math.sqrt(mu)))
 
 
 def _pad(t_start: float, pad_seconds: int) -> None:

@@ -68,6 +68,9 @@ class DPConfig:
     #: the divisor of the noised sum; None: q·len(x), for library use where N is public.
     #: The site always sets it (`sites.runtime`: q·n of its accounting).
     expected_batch: float | None = None
+    #: per-sample gradients each step computes at least (the draw, then zero-weighted
+    #: stand-ins), so that a step's duration does not tell how many the draw took
+    step_work: int | None = None
 
 
 MICRO_BATCH_INPUT_ELEMENTS = 1 << 22  # CPU: 16 MiB of float32 input per micro-batch
@@ -139,7 +142,8 @@ def per_sample_losses(
     return torch.cat(out).float() if out else torch.zeros(0)
 
 
-def clip_and_sum(grads: dict[str, torch.Tensor], max_norm: float) -> dict[str, torch.Tensor]:
+def clip_and_sum(grads: dict[str, torch.Tensor], max_norm: float,
+                 keep: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Σ_i c(g_i) with c(g) = g·min(1, C/‖g‖), the norm over all parameters of sample i,
     and c(g) = 0 when ‖g‖ is not finite (a NaN, an inf, or a norm that overflows).
 
@@ -151,6 +155,8 @@ def clip_and_sum(grads: dict[str, torch.Tensor], max_norm: float) -> dict[str, t
     flat = torch.stack([g.reshape(g.shape[0], -1).norm(2, dim=1) for g in grads.values()], 1)
     norms = flat.norm(2, dim=1)
     finite = torch.isfinite(norms)
+    if keep is not None:  # stand-ins that only make up the step's fixed work: weight 0
+        finite = finite & keep
     factor = torch.where(finite, (max_norm / (norms + 1e-6)).clamp(max=1.0),
                          torch.zeros_like(norms))
     out = {}
@@ -196,12 +202,20 @@ def train(
     for step in range(cfg.steps):
         mask = torch.rand(n, generator=gen) < cfg.sample_rate
         idx = mask.nonzero().flatten()
+        real = torch.ones(len(idx), dtype=torch.bool)
+        if cfg.step_work and len(idx) < cfg.step_work:
+            # zero-weighted stand-ins up to the fixed work: the step takes as long whatever
+            # the Poisson draw took (they run on real subjects' values, weighted 0)
+            extra = cfg.step_work - len(idx)
+            idx = torch.cat([idx, torch.zeros(extra, dtype=idx.dtype)])
+            real = torch.cat([real, torch.zeros(extra, dtype=torch.bool)])
         total = {k: torch.zeros_like(v) for k, v in theta.items()}
         for start_i in range(0, len(idx), micro):
             chunk = idx[start_i:start_i + micro]
             xb, yb = x[chunk].to(device), y[chunk].to(device)
             g = per_sample_gradients(forward, theta, loss_fn, xb, yb)
-            for k, v in clip_and_sum(g, cfg.max_grad_norm).items():
+            keep = real[start_i:start_i + micro].to(device)
+            for k, v in clip_and_sum(g, cfg.max_grad_norm, keep).items():
                 total[k] += v
         noisy = add_noise(total, noise_std, noise_gen)
         opt.zero_grad(set_to_none=True)

@@ -65,6 +65,8 @@ class Job(BaseModel):
                                                     "of the accounting, never the private N")
     noise_multiplier: float = Field(ge=0)
     steps: int = Field(ge=1)
+    step_work: int | None = Field(None, ge=1, description="gradients per step at least "
+                                                          "(padded rounds)")
     threads: int = Field(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_parameters: int = Field(ge=1)

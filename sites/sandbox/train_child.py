@@ -106,7 +106,8 @@ def run(job_f: BinaryIO, private_f: BinaryIO, out_f: BinaryIO, status_f: BinaryI
     t_checked = time.perf_counter()
     cfg = dp_sgd.DPConfig(
         sample_rate=job.sample_rate, noise_multiplier=job.noise_multiplier,
-        expected_batch=job.expected_batch, max_grad_norm=plan.dp.max_grad_norm,
+        expected_batch=job.expected_batch, step_work=job.step_work,
+        max_grad_norm=plan.dp.max_grad_norm,
         steps=job.steps, loss=plan.loss,
         optimizer=plan.optimizer, learning_rate=plan.learning_rate, momentum=plan.momentum)
     device = _device(job.device)

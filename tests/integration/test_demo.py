@@ -11,12 +11,12 @@ from rich.console import Console
 
 from sites.common import keychain
 from sites.operator import lifecycle
-from tests.support.reference import reference_epsilon
+from tests.support.reference import pld_epsilon
 
 pytestmark = pytest.mark.integration
 
 SITE_FIELDS = {"n_k", "sample_rate", "noise_multiplier", "steps", "delta", "epsilon",
-               "target_epsilon", "seconds", "train_seconds"}
+               "target_epsilon", "adjacency", "accountant", "guarantee", "ledger_epsilon"}
 
 
 def test_demo_trains_across_three_hospitals_and_stops_its_servers(tmp_path, memory_keyring):
@@ -37,8 +37,14 @@ def test_demo_trains_across_three_hospitals_and_stops_its_servers(tmp_path, memo
         for s in rnd["sites"]:
             assert s["ok"] and SITE_FIELDS <= set(s)
             assert s["epsilon"] <= s["target_epsilon"]
-            assert s["epsilon"] >= reference_epsilon(
-                [(s["noise_multiplier"], s["sample_rate"], s["steps"])], s["delta"]) - 1e-9
+            # the relation is stated, and ε is at least dp-accounting's for it, the DP
+            # count of a private N included
+            words = {"replace_one": "replace-one", "add_remove": "add/remove"}
+            assert words[s["adjacency"]] in s["guarantee"]
+            count = [(s["count_noise"], 1.0, 1)] if s["adjacency"] == "add_remove" else []
+            assert s["epsilon"] >= pld_epsilon(
+                count + [(s["noise_multiplier"], s["sample_rate"], s["steps"])], s["delta"],
+                s["adjacency"]) - 1e-9
     sizes = {s["site"]: s["n_k"] for s in report["rounds"][0]["sites"]}
     assert len(set(sizes.values())) == 3  # non-IID: different cohorts
     for site_yaml in (tmp_path / "work" / "sites").glob("*/site.yaml"):
@@ -48,3 +54,8 @@ def test_demo_trains_across_three_hospitals_and_stops_its_servers(tmp_path, memo
     assert "awaiting second approval" in out  # st-agnes: four-eyes
     assert "approved automatically" in out  # northgate: approval: auto
     assert "round 2" in out and "global AUC" in out
+    # each data owner audited its releases; the demo's plan stays inside its claim
+    assert out.count("empirical ε ≥") == 3 and "exceeds" not in out
+    relations = {s["site"]: s["adjacency"] for s in report["rounds"][0]["sites"]}
+    assert relations == {"st-agnes": "replace_one", "northgate": "replace_one",
+                         "riverside": "add_remove"}

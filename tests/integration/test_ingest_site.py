@@ -18,6 +18,7 @@ import yaml
 from datasets.cohort import Cohort
 from datasets.synthetic_files import FAKE_IDENTIFIERS, write_synthetic_cohort
 from sites.common.syft_client import login, quiet
+from sites.governance.store import Governance
 from sites.operator import admin
 from tests.support.sites import one_site
 
@@ -95,9 +96,26 @@ def test_researcher_sees_schema_spacing_and_rounded_counts(ingested_site):
     [entry] = fed.datasets()["ingest-site"]
     text = entry["description"]
     assert "MRI, PET" in text and "12x12x12" in text and "mm voxels, RAS" in text
-    assert "about 15 subjects" in text  # 14 rounded to a multiple of 5
-    assert "14 subjects" not in text
+    # the DP count of N (drawn once at publish), rounded; never N, never label counts
+    count = Governance(ingested_site["dir"]).dataset("brain-mri-pet")["count_value"]
+    assert f"about {max(5, round(count / 5) * 5)} subjects (a differentially private count)" \
+        in text
+    assert "14 subjects" not in text and "label 1" not in text
     assert not _leaks(text.encode(), _needles(14))
+
+
+def test_syft_records_the_mocks_size_not_the_private_assets(ingested_site):
+    """syft's upload stores the private asset's size in MB where every guest reads it: N
+    to the subject (red team, issue 15). The site records the mock's instead."""
+    from syft.util.util import get_mb_size
+
+    fed = ingested_site["fed"]
+    with quiet():
+        [ds] = fed.client("ingest-site").datasets.get_all()
+    mock = fed.mock("ingest-site", "brain-mri-pet").to_asset()
+    private = ingested_site["cohort"].to_asset()
+    assert ds.mb_size == pytest.approx(get_mb_size(mock), rel=1e-3)
+    assert ds.mb_size != pytest.approx(get_mb_size(private), rel=1e-3)
 
 
 def test_mock_is_synthetic_same_schema_and_independent_of_private_values(ingested_site):

@@ -27,7 +27,7 @@ from sites.governance.store import Governance
 from sites.operator import admin, lifecycle
 from sites.review import console
 from tests.support.plans import TEST_POLICY, make_plan
-from tests.support.reference import reference_epsilon
+from tests.support.reference import pld_epsilon
 
 pytestmark = pytest.mark.integration
 
@@ -132,14 +132,13 @@ def test_two_rounds_change_weights_and_grow_epsilon(fed_env):
     for site in ("alpha", "beta"):
         eps = [next(s for s in r.sites if s.site == site).epsilon for r in report.rounds]
         assert 0 < eps[0] < eps[1] <= plan.dp.target_epsilon
-    for r in report.rounds:  # every reported ε is at least Opacus's for the reported figures
+    for r in report.rounds:  # every reported ε is at least dp-accounting's for its relation
         for s in r.sites:
-            assert s.epsilon >= reference_epsilon([(s.noise_multiplier, s.sample_rate,
-                                                    s.steps)], s.delta) - 1e-9
+            assert s.adjacency == "replace_one" and "replace-one" in s.guarantee
+            assert s.epsilon >= pld_epsilon([(s.noise_multiplier, s.sample_rate, s.steps)],
+                                            s.delta, s.adjacency) - 1e-9
+            assert s.ledger_epsilon >= s.epsilon - 1e-9
     assert all(r.auc is not None for r in report.rounds)
-    for r in report.rounds:  # training time is reported apart from the site's whole runtime
-        for s in r.sites:
-            assert 0 < s.train_seconds <= s.seconds
     for d in fed_env["sites"].values():
         assert "syft speed patches: syft.types.syft_object" in (d / "logs/site.log").read_text()
         log = (d / "logs/training.log").read_text()

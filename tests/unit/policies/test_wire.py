@@ -27,6 +27,7 @@ def result(**changes) -> dict:
         accounting=RoundAccounting(sample_rate=0.1, noise_multiplier=1.1, steps=10,
                                    round_steps=10, delta=1e-5, epsilon=2.0, target_epsilon=8,
                                    accountant="pld", adjacency="replace_one",
+                                   ledger_epsilon=2.5, ledger_delta=1e-5,
                                    max_grad_norm=1.0)).to_wire()
     doc.update(changes)
     return doc

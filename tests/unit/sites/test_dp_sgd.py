@@ -174,3 +174,37 @@ def test_a_label_the_model_cannot_hold_contributes_nothing_instead_of_failing():
         assert torch.isfinite(g).all()
         assert torch.count_nonzero(g[1]) == 0  # the out-of-range sample: nothing
         assert torch.count_nonzero(g[0]) > 0 and torch.count_nonzero(g[2]) > 0
+
+
+def test_a_padded_step_computes_the_same_work_whatever_the_draw_and_the_same_update():
+    """With `step_work` every step computes that many per-sample gradients whether the
+    Poisson draw took 20 subjects or 2 (zero-weighted stand-ins make up the rest), so a
+    step's duration and a round's time limit cannot tell how many it took, nor N
+    (red team, issue 15: the time limit answered whether N was large); the update is the
+    unpadded one."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 1))
+    start = start_of(model)
+    inner = forward_of(model, [1, 4])
+    seen: list[int] = []
+
+    def counting(params, x):  # micro-batch 1: one call per sample computed
+        seen.append(1)
+        return inner(params, x)
+
+    for n in (10, 60):
+        x, y = torch.randn(n, 4), (torch.rand(n) > 0.5).float()
+        outs = []
+        for work in (None, 30):
+            seen.clear()
+            cfg = dp_sgd.DPConfig(sample_rate=0.2, noise_multiplier=1.0, max_grad_norm=1.0,
+                                  steps=3, learning_rate=0.5, micro_batch=1,
+                                  expected_batch=6.0, step_work=work)
+            outs.append(dp_sgd.train(counting, start, x, y, cfg, torch.device("cpu"), seed=4))
+            calls = len(seen)
+            if work:
+                assert calls == 3 * 30  # every step: exactly the fixed work (draws ≤ 30)
+            else:
+                assert calls < 3 * 30  # unpadded: the draws alone
+        for k in start:
+            torch.testing.assert_close(outs[1][k], outs[0][k], rtol=1e-6, atol=1e-7)
