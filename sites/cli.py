@@ -395,8 +395,9 @@ def console_audit_privacy(
         print_json(report.model_dump(mode="json"))
     else:
         out.rule(f"privacy audit · {plain(report.plan)} · round {report.round}")
-        out.print(f"claim: {report.guarantee} ({report.accountant}; "
-                  f"{report.rounds_charged} round(s) charged)")
+        out.print(f"claim: {report.guarantee} ({report.accountant}; the researcher's "
+                  f"ledger here up to this release; the plan alone: ε "
+                  f"{report.plan_epsilon:.3g} over {report.rounds_charged} charged round(s))")
         out.print(f"subjects: {f.members} trained on, {f.nonmembers} held out")
         t = Table("measure", "measured", "95% interval", "largest the claim allows",
                   caption="loss-threshold membership inference on the released weights")

@@ -5,7 +5,9 @@ training at publish time (`audit.holdout_fraction`): a loss-threshold membership
 inference (score = −loss under the released weights, members = the training part,
 non-members = the held-out part, a random stratified split), reported as AUC and TPR
 at 1% FPR next to the largest values the plan's reported (ε, δ) allows, and empirical
-lower bounds on ε with Clopper–Pearson intervals (`sites.review.audit_math`). A
+lower bounds on ε with Clopper–Pearson intervals (`sites.review.audit_math`), against
+the researcher's whole ledger on the dataset up to that release (the start weights may
+carry what their other plans released there). A
 measured value beyond what the guarantee allows is a warning: either the accounting
 or the mechanism does not hold what the site claims.
 
@@ -53,6 +55,7 @@ class PrivacyAudit(BaseModel):
     dataset: str
     round: int
     rounds_charged: int
+    plan_epsilon: float
     epsilon: float
     delta: float
     adjacency: str
@@ -157,7 +160,13 @@ def audit_plan(site_dir: Path, plan_ref: str, round_no: int | None = None) -> Pr
     accounting = accounting_for(gov, record, rule, plan.researcher)
     runs = [r for r in gov.runs(plan.plan_hash) if r.round <= chosen
             and r.status in ("released", "failed", "aborted")]
-    epsilon = accounting.epsilon([r.noise for r in runs], plan.dp.delta)
+    plan_epsilon = accounting.epsilon([r.noise for r in runs], plan.dp.delta)
+    # the start weights may carry what the researcher's other plans released on the same
+    # data: what these weights may reveal is bounded by the whole ledger up to this release
+    last = max(r.id for r in runs)
+    epsilon = accounting.epsilon([r.noise for r in gov.ledger_history(plan.researcher,
+                                                                        plan.dataset)
+                                  if r.id <= last], plan.dp.delta)
     figures = audit_figures(-losses[:members.n], -losses[members.n:], epsilon, plan.dp.delta)
     del losses
     warnings = [f"measured {name} exceeds what ε {epsilon:.3g} at δ {plan.dp.delta:g} allows"
@@ -165,7 +174,8 @@ def audit_plan(site_dir: Path, plan_ref: str, round_no: int | None = None) -> Pr
     report = PrivacyAudit(
         plan_hash=plan.plan_hash, plan=f"{plan.name} v{plan.version}",
         researcher=plan.researcher, dataset=plan.dataset, round=chosen,
-        rounds_charged=len(runs), epsilon=epsilon, delta=plan.dp.delta,
+        rounds_charged=len(runs), plan_epsilon=plan_epsilon, epsilon=epsilon,
+        delta=plan.dp.delta,
         adjacency=accounting.adjacency, accountant=accounting.accountant,
         guarantee=guarantee(epsilon, plan.dp.delta, accounting.adjacency),
         figures=figures, warnings=warnings)

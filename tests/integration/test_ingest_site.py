@@ -114,8 +114,8 @@ def test_syft_records_the_mocks_size_not_the_private_assets(ingested_site):
         [ds] = fed.client("ingest-site").datasets.get_all()
     mock = fed.mock("ingest-site", "brain-mri-pet").to_asset()
     private = ingested_site["cohort"].to_asset()
-    assert ds.mb_size == pytest.approx(get_mb_size(mock), rel=1e-3)
-    assert ds.mb_size != pytest.approx(get_mb_size(private), rel=1e-3)
+    assert ds.mb_size == pytest.approx(get_mb_size(mock), rel=0.01)  # mock: 16 subjects
+    assert ds.mb_size != pytest.approx(get_mb_size(private), rel=0.01)  # private: 14
 
 
 def test_mock_is_synthetic_same_schema_and_independent_of_private_values(ingested_site):

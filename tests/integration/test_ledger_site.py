@@ -48,10 +48,13 @@ def site(tmp_path_factory, memory_keyring, repo_root):
         yield env
 
 
-def approved(fed, plan, timeout_s=180.0) -> None:
+def approved(fed, plan, timeout_s=180.0, site_dir=None) -> None:
     deadline = time.monotonic() + timeout_s
     while fed.status(plan)["delta"].status != "approved":
-        assert time.monotonic() < deadline, "plan was not approved automatically"
+        if time.monotonic() > deadline:
+            failing = [(c.rule, c.seen, c.message) for v in console.list_requests(site_dir)
+                       if v.plan == fed.bind(plan) for c in v.failing] if site_dir else "?"
+            raise AssertionError(f"plan was not approved automatically: {failing}")
         time.sleep(1.0)
 
 
@@ -102,7 +105,7 @@ def test_killed_site_mid_round_keeps_the_charge_and_continues(site):
     plan = plan_of("crashy", 1, 2, 0.5)
     plan = plan.model_copy(update={"local_epochs": 10})
     fed.submit(plan)
-    approved(fed, plan)
+    approved(fed, plan, site_dir=site["dir"])
     bound = fed.bind(plan)
     gov = Governance(d)
     caller = threading.Thread(target=lambda: _ignore(fed.run_site_round, "delta", bound,
@@ -140,12 +143,46 @@ def _ignore(fn, *args):
         pass
 
 
+def test_the_data_owner_audits_a_plans_releases_and_the_researcher_never_sees_it(site):
+    import json
+
+    from typer.testing import CliRunner
+
+    from sites.entrypoint import app
+
+    fed, d = site["fed"], site["dir"]
+    plan = plan_of("audited", 1, 1, 1.0)  # leaves room for the budget-edge plans below
+    fed.submit(plan)
+    approved(fed, plan, site_dir=site["dir"])
+    bound = fed.bind(plan)
+    result = fed.run_site_round("delta", bound, initial_weights(bound))
+    gov = Governance(d)
+    assert gov.dataset("brain-mri-pet")["n"] == 24  # 32 published, a quarter held out
+    ran = CliRunner().invoke(app, ["console", "audit-privacy", bound.plan_hash[:12],
+                                   "--site", str(d), "--json"])
+    assert ran.exit_code == 0, ran.output
+    report = json.loads(ran.output)
+    f = report["figures"]
+    assert (f["members"], f["nonmembers"]) == (24, 8)
+    assert 0.0 <= f["auc"] <= 1.0 and f["max_auc_allowed"] > 0.5
+    assert report["plan_epsilon"] == pytest.approx(result.accounting.epsilon, rel=1e-6)
+    assert report["epsilon"] >= report["plan_epsilon"]  # the whole ledger up to it
+    assert report["adjacency"] == "replace_one" and report["warnings"] == []
+    [entry] = [e for e in gov.audit_entries() if e["event"] == "privacy.audited"]
+    assert entry["subject"] == bound.plan_hash
+    seen = _visible_text(fed.client("delta"))  # nothing of it reaches the researcher
+    assert "privacy.audited" not in seen and "tpr_at_1pct" not in seen
+    text = CliRunner().invoke(app, ["console", "audit-privacy", "no-such-plan",
+                                    "--site", str(d)])
+    assert text.exit_code == 1 and "no plan 'no-such-plan'" in text.output
+
+
 def test_parallel_triggers_at_the_budget_edge_never_overspend(site):
     fed, d = site["fed"], site["dir"]
     gov = Governance(d)
     first = plan_of("first", 1, 2, 6.0)
     fed.submit(first)
-    approved(fed, first)
+    approved(fed, first, site_dir=site["dir"])
     fed.run(first)
     second = plan_of("second", 1, 3, 6.0)
     fed.submit(second)
@@ -162,8 +199,9 @@ def test_parallel_triggers_at_the_budget_edge_never_overspend(site):
     cap = 8.0
     history = [(r.noise_multiplier, r.sample_rate, r.steps)
                for r in gov.ledger_history(EMAIL, "brain-mri-pet")]
-    ledger_terms = privacy.Accounting("pld", "replace_one", n=32)  # the site publishes N
-    shape = privacy.run_shape(32, bound.batch_size, bound.local_epochs)
+    n = int(gov.dataset("brain-mri-pet")["n"])  # the training part (a quarter held out)
+    ledger_terms = privacy.Accounting("pld", "replace_one", n=n)  # the site publishes N
+    shape = privacy.run_shape(n, bound.batch_size, bound.local_epochs)
     sigma = privacy.derive_noise_multiplier(6.0, 1e-5, shape, 3, ledger_terms)
     fits = 0
     while fits < 3 and ledger_terms.epsilon(

@@ -165,16 +165,25 @@ def _uid(pid: int | str) -> tuple[int, int] | None:
             int(re.search(r"^PPid:\s+(\d+)", status, re.M).group(1)))
 
 
-def _sandbox_processes() -> list[int]:
-    """Live processes under a sandbox uid, except the site's one warm training child (a
-    fresh `train_child` the server started for the next round and that has taken nothing):
-    anything forked inside a sandbox has a sandbox parent, or init once orphaned."""
+def _sandbox_processes(site_dir: Path) -> list[int]:
+    """Live processes under a sandbox uid that this site's server started (or that were
+    orphaned from a sandbox), except the site's one warm training child (a fresh
+    `train_child` the server started for the next round and that has taken nothing).
+    Sandbox processes of other sites (another test file's, running beside this one) are
+    theirs to check: a process whose first non-sandbox ancestor is another server is not
+    counted."""
+    server = int((site_dir / "run" / "server.pid").read_text())
     found: list[int] = []
     warm_ones: list[int] = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         info = _uid(pid)
         if info is None or info[0] < UID_BASE:
             continue
+        ancestor = info[1]
+        while ancestor > 1 and (up := _uid(ancestor)) is not None and up[0] >= UID_BASE:
+            ancestor = up[1]
+        if ancestor > 1 and ancestor != server:
+            continue  # started by another site's server
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         parent = _uid(info[1])
         warm = (b"sites.sandbox.train_child" in cmdline and info[1] > 1
@@ -212,11 +221,11 @@ def _submitted(site, template: str, class_name: str, name: str, repo_root: Path,
     return plan, mark
 
 
-def _nothing_left(mark: str, repo_root: Path) -> None:
+def _nothing_left(mark: str, repo_root: Path, site_dir: Path) -> None:
     """No file the attack named, no shell's mark, no process outlived it."""
     assert not list(Path("/tmp").glob(f"{mark}-*"))
     assert not list((repo_root / "sites/runtime").glob(f"{mark}*"))
-    assert _sandbox_processes() == []
+    assert _sandbox_processes(site_dir) == []
 
 
 def test_the_tracer_sees_no_site_file_no_secret_no_network_and_can_do_nothing(site, repo_root):
@@ -232,7 +241,7 @@ def test_the_tracer_sees_no_site_file_no_secret_no_network_and_can_do_nothing(si
     # nothing worked but the glob over the site's syft databases, which found none
     assert report["ok"] == {"syftdb": "OK"}, report
     assert Governance(site["dir"]).runs(plan.plan_hash) == []  # nothing ran, nothing spent
-    _nothing_left(mark, repo_root)
+    _nothing_left(mark, repo_root, site["dir"])
 
 
 def _benign_start() -> dict[str, np.ndarray]:
@@ -256,7 +265,7 @@ def test_a_hostile_model_trains_harmlessly_and_releases_only_dp_weights(site, re
                               site["cohort"].labels.ravel()]).astype(np.float32)
     values = np.concatenate([v.ravel() for v in params.values()]).astype(np.float32)
     assert not np.isin(values, private).any()  # not one released value is a private voxel
-    _nothing_left(mark, repo_root)  # no shell, no file, no batch on disk, no process
+    _nothing_left(mark, repo_root, site["dir"])  # no shell, no file, no batch on disk, no process
 
 
 def test_review_traces_the_model_in_the_sandbox_before_anything_else(site, repo_root):
@@ -268,7 +277,7 @@ def test_review_traces_the_model_in_the_sandbox_before_anything_else(site, repo_
     assert graph_line.status == "pass" and view.graph is not None
     assert view.graph.parameters == sum(int(np.prod(v.shape))
                                         for v in _benign_start().values())
-    _nothing_left(mark, repo_root)
+    _nothing_left(mark, repo_root, site["dir"])
     assert any(c.failed for c in view.checks if c.rule.startswith("model_code"))  # feedback
 
 

@@ -210,3 +210,36 @@ def test_a_run_that_fails_is_charged_and_counts_as_a_round(site):
         "rdp", "add_remove", n=COUNT[0], count_noise=COUNT[1]).epsilon(
         [r.noise for r in gov.runs(plan.plan_hash)], entry.delta))
     assert entry.plans[0].rounds_charged == 2 and entry.plans[0].rounds_failed == 2
+
+
+def _terms(site_dir, gov, name):
+    from policies.schema import load_policy
+    from sites.runtime.accounting import accounting_for
+
+    rule = load_policy(Site.open(site_dir).policy_file)[0].for_dataset(name)
+    return accounting_for(gov, gov.dataset(name), rule, RESEARCHER)
+
+
+def test_a_dataset_published_with_n_public_stays_replace_one_when_the_policy_hides_n(site):
+    """Its description (and syft's copy) state N: hiding N later cannot make an add/remove
+    claim true again (red team, issue 15)."""
+    site_dir, gov = site
+    cohort = generate_cohort(32, seed=7, shape=SHAPE)
+    gov.register_dataset("brain-was-public", cohort.cohort_id, cohort.n, "32 subjects",
+                         actor="test", volume_shape=cohort.volume_shape)  # no count: N public
+    terms = _terms(site_dir, gov, "brain-was-public")  # the policy's "*" rule hides N
+    assert terms.adjacency == "replace_one" and terms.n == 32 and terms.accountant == "pld"
+
+
+def test_every_dp_count_ever_drawn_for_a_dataset_is_charged(site):
+    """Published again, a dataset gets a new DP count; the old one was released through q
+    already, so both are in every ledger there (red team, issue 15)."""
+    site_dir, gov = site
+    first = generate_cohort(32, seed=8, shape=SHAPE)
+    publish(gov, "brain-again", first, count=(37, 10.0))
+    assert _terms(site_dir, gov, "brain-again").prefix == ((10.0, 1.0, 1),)
+    second = generate_cohort(33, seed=9, shape=SHAPE)
+    publish(gov, "brain-again", second, count=(29, 5.0))
+    terms = _terms(site_dir, gov, "brain-again")
+    assert terms.n == 29 and terms.prefix == ((10.0, 1.0, 1), (5.0, 1.0, 1))
+    assert terms.epsilon([], 1e-5) >= pld_epsilon(list(terms.prefix), 1e-5, "add_remove")
