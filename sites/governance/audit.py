@@ -69,7 +69,8 @@ def verify(db: sqlite3.Connection) -> tuple[bool, int, str]:
         if entry_hash(seq, at, actor, event, subject, details, prev_hash) != digest:
             return False, len(rows), f"entry {seq} was altered (hash differs)"
         prev, expected_seq = digest, expected_seq + 1
-    return True, len(rows), f"{len(rows)} entries, chain intact, head {prev[:16]}"
+    n = len(rows)
+    return True, n, f"entries 1–{n}, chain intact, head of entry #{n} {prev[:16]}"
 
 
 def entries(db: sqlite3.Connection, since: float = 0.0) -> list[dict[str, Any]]:

@@ -100,6 +100,9 @@ class Registry:
             if clash:
                 raise RegistryError(f"{email}: the site already has a record of this account "
                                     f"({clash['email']})")
+            if db.execute("SELECT 1 FROM reviewers WHERE email = ?", (email,)).fetchone():
+                raise RegistryError(f"{email}: this is a reviewer's account on this site; a "
+                                    "reviewer cannot be a researcher here")
             db.execute("INSERT INTO researchers VALUES (?,?,?,?,?,?,?)",
                        (user_id, str(verify_key), email, name, institution, now, now))
             audit.append(db, actor, "researcher.registered", email, user_id=user_id,

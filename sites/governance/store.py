@@ -58,6 +58,11 @@ CREATE TABLE IF NOT EXISTS researchers (
     user_id TEXT PRIMARY KEY, verify_key TEXT NOT NULL UNIQUE, email TEXT NOT NULL UNIQUE,
     name TEXT NOT NULL, institution TEXT NOT NULL DEFAULT '', created_at REAL NOT NULL,
     updated_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS reviewers (
+    email TEXT PRIMARY KEY, name TEXT NOT NULL, name_key TEXT NOT NULL UNIQUE,
+    password_hash TEXT NOT NULL, created_at REAL NOT NULL, created_by TEXT NOT NULL,
+    failures INTEGER NOT NULL DEFAULT 0, locked_until REAL NOT NULL DEFAULT 0,
+    disabled INTEGER NOT NULL DEFAULT 0, last_login REAL);
 CREATE TABLE IF NOT EXISTS count_draws (
     dataset TEXT NOT NULL, cohort_id TEXT NOT NULL, value INTEGER NOT NULL,
     noise REAL NOT NULL, drawn_at REAL NOT NULL);
@@ -408,8 +413,9 @@ class Governance:
                               (request_id, policy_hash)).fetchone() is not None
 
     def record_verdict(self, request_id: str, plan_hash: str, policy_hash: str,
-                       report: list[dict], researcher: str) -> None:
-        """Store a request's verdict under a policy version; audit its arrival and result."""
+                       report: list[dict], researcher: str) -> bool:
+        """Store a request's verdict under a policy version; audit its arrival and result.
+        True when this is the request's first verdict (it has just arrived)."""
         failing = [r["rule"] for r in report if r["status"] == "fail"]
         with self._connect(immediate=True) as db:
             first = db.execute("SELECT 1 FROM verdicts WHERE request_id = ?",
@@ -421,6 +427,7 @@ class Governance:
                             researcher=researcher, plan_hash=plan_hash)
             self._audit(db, "steward", "request.verdict", request_id, policy_hash=policy_hash,
                         result="pass" if not failing else "fail", failing=failing)
+        return first
 
     # -- rounds --------------------------------------------------------------
     def begin_run(self, plan_hash: str, max_rounds: int, noise_multiplier: float,
