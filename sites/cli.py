@@ -70,6 +70,9 @@ def site_up(site_dir: Path = typer.Argument(Path("."), help="site folder")) -> N
     with err.status("starting datasite..."):
         st = up(site_dir)
     out.print(f"site [bold]{st.name}[/bold] is up at {st.url} (pid {st.pid})")
+    if st.console_url:
+        out.print(f"approval console: {st.console_url} (reviewers log in with the accounts "
+                  "from `medsyft site add-reviewer`)")
 
 
 @site_app.command("down")
@@ -94,6 +97,11 @@ def site_status(site_dir: Path = typer.Argument(Path("."), help="site folder"),
         out.print(f"{st.name}: {state} at {st.url} (pid {st.pid}, answering={st.answering}, "
                   f"identity_ok={st.identity_ok})")
         out.print(f"sandbox: {esc(st.sandbox)}")
+        if st.console_url:
+            answer = "" if st.console_answering else " [red](not answering)[/red]"
+            out.print(f"approval console: {st.console_url}{answer}")
+        else:
+            out.print("approval console: off (site.yaml console.enabled: false)")
     raise typer.Exit(0 if st.running else 1)
 
 
@@ -162,6 +170,115 @@ def site_researchers(site_dir: Path = SiteDir,
         t.add_row(plain(p.email), plain(p.name), plain(p.institution), p.user_id[:12],
                   p.verify_key[:12], _when(p.created_at))
     out.print(t)
+
+
+@site_app.command("add-reviewer")
+def site_add_reviewer(
+    email: str = typer.Argument(..., help="the reviewer's login email (their identity in "
+                                          "every decision)"),
+    name: str = typer.Option(..., "--name", help="full name, as decisions show it"),
+    site_dir: Path = SiteDir,
+    json_out: bool = typer.Option(False, "--json", help="machine-readable (includes the "
+                                                        "password: pipe it somewhere safe)"),
+) -> None:
+    """Create a named reviewer account for the approval console (web page and CLI). Its
+    first password is generated and shown once; only an Argon2id hash is stored. Name the
+    account in the policy's `reviewers` (by email or name) so it may decide; with
+    `approvals_required: 2` two different accounts must approve."""
+    from sites.governance.reviewers import Reviewers
+    from sites.governance.store import Governance
+    from sites.operator.config import load_site
+
+    site_dir, cfg = load_site(site_dir)
+    reviewer, password = Reviewers(Governance(site_dir)).add(email, name,
+                                                             actor="operator via CLI")
+    if json_out:
+        print_json({"email": reviewer.email, "name": reviewer.name, "password": password})
+        return
+    out.print(f"created reviewer {esc(reviewer.name)} <{reviewer.email}> on {cfg.name}")
+    out.print(f"first password (shown once, hand it over in person): {password}")
+
+
+@site_app.command("reset-reviewer")
+def site_reset_reviewer(email: str = typer.Argument(...), site_dir: Path = SiteDir) -> None:
+    """Give a reviewer a new generated password (shown once) and lift a lock-out."""
+    from sites.governance.reviewers import Reviewers
+    from sites.governance.store import Governance
+    from sites.operator.config import load_site
+
+    site_dir, _ = load_site(site_dir)
+    password = Reviewers(Governance(site_dir)).reset_password(email, actor="operator via CLI")
+    out.print(f"new password for {email} (shown once): {password}")
+
+
+@site_app.command("disable-reviewer")
+def site_disable_reviewer(email: str = typer.Argument(...), site_dir: Path = SiteDir,
+                          enable: bool = typer.Option(False, "--enable",
+                                                      help="enable it again instead")) -> None:
+    """Stop (or restore) a reviewer account; its earlier decisions stay on record."""
+    from sites.governance.reviewers import Reviewers
+    from sites.governance.store import Governance
+    from sites.operator.config import load_site
+
+    site_dir, _ = load_site(site_dir)
+    Reviewers(Governance(site_dir)).set_disabled(email, not enable, actor="operator via CLI")
+    out.print(f"{'enabled' if enable else 'disabled'} reviewer {email}")
+
+
+@site_app.command("reviewers")
+def site_reviewers(site_dir: Path = SiteDir,
+                   json_out: bool = typer.Option(False, "--json", help="machine-readable")
+                   ) -> None:
+    """The site's reviewer accounts, whether the policy names each, and lock-outs."""
+    from sites.governance.reviewers import Reviewers
+    from sites.governance.store import Governance
+    from sites.operator.config import load_site
+    from sites.operator.site import Site
+
+    site_dir, cfg = load_site(site_dir)
+    try:
+        allowed = Site(site_dir, cfg).policy()[0].reviewers
+    except Exception:
+        allowed = []
+    rows = [{"email": r.email, "name": r.name, "in_policy": r.listed_in(allowed),
+             "locked": r.locked, "disabled": r.disabled, "created_at": r.created_at,
+             "last_login": r.last_login} for r in Reviewers(Governance(site_dir)).all()]
+    if json_out:
+        print_json(rows)
+        return
+    t = Table("email", "name", "named in policy", "state", "since", "last login")
+    for r in rows:
+        state = "disabled" if r["disabled"] else ("locked" if r["locked"] else "active")
+        t.add_row(plain(r["email"]), plain(r["name"]), "yes" if r["in_policy"] else "no",
+                  state, _when(r["created_at"]),
+                  _when(r["last_login"]) if r["last_login"] else "never")
+    out.print(t if rows else "no reviewers yet (medsyft site add-reviewer EMAIL --name N)")
+
+
+def _login_reviewer(site_dir: Path, email: str, password_stdin: bool):
+    """The reviewer's own account, authenticated with their password (prompted, or one line
+    on stdin with --password-stdin)."""
+    import getpass
+
+    from sites.governance.reviewers import LoginRefused, Reviewers
+    from sites.governance.store import Governance
+    from sites.operator.config import load_site
+
+    site_dir, _ = load_site(site_dir)
+    password = (sys.stdin.readline().rstrip("\n") if password_stdin
+                else getpass.getpass(f"password for reviewer {email}: "))
+    try:
+        return Reviewers(Governance(site_dir)).authenticate(email, password, source="cli")
+    except LoginRefused as exc:
+        err.print(f"[red]login refused:[/red] {esc(str(exc))}")
+        raise typer.Exit(2) from None
+
+
+ReviewerOpt = typer.Option(..., "--reviewer", envvar="MEDSYFT_REVIEWER",
+                           help="your reviewer account's email (medsyft site add-reviewer); "
+                                "your password is asked for")
+PasswordStdin = typer.Option(False, "--password-stdin",
+                             help="read your password from one line on stdin (scripts)")
 
 
 def _when(ts: float) -> str:
@@ -291,9 +408,8 @@ def console_show(request_id: str = typer.Argument(..., help="request id (a prefi
 def console_approve(
     request_id: str = typer.Argument(...), site_dir: Path = SiteDir,
     note: str = typer.Option("", "--note", help="recorded with the approval"),
-    reviewer: str = typer.Option(None, "--reviewer",
-                                 help="who approves, one of the policy's reviewers "
-                                      "(default: OS user)"),
+    reviewer: str = ReviewerOpt,
+    password_stdin: bool = PasswordStdin,
     override: bool = typer.Option(False, "--override",
                                   help="approve despite failing policy rules (needs --reason)"),
     reason: str = typer.Option("", "--reason", help="why the override is justified"),
@@ -302,7 +418,9 @@ def console_approve(
     With two approvals required, the plan runs only after a second, different reviewer."""
     from sites.review.console import approve
 
-    v = approve(site_dir, request_id, note=reason or note, reviewer=reviewer, override=override)
+    account = _login_reviewer(site_dir, reviewer, password_stdin)
+    v = approve(site_dir, request_id, account, note=reason or note, override=override,
+                via="CLI")
     what = f"{v.short_id}: {v.plan.name} v{v.plan.version} for {v.researcher}"
     if v.status == "approved":
         out.print(f"approved {what} (reviewers: {', '.join(v.approvers)})")
@@ -314,13 +432,14 @@ def console_approve(
 @console_app.command("deny")
 def console_deny(request_id: str = typer.Argument(...), site_dir: Path = SiteDir,
                  reason: str = typer.Option(..., "--reason", help="the researcher reads this"),
-                 reviewer: str = typer.Option(None, "--reviewer")) -> None:
+                 reviewer: str = ReviewerOpt, password_stdin: bool = PasswordStdin) -> None:
     """Deny (or revoke) a request with a reason the researcher will see. The researcher's
     plans on the dataset that were approved automatically are revoked with it; later plans
     of theirs there go to a reviewer until one is approved."""
     from sites.review.console import deny
 
-    v = deny(site_dir, request_id, reason=reason, reviewer=reviewer)
+    account = _login_reviewer(site_dir, reviewer, password_stdin)
+    v = deny(site_dir, request_id, reason=reason, reviewer=account, via="CLI")
     out.print(f"denied {v.short_id}")
     if v.also_revoked:
         out.print("also revoked (this researcher's automatically approved plans here): "

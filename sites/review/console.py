@@ -27,8 +27,9 @@ syft with their reason. No private value is read here.
 
 from __future__ import annotations
 
-import getpass
+import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
@@ -45,10 +46,11 @@ from sites.common.syft_guard import MAX_SUBMITTED_CODE
 from sites.governance.denials import RULE as DENIAL_RULE
 from sites.governance.denials import automatic_approvals, denial_check, earlier_denials
 from sites.governance.registry import Registry
+from sites.governance.reviewers import Reviewer, Reviewers
 from sites.governance.store import REFUSED, Governance
 from sites.graph.check import GraphFacts
 from sites.operator.admin import admin_client
-from sites.operator.config import SiteConfig
+from sites.operator.config import SiteConfig, load_site
 from sites.operator.site import Site
 from sites.review.request_review import SiteIdentity, request_checks
 from sites.runtime import graphs
@@ -86,6 +88,7 @@ class RequestView:
     approvals_required: int = 1
     approvers: list[str] = field(default_factory=list)
     also_revoked: list[str] = field(default_factory=list)
+    submitted_ts: float = 0.0  # seconds since the epoch (syft's request time)
 
     @property
     def short_id(self) -> str:
@@ -225,7 +228,8 @@ def _review(site_dir: Path, cfg: SiteConfig, req: Any, context: ReviewContext) -
         researcher=researcher, function=str(code.service_func_name)[:80],
         submitted_at=str(req.request_time), plan=plan, template_error=template_error,
         input_dataset=ds_name, inputs_ok=not shape[2].failed,
-        institution=record.institution if record else None)
+        institution=record.institution if record else None,
+        submitted_ts=float(getattr(req.request_time, "utc_timestamp", 0.0) or 0.0))
     view.approvers = gov.approvers(view.id)
     checks = [
         _hard("researcher.registered", record is not None, researcher,
@@ -297,8 +301,20 @@ def _context(client: Any) -> ReviewContext:
         server_id=_hex(client.id), verify_key=str(metadata.verify_key)))
 
 
-def list_requests(site_dir: Path) -> list[RequestView]:
-    with admin_client(site_dir) as (site_dir, cfg, client):
+@contextlib.contextmanager
+def _admin(site_dir: Path, client: Any = None) -> Iterator[tuple[Path, SiteConfig, Any]]:
+    """The site's admin client: the one given (the web console holds its own), or a login
+    with the keyring's admin password."""
+    if client is None:
+        with admin_client(site_dir) as opened:
+            yield opened
+    else:
+        site_dir, cfg = load_site(site_dir)
+        yield site_dir, cfg, client
+
+
+def list_requests(site_dir: Path, client: Any = None) -> list[RequestView]:
+    with _admin(site_dir, client) as (site_dir, cfg, client):
         context = _context(client)
         views = [review_request(site_dir, cfg, req, context)
                  for req in client.requests.get_all()]
@@ -318,34 +334,50 @@ def _find(client: Any, request_id: str) -> Any:
     return matches[0]
 
 
-def show(site_dir: Path, request_id: str) -> RequestView:
-    with admin_client(site_dir) as (site_dir, cfg, client):
+def show(site_dir: Path, request_id: str, client: Any = None) -> RequestView:
+    with _admin(site_dir, client) as (site_dir, cfg, client):
         return review_request(site_dir, cfg, _find(client, request_id), _context(client))
 
 
-def default_reviewer() -> str:
-    try:
-        return getpass.getuser()
-    except Exception:
-        return "unknown"
+def reviewer_name(reviewer: Reviewer | str) -> str:
+    """How a decision names who made it: an account's email, or the steward's own name."""
+    return reviewer.email if isinstance(reviewer, Reviewer) else reviewer
 
 
-def _record(site_dir: Path, cfg: SiteConfig, view: RequestView, decision: str, reviewer: str,
-            note: str, method: str, overridden: list[str] | None = None) -> None:
+def _record(site_dir: Path, cfg: SiteConfig, view: RequestView, decision: str,
+            reviewer: Reviewer | str, note: str, method: str,
+            overridden: list[str] | None = None, via: str = "") -> None:
+    who = (f"{reviewer.name} <{reviewer.email}>" if isinstance(reviewer, Reviewer)
+           else reviewer)
     try:
         Governance(site_dir).record_decision(
             request_id=view.id,
             plan_hash=view.plan.plan_hash if view.plan else f"unparsed:{view.function}",
             researcher=view.researcher, institution=view.institution,
             dataset=view.plan.dataset if view.plan else str(view.input_dataset),
-            decision=decision, policy_hash=view.policy_hash, reviewer=reviewer,
-            actor=f"{reviewer} via {cfg.admin_email}", note=note, method=method,
+            decision=decision, policy_hash=view.policy_hash,
+            reviewer=reviewer_name(reviewer),
+            actor=f"{who} via {via or cfg.admin_email}", note=note, method=method,
             plan_json=view.plan.canonical_json() if view.plan else "",
             overridden=overridden, approvals_required=view.approvals_required,
             verdict=[c.model_dump() for c in view.checks],
             graph_digest=view.graph.digest if view.graph else None)
     except ValueError as exc:
         raise ConsoleError(f"request {view.short_id}: {exc}") from None
+
+
+def _reviewer_may_decide(site_dir: Path, policy: SitePolicy, reviewer: Reviewer | str) -> None:
+    """A person's decision needs their own account, still enabled, named by the policy."""
+    if not isinstance(reviewer, Reviewer):
+        raise ConsoleError("a reviewer's decision needs the reviewer's own account: log in "
+                           "with it (`--reviewer EMAIL`, or the web console)")
+    current = Reviewers(Governance(site_dir)).get(reviewer.email)
+    if current is None or current.disabled:
+        raise ConsoleError(f"{reviewer.email}: this reviewer account no longer exists or is "
+                           "disabled")
+    if not current.listed_in(policy.reviewers):
+        raise ConsoleError(f"{reviewer.email} ({current.name}) is not among the policy's "
+                           f"reviewers ({', '.join(policy.reviewers)})")
 
 
 def _apply_in_syft(req: Any, decision: str, reason: str = "") -> None:
@@ -356,9 +388,12 @@ def _apply_in_syft(req: Any, decision: str, reason: str = "") -> None:
         raise ConsoleError(f"syft refused the decision ({decision}): {res.message}")
 
 
-def approve_view(site_dir: Path, cfg: SiteConfig, req: Any, view: RequestView, reviewer: str,
-                 note: str = "", override: bool = False, method: str = "manual") -> RequestView:
-    """Approve a reviewed request (shared by the console and automatic approval)."""
+def approve_view(site_dir: Path, cfg: SiteConfig, req: Any, view: RequestView,
+                 reviewer: Reviewer | str, note: str = "", override: bool = False,
+                 method: str = "manual", via: str = "") -> RequestView:
+    """Approve a reviewed request (shared by the CLI, the web console and automatic
+    approval, whose `reviewer` is the steward's own name). Under four-eyes syft's request
+    is approved only at the second distinct account."""
     if view.plan is None:
         raise ConsoleError(f"request {view.short_id} is not a medsyft plan "
                            f"({view.template_error}); it cannot be approved")
@@ -367,9 +402,8 @@ def approve_view(site_dir: Path, cfg: SiteConfig, req: Any, view: RequestView, r
         raise ConsoleError(f"request {view.short_id} cannot be approved, not even with an "
                            f"override: {rules}")
     policy, _ = Site(site_dir, cfg).policy()
-    if method != "auto" and reviewer not in policy.reviewers:
-        raise ConsoleError(f"{reviewer!r} is not among the policy's reviewers "
-                           f"({', '.join(policy.reviewers)}); use --reviewer")
+    if method != "auto":
+        _reviewer_may_decide(site_dir, policy, reviewer)
     overridden = [c.rule for c in view.failing]
     if overridden and not override:
         rules = ", ".join(f"{c.rule} ({c.message}: {c.seen} vs {c.limit})" for c in view.failing)
@@ -380,7 +414,7 @@ def approve_view(site_dir: Path, cfg: SiteConfig, req: Any, view: RequestView, r
     if view.status == "approved":
         raise ConsoleError(f"request {view.short_id} is already approved")
     _record(site_dir, cfg, view, "approved", reviewer, note,
-            "override" if overridden else method, overridden)
+            "override" if overridden else method, overridden, via)
     view.approvers = Governance(site_dir).approvers(view.id)
     if len(view.approvers) >= view.approvals_required:
         _apply_in_syft(req, "approved")
@@ -402,35 +436,40 @@ def refuse_view(site_dir: Path, cfg: SiteConfig, req: Any, view: RequestView,
     return view
 
 
-def approve(site_dir: Path, request_id: str, note: str = "", reviewer: str | None = None,
-            override: bool = False) -> RequestView:
-    """Approve a request that passes every rule (or override failing policy rules)."""
-    with admin_client(site_dir) as (site_dir, cfg, client):
+def approve(site_dir: Path, request_id: str, reviewer: Reviewer, note: str = "",
+            override: bool = False, client: Any = None, via: str = "") -> RequestView:
+    """Approve a request that passes every rule (or override failing policy rules), as
+    the logged-in `reviewer` (`Reviewers.authenticate`)."""
+    with _admin(site_dir, client) as (site_dir, cfg, client):
         req = _find(client, request_id)
         view = review_request(site_dir, cfg, req, _context(client))
-        return approve_view(site_dir, cfg, req, view, reviewer or default_reviewer(), note,
-                            override)
+        return approve_view(site_dir, cfg, req, view, reviewer, note, override, via=via)
 
 
-def deny(site_dir: Path, request_id: str, reason: str, reviewer: str | None = None) -> RequestView:
-    """Deny (or revoke) a request; the researcher reads `reason`. The researcher's other
-    plans on the dataset that were approved automatically are revoked with it (listed in
-    `view.also_revoked`): a person's no withdraws the policy's automatic yes there."""
+def deny(site_dir: Path, request_id: str, reason: str, reviewer: Reviewer,
+         client: Any = None, via: str = "") -> RequestView:
+    """Deny (or revoke) a request as the logged-in `reviewer`; the researcher reads
+    `reason`. The researcher's other plans on the dataset that were approved automatically
+    are revoked with it (listed in `view.also_revoked`): a person's no withdraws the
+    policy's automatic yes there."""
     if not reason.strip():
         raise ConsoleError("a denial needs a reason; the researcher will read it")
-    reviewer = reviewer or default_reviewer()
-    with admin_client(site_dir) as (site_dir, cfg, client):
+    with _admin(site_dir, client) as (site_dir, cfg, client):
         req = _find(client, request_id)
         context = _context(client)
         view = review_request(site_dir, cfg, req, context)
-        _record(site_dir, cfg, view, "denied", reviewer, reason, "manual")
+        if view.status == "denied":
+            raise ConsoleError(f"request {view.short_id} is already denied")
+        policy, _ = Site(site_dir, cfg).policy()
+        _reviewer_may_decide(site_dir, policy, reviewer)
+        _record(site_dir, cfg, view, "denied", reviewer, reason, "manual", via=via)
         _apply_in_syft(req, "denied", reason)
         view.status = "denied"
         if view.plan is not None:
             for other_id in automatic_approvals(Governance(site_dir), view.plan, view.id):
                 other = review_request(site_dir, cfg, _find(client, other_id), context)
                 note = f"revoked with request {view.short_id} (approved automatically): {reason}"
-                _record(site_dir, cfg, other, "denied", reviewer, note, "manual")
+                _record(site_dir, cfg, other, "denied", reviewer, note, "manual", via=via)
                 _apply_in_syft(_find(client, other_id), "denied", note)
                 view.also_revoked.append(other_id)
         return view

@@ -29,7 +29,7 @@ from sites.common.syft_client import login, quiet, server_metadata
 from sites.governance.store import AUTO_REVIEWER, Governance
 from sites.operator.config import load_site
 from sites.operator.site import Site
-from sites.review import console
+from sites.review import console, notify
 from sites.review import public_endpoint as public_policy
 
 log = logging.getLogger("medsyft.steward")
@@ -114,9 +114,11 @@ class Steward(threading.Thread):
     def _decide(self, site_dir: Path, cfg, gov: Governance, policy, policy_hash: str, req,
                 request_id: str, context: console.ReviewContext) -> None:
         view = console.review_request(site_dir, cfg, req, context)
-        gov.record_verdict(request_id, view.plan.plan_hash if view.plan else "",
-                           policy_hash, [c.model_dump() for c in view.checks],
-                           researcher=view.researcher)
+        arrived = gov.record_verdict(request_id, view.plan.plan_hash if view.plan else "",
+                                     policy_hash, [c.model_dump() for c in view.checks],
+                                     researcher=view.researcher)
+        if arrived and cfg.console.webhook_url:
+            notify.request_arrived(cfg.console.webhook_url, cfg.name, view)
         if view.hard_failures:
             console.refuse_view(site_dir, cfg, req, view, AUTO_REVIEWER)
             log.info("request %s refused: %s", request_id[:8],

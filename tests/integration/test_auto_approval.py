@@ -11,7 +11,7 @@ from policies.schema import load_policy
 from sites.governance.store import Governance
 from sites.review import console
 from tests.support.plans import make_plan
-from tests.support.sites import one_site, wait_for
+from tests.support.sites import as_reviewer, one_site, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -65,10 +65,10 @@ def test_non_compliant_plan_stays_pending_and_needs_a_recorded_override(site):
     assert fed.status(plan)["gamma"].status == "pending"
     assert [c.rule for c in view.failing] == ["training.rounds"]
     with pytest.raises(console.ConsoleError, match="training.rounds"):
-        console.approve(d, view.id, reviewer="dpo")
+        console.approve(d, view.id, reviewer=as_reviewer(d, "dpo"))
     with pytest.raises(console.ConsoleError, match="needs --reason"):
-        console.approve(d, view.id, reviewer="dpo", override=True)
-    done = console.approve(d, view.id, reviewer="dpo", override=True,
+        console.approve(d, view.id, reviewer=as_reviewer(d, "dpo"), override=True)
+    done = console.approve(d, view.id, reviewer=as_reviewer(d, "dpo"), override=True,
                            note="pilot agreed with the ethics board")
     assert done.status == "approved"
     audit = [e for e in Governance(d).audit_entries() if e["event"] == "request.override"]
@@ -106,17 +106,18 @@ def test_two_approvals_required_means_two_distinct_reviewers(site):
         bound = fed.bind(plan)
         view = wait_for(lambda: next((v for v in console.list_requests(d) if v.plan == bound),
                                      None))
-        first = console.approve(d, view.id, reviewer="dpo")
+        first = console.approve(d, view.id, reviewer=as_reviewer(d, "dpo"))
         assert first.status == "awaiting second approval"
         assert fed.status(plan)["gamma"].status == "pending"
         assert Governance(d).approval(bound.plan_hash) is None
         with pytest.raises(console.ConsoleError, match="different reviewer"):
-            console.approve(d, view.id, reviewer="dpo")
+            console.approve(d, view.id, reviewer=as_reviewer(d, "dpo"))
         with pytest.raises(console.ConsoleError, match="not among the policy's reviewers"):
-            console.approve(d, view.id, reviewer="mallory")
-        second = console.approve(d, view.id, reviewer="second-dpo")
+            console.approve(d, view.id, reviewer=as_reviewer(d, "mallory"))
+        second = console.approve(d, view.id, reviewer=as_reviewer(d, "second-dpo"))
         assert second.status == "approved"
-        assert set(Governance(d).approval(bound.plan_hash).reviewers) == {"dpo", "second-dpo"}
+        assert set(Governance(d).approval(bound.plan_hash).reviewers) == {
+            "dpo@reviewers.test", "second-dpo@reviewers.test"}
         results, errors = fed.run_round(bound, fed.weights, retries=0)
         assert set(results) == {"gamma"}, errors
     finally:

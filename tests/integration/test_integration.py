@@ -28,6 +28,7 @@ from sites.operator import admin, lifecycle
 from sites.review import console
 from tests.support.plans import TEST_POLICY, make_plan
 from tests.support.reference import pld_epsilon
+from tests.support.sites import as_reviewer
 
 pytestmark = pytest.mark.integration
 
@@ -114,7 +115,8 @@ def test_console_lists_and_approves_the_plan(fed_env):
         v = views[0]
         assert v.status == "pending" and v.template_error is None
         assert v.plan == plan and not v.failing and v.noise_multiplier > 0
-        approved = console.approve(d, v.short_id, note="looks fine", reviewer="dpo")
+        approved = console.approve(d, v.short_id, note="looks fine",
+                                   reviewer=as_reviewer(d, "dpo"))
         assert approved.status == "approved"
         approval = Governance(d).approval(plan.plan_hash)
         assert approval is not None and approval.researcher == EMAIL
@@ -164,7 +166,8 @@ def test_denied_plan_cannot_run_and_researcher_reads_the_reason(fed_env):
     bound = fed.bind(plan)
     for d in sites.values():
         v = next(v for v in console.list_requests(d) if v.plan == bound)
-        console.deny(d, v.id, reason="cohort reserved for another study")
+        console.deny(d, v.id, reason="cohort reserved for another study",
+                     reviewer=as_reviewer(d, "dpo"))
     statuses = fed.status(plan)
     assert {s.status for s in statuses.values()} == {"denied"}
     assert any(s.reason and "reserved" in s.reason for s in statuses.values())
@@ -213,7 +216,7 @@ def test_round_goes_on_without_a_failed_site_while_the_quorum_holds(fed_env):
     for d in sites.values():
         v = next(v for v in console.list_requests(d) if v.plan == bound)
         # same model as the plan denied above: a reviewer approves it only with a reason
-        console.approve(d, v.id, reviewer="dpo", override=True,
+        console.approve(d, v.id, reviewer=as_reviewer(d, "dpo"), override=True,
                         note="same model as the denied v2; this study is agreed")
     lifecycle.down(sites["beta"])
     try:

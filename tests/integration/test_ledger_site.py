@@ -21,7 +21,7 @@ from sites.governance.store import Governance
 from sites.operator import lifecycle
 from sites.review import console
 from tests.support.plans import make_plan
-from tests.support.sites import one_site
+from tests.support.sites import as_reviewer, one_site
 
 pytestmark = pytest.mark.integration
 
@@ -194,7 +194,8 @@ def test_parallel_triggers_at_the_budget_edge_never_overspend(site):
         time.sleep(1.0)
         view = next((v for v in console.list_requests(d) if v.plan == bound), None)
     assert "privacy.epsilon_total" in [c.rule for c in view.failing]
-    console.approve(d, view.id, reviewer="dpo", override=True, note="ledger edge test")
+    console.approve(d, view.id, reviewer=as_reviewer(d, "dpo"), override=True,
+                    note="ledger edge test")
 
     cap = 8.0
     history = [(r.noise_multiplier, r.sample_rate, r.steps)

@@ -33,7 +33,7 @@ from sites.operator.config import save_site
 from sites.review import console
 from sites.review.researcher_api import GUEST_RULES, RULES, syft_methods_for_researchers
 from tests.support.plans import make_plan, small_model_source
-from tests.support.sites import one_site, wait_for
+from tests.support.sites import as_reviewer, one_site, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -647,7 +647,8 @@ def test_a_denied_plan_resubmitted_under_a_new_version_goes_to_a_human(site):
     fed.submit(plan)
     wait_for(lambda: fed.status(plan)["omega"].status == "approved")
     view = next(v for v in console.list_requests(d) if v.plan == fed.bind(plan))
-    console.deny(d, view.id, reason="cohort reserved for the stroke study", reviewer="dpo")
+    console.deny(d, view.id, reason="cohort reserved for the stroke study",
+                 reviewer=as_reviewer(d, "dpo"))
     again = plan.model_copy(update={"version": 2})
     other_lr = plan.model_copy(update={"name": "renamed", "learning_rate": 0.05})
     fresh = make_plan(name="different", rounds=1, epsilon=4.0,  # a model not used before
@@ -669,8 +670,8 @@ def test_a_denied_plan_resubmitted_under_a_new_version_goes_to_a_human(site):
     assert line.status == "warn" and "stroke study" in line.message  # held, not matched
     v_again = lines["denied", 2][0]
     with pytest.raises(console.ConsoleError, match="history.denied"):
-        console.approve(d, v_again.id, reviewer="dpo")
-    done = console.approve(d, v_again.id, reviewer="dpo", override=True,
+        console.approve(d, v_again.id, reviewer=as_reviewer(d, "dpo"))
+    done = console.approve(d, v_again.id, reviewer=as_reviewer(d, "dpo"), override=True,
                            note="new protocol agreed with the stroke study lead")
     assert done.status == "approved"
     site["human_approved"] = fed.bind(again)
@@ -767,7 +768,7 @@ def test_denying_a_plan_revokes_the_researchers_automatic_approvals_there(site):
     for p in (original, copy, variant):
         wait_for(lambda p=p: fed.status(p)["omega"].status == "approved")
     view = next(v for v in console.list_requests(d) if v.plan == fed.bind(original))
-    done = console.deny(d, view.id, reason="not this model", reviewer="dpo")
+    done = console.deny(d, view.id, reason="not this model", reviewer=as_reviewer(d, "dpo"))
     ids = {next(v.id for v in console.list_requests(d) if v.plan == fed.bind(p))
            for p in (copy, variant)}
     assert ids <= set(done.also_revoked)
@@ -783,7 +784,8 @@ def test_denying_a_plan_revokes_the_researchers_automatic_approvals_there(site):
     lift = make_plan(name="lift_hold", rounds=1, epsilon=0.5)
     fed.submit(lift)
     v = _reviewed(site, fed, lift)
-    console.approve(d, v.id, reviewer="dpo", override=bool(v.failing), note="agreed")
+    console.approve(d, v.id, reviewer=as_reviewer(d, "dpo"), override=bool(v.failing),
+                    note="agreed")
 
 
 def test_a_researcher_cannot_keep_more_than_ten_requests_waiting(site):
