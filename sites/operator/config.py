@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from policies.contract.errors import MedsyftError, format_errors
 
@@ -21,6 +21,40 @@ NAME_RE = r"^[a-z][a-z0-9-]{1,39}$"
 
 class SiteConfigError(MedsyftError, ValueError):
     """site.yaml missing or invalid; the message names the file and field."""
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+class ConsoleConfig(BaseModel):
+    """The web approval console (`sites.console`), served by the site process."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    host: str = Field("127.0.0.1", description="address to bind; anything but loopback "
+                                               "needs tls_cert and tls_key")
+    port: int | None = Field(None, ge=1, le=65535, description="default: the site's port + 1")
+    tls_cert: str | None = Field(None, description="PEM certificate (path, site-relative)")
+    tls_key: str | None = Field(None, description="PEM private key (path, site-relative)")
+    webhook_url: str | None = Field(
+        None, pattern=r"^https?://[^\s]+$",
+        description="receives {site, request_id, researcher, dataset, verdict} (no data) "
+                    "when a request arrives")
+    session_idle_minutes: int = Field(30, ge=1, le=24 * 60)
+
+    @model_validator(mode="after")
+    def _tls_off_loopback(self) -> ConsoleConfig:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("console: give both tls_cert and tls_key, or neither")
+        if self.host not in LOOPBACK and self.tls_cert is None:
+            raise ValueError(f"console.host {self.host}: serving beyond loopback needs "
+                             "console.tls_cert and console.tls_key")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
 
 
 class SiteConfig(BaseModel):
@@ -48,9 +82,20 @@ class SiteConfig(BaseModel):
     tracer_memory_mib: int = Field(4096, ge=1024, description="address-space cap of the tracer")
     training_memory_mib: int = Field(
         32768, ge=2048, description="address-space cap of a training process (CPU runs)")
+    console: ConsoleConfig = Field(default_factory=ConsoleConfig)
     warm_training_process: bool = Field(
         True, description="keep the next run's training process started and waiting "
                           "(saves its start-up, ~2 s a round; costs ~300 MB of RAM)")
+
+    @property
+    def console_port(self) -> int:
+        return self.console.port or self.port + 1
+
+    @property
+    def console_url(self) -> str:
+        scheme = "https" if self.console.tls else "http"
+        host = f"[{self.console.host}]" if ":" in self.console.host else self.console.host
+        return f"{scheme}://{host}:{self.console_port}"
 
     def path(self, site_dir: Path, rel: str) -> Path:
         p = Path(rel)

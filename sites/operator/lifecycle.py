@@ -25,7 +25,13 @@ from nacl.signing import SigningKey
 from policies.contract.errors import MedsyftError
 from sites.common import keychain
 from sites.common.syft_client import server_metadata
-from sites.operator.config import SiteConfig, load_site, save_site, valid_site_name
+from sites.operator.config import (
+    ConsoleConfig,
+    SiteConfig,
+    load_site,
+    save_site,
+    valid_site_name,
+)
 
 PID_FILE = "run/server.pid"
 DEFAULT_POLICY = """\
@@ -75,7 +81,12 @@ def init_site(name: str, site_dir: Path, port: int | None = None, host: str = "1
         shutil.copyfile(policy_file, site_dir / "policy.yaml")
     else:
         (site_dir / "policy.yaml").write_text(DEFAULT_POLICY)
-    cfg = SiteConfig(name=name, host=host, port=port or free_port(host), device=device,
+    port = port or free_port(host)
+    console_port = free_port("127.0.0.1")
+    while console_port == port:
+        console_port = free_port("127.0.0.1")
+    cfg = SiteConfig(name=name, host=host, port=port, device=device,
+                     console=ConsoleConfig(port=console_port),
                      server_uid=uuid.uuid4().hex,
                      admin_email=admin_email or f"admin@{name}.medsyft.org",
                      train_threads=train_threads)
@@ -115,6 +126,28 @@ class SiteStatus:
     identity_ok: bool
     running: bool
     sandbox: str = ""
+    console_url: str | None = None  # None: the web console is off in site.yaml
+    console_answering: bool = False
+
+
+def console_answers(cfg: SiteConfig) -> bool:
+    """Whether the site's web console answers its health check."""
+    import ssl
+    import urllib.request
+
+    if not cfg.console.enabled:
+        return False
+    context = None
+    if cfg.console.tls:
+        context = ssl.create_default_context()
+        context.check_hostname = False  # our own certificate, on our own machine
+        context.verify_mode = ssl.CERT_NONE
+    try:
+        with urllib.request.urlopen(f"{cfg.console_url}/healthz", timeout=2,
+                                    context=context) as r:
+            return r.status == 200
+    except Exception:
+        return False
 
 
 def sandbox_state(cfg: SiteConfig) -> str:
@@ -139,7 +172,9 @@ def status(site_dir: Path) -> SiteStatus:
     identity_ok = bool(meta) and str(meta.get("id", "")).replace("-", "") == cfg.server_uid
     return SiteStatus(cfg.name, str(site_dir), f"http://{cfg.host}:{cfg.port}", cfg.server_uid,
                       pid, meta is not None, identity_ok, pid is not None and identity_ok,
-                      sandbox_state(cfg))
+                      sandbox_state(cfg),
+                      cfg.console_url if cfg.console.enabled else None,
+                      pid is not None and console_answers(cfg))
 
 
 def _log_tail(site_dir: Path, lines: int = 15) -> str:
@@ -157,6 +192,9 @@ def up(site_dir: Path, timeout_s: float = 120.0) -> SiteStatus:
         return current
     if port_in_use(cfg.host, cfg.port):
         raise SiteError(f"port {cfg.port} on {cfg.host} is already in use by another program")
+    if cfg.console.enabled and port_in_use(cfg.console.host, cfg.console_port):
+        raise SiteError(f"the console's port {cfg.console_port} on {cfg.console.host} is "
+                        "already in use by another program (site.yaml: console.port)")
     service = site_service(cfg.name)
     secrets = json.dumps({
         "signing_key": keychain.require_secret(service, "signing-key"),
@@ -186,7 +224,7 @@ def up(site_dir: Path, timeout_s: float = 120.0) -> SiteStatus:
             down(site_dir)
             raise SiteError(f"site {cfg.name} answers with a different server id than "
                             f"site.yaml's {cfg.server_uid}: refusing to run it")
-        if st.running:
+        if st.running and (st.console_answering or not cfg.console.enabled):
             return st
         time.sleep(0.5)
     down(site_dir)

@@ -5,7 +5,8 @@ on stdin, never from argv, files or the inherited environment; sets the
 variables syft 0.9.5 reads once at import (stable server uid + key so a
 restart keeps users, datasets, requests and approvals; admin account; storage
 inside the site folder); then serves syft's FastAPI app with uvicorn in this
-very process. Once the server object exists the secrets are removed from
+very process, and the web approval console (`sites.console`) on its own port.
+Once the server object exists the secrets are removed from
 `os.environ`. stdout/stderr go to the site log; nothing is printed.
 """
 
@@ -119,6 +120,9 @@ def main() -> int:
     from sites.review.steward import Steward
 
     Steward(site_dir, secrets["admin_password"]).start()
+    from sites.console.serve import start as start_console
+
+    start_console(site_dir, secrets["admin_password"])
     del secrets
     import uvicorn
 
