@@ -71,6 +71,7 @@ def run_demo(workdir: Path, report_path: Path, rounds: int | None = None,
     from policies.cli_output import out
     from researcher.cli import run_with_progress
     from sites.common import keychain
+    from sites.console.http_client import ConsoleSession
     from sites.operator import admin, lifecycle
     from sites.operator.site import Site
     from sites.review import console as site_console
@@ -103,7 +104,10 @@ def run_demo(workdir: Path, report_path: Path, rounds: int | None = None,
             for name, fut in futures.items():
                 st = fut.result()
                 started.append(site_dirs[name])
-                con.print(f"  {name}: datasite up at {st.url}")
+                con.print(f"  {name}: datasite up at {st.url}; approval console at "
+                          f"{st.console_url}")
+
+        reviewer_logins = _create_reviewers(site_dirs, con)
 
         con.rule("2. each hospital creates the researcher's account and publishes its scans "
                  "(DICOM/NIfTI → ingest → private asset + synthetic mock)")
@@ -153,10 +157,13 @@ def run_demo(workdir: Path, report_path: Path, rounds: int | None = None,
                     con.print("    approved automatically: its policy says approval: auto "
                               "and every rule passes")
                     continue
-                for reviewer in policy.reviewers[:policy.approvals_required]:
-                    done = site_console.approve(site_dirs[name], v.id, reviewer=reviewer,
-                                                note="demo: reviewed in the console")
-                    con.print(f"    {reviewer} approved in the console → {done.status}")
+                url = lifecycle.status(site_dirs[name]).console_url
+                for email_r, password_r in reviewer_logins[name][:policy.approvals_required]:
+                    # through the web console, as a reviewer in a browser would
+                    with ConsoleSession(url) as page:
+                        done = page.login(email_r, password_r).approve(
+                            v.id, note="demo: reviewed in the web console")
+                    con.print(f"    {email_r} approved at {url} → {done['message']}")
 
         con.rule(f"5. federated DP training, {plan.rounds} rounds")
         validation = generate_cohort(150, seed=2024)
@@ -192,6 +199,24 @@ def run_demo(workdir: Path, report_path: Path, rounds: int | None = None,
         for d in started:
             lifecycle.down(d)
         con.print(f"[dim]stopped {len(started)} datasite(s)[/dim]")
+
+
+def _create_reviewers(site_dirs: dict[str, Path], con) -> dict[str, list[tuple[str, str]]]:
+    """Each hospital's data owner creates an account per reviewer its policy names (as
+    `medsyft site add-reviewer` does); the demo keeps their first passwords in memory."""
+    from sites.governance.reviewers import Reviewers
+    from sites.governance.store import Governance
+    from sites.operator.site import Site
+
+    logins: dict[str, list[tuple[str, str]]] = {}
+    for name, d in site_dirs.items():
+        logins[name] = []
+        for who in Site.open(d).policy()[0].reviewers:
+            account, password = Reviewers(Governance(d)).add(
+                f"{who}@{name}.example", who, actor="data owner (demo)")
+            logins[name].append((account.email, password))
+        con.print(f"  {name}: reviewer accounts {', '.join(e for e, _ in logins[name])}")
+    return logins
 
 
 def _wait_for_verdicts(site_console, site_dir: Path, plan, timeout_s: float = 90.0) -> list:
