@@ -54,7 +54,7 @@ SECURITY_HEADERS = {
     "Content-Security-Policy": CSP,
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",  # no-referrer would make a browser send Origin: null
     "Cache-Control": "no-store",
     "Cross-Origin-Opener-Policy": "same-origin",
     "Cross-Origin-Resource-Policy": "same-origin",
@@ -169,20 +169,24 @@ def create_app(site_dir: Path, admin: AdminLink) -> FastAPI:
         session = sessions.get(key)
         if session is None:
             raise NotLoggedIn()
+        account = Reviewers(Governance(site_dir)).get(session.email)
+        if account is None or account.disabled or account.credential != session.credential:
+            sessions.close(key)  # disabled, removed, or its password reset (maybe by the CLI)
+            raise NotLoggedIn()
         return key or "", session
 
     def check_csrf(request: Request, session: Session, form_token: str | None) -> None:
         origin = request.headers.get("origin")
-        if origin and origin != "null":
+        if origin is not None:  # "null" (a sandboxed frame, a data: page) is not ours either
             netloc = urllib.parse.urlsplit(origin).netloc
-            if netloc != request.headers.get("host"):
+            if origin == "null" or netloc != request.headers.get("host"):
                 raise BadCsrf()
         if not same(form_token or request.headers.get("x-csrf-token"), session.csrf):
             raise BadCsrf()
 
     def reviewer_of(session: Session) -> Reviewer:
         account = Reviewers(Governance(site_dir)).get(session.email)
-        if account is None or account.disabled:
+        if account is None or account.disabled or account.credential != session.credential:
             raise NotLoggedIn()
         return account
 
@@ -256,7 +260,7 @@ def create_app(site_dir: Path, admin: AdminLink) -> FastAPI:
                 email[:254], password[:1024], source=f"web {addr}")
         except LoginRefused as exc:
             return login_page(request, str(exc), 401)
-        key, session = sessions.open(account.email, account.name)
+        key, session = sessions.open(account.email, account.name, account.credential)
         response = RedirectResponse("/requests", status_code=303)
         set_cookie(response, SESSION_COOKIE, key, None)
         set_cookie(response, LOGIN_COOKIE, "", 0)

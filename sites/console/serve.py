@@ -20,8 +20,11 @@ from sites.operator.config import load_site
 log = logging.getLogger("medsyft.console")
 
 
-def start(site_dir: Path, admin_password: str) -> threading.Thread | None:
-    """Start the console (unless site.yaml turns it off); returns its thread."""
+def build_server(site_dir: Path, admin_password: str):  # noqa: ANN201 - uvicorn.Server
+    """The console's uvicorn server (not started), or None when site.yaml turns it off.
+
+    Proxy headers are ignored: uvicorn would otherwise take `X-Forwarded-For` from any
+    loopback client as the client's address, and the per-address login limit with it."""
     import uvicorn
 
     site_dir, cfg = load_site(site_dir)
@@ -40,10 +43,18 @@ def start(site_dir: Path, admin_password: str) -> threading.Thread | None:
     if cfg.console.tls:
         ssl = {"ssl_certfile": str(cfg.path(site_dir, cfg.console.tls_cert)),
                "ssl_keyfile": str(cfg.path(site_dir, cfg.console.tls_key))}
-    server = uvicorn.Server(uvicorn.Config(
+    return uvicorn.Server(uvicorn.Config(
         app, host=cfg.console.host, port=cfg.console_port, log_level="warning",
-        access_log=False, server_header=False, **ssl))
+        access_log=False, server_header=False, proxy_headers=False,
+        forwarded_allow_ips="", **ssl))
+
+
+def start(site_dir: Path, admin_password: str) -> threading.Thread | None:
+    """Start the console (unless site.yaml turns it off); returns its thread."""
+    server = build_server(site_dir, admin_password)
+    if server is None:
+        return None
     thread = threading.Thread(target=server.run, name="medsyft-console", daemon=True)
     thread.start()
-    log.info("web console: %s", cfg.console_url)
+    log.info("web console: %s", load_site(site_dir)[1].console_url)
     return thread

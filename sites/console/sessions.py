@@ -40,6 +40,7 @@ def same(a: str | None, b: str | None) -> bool:
 class Session:
     email: str
     name: str
+    credential: str = ""  # the account's password tag at login (Reviewer.credential)
     csrf: str = field(default_factory=token)
     created: float = field(default_factory=time.monotonic)
     seen: float = field(default_factory=time.monotonic)
@@ -54,8 +55,8 @@ class Sessions:
         self._by_token: dict[str, Session] = {}
         self._lock = threading.Lock()
 
-    def open(self, email: str, name: str) -> tuple[str, Session]:
-        key, session = token(), Session(email=email, name=name)
+    def open(self, email: str, name: str, credential: str = "") -> tuple[str, Session]:
+        key, session = token(), Session(email=email, name=name, credential=credential)
         with self._lock:
             self._by_token[key] = session
         return key, session

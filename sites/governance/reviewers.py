@@ -19,9 +19,10 @@ wrong.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -63,6 +64,9 @@ class Reviewer:
     locked_until: float = 0.0
     disabled: bool = False
     last_login: float | None = None
+    #: A tag of the stored password hash: it changes when the password is reset, so a web
+    #: session opened with the old password ends (the reset may be in another process).
+    credential: str = field(default="", repr=False, compare=False)
 
     @property
     def locked(self) -> bool:
@@ -92,7 +96,7 @@ class Reviewers:
     def _row(r) -> Reviewer:  # noqa: ANN001 - sqlite3.Row
         return Reviewer(email=r["email"], name=r["name"], created_at=r["created_at"],
                         locked_until=r["locked_until"], disabled=bool(r["disabled"]),
-                        last_login=r["last_login"])
+                        last_login=r["last_login"], credential=_tag(r["password_hash"]))
 
     def get(self, email: str) -> Reviewer | None:
         with self.gov._connect(immediate=False) as db:
@@ -186,10 +190,15 @@ class Reviewers:
                              reason="unknown account")
                 refusal = "wrong email or password"
             elif r["disabled"]:
+                # the hash is checked (same cost as any login) and only its owner learns
+                # that the account is disabled: a guesser cannot tell it from an unknown one
+                right = _matches(r["password_hash"], password)
                 audit.append(db, "console", "reviewer.login_failed", email, source=source,
                              reason="disabled")
-                refusal = "this reviewer account is disabled"
+                refusal = ("this reviewer account is disabled" if right
+                           else "wrong email or password")
             elif r["locked_until"] > now:
+                _matches(r["password_hash"], password)  # same cost; never unlocks
                 audit.append(db, "console", "reviewer.login_failed", email, source=source,
                              reason="locked")
                 refusal = _locked_message(r["locked_until"] - now)
@@ -215,7 +224,11 @@ class Reviewers:
         if refusal is not None:
             raise LoginRefused(refusal)
         return Reviewer(email=email, name=r["name"], created_at=r["created_at"],
-                        last_login=now)
+                        last_login=now, credential=_tag(new_hash))
+
+
+def _tag(password_hash: str) -> str:
+    return hashlib.sha256(password_hash.encode()).hexdigest()[:32]
 
 
 def _matches(password_hash: str, password: str) -> bool:

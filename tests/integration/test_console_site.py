@@ -32,7 +32,7 @@ pytestmark = pytest.mark.integration
 EMAIL = "ada@lovelace-institute.org"
 PASSWORD = "console-site-pw-1"
 SHAPE = (8, 8, 8)
-SITE = "delta"
+SITE = "foxtrot"
 
 
 class _Hook(http.server.BaseHTTPRequestHandler):
@@ -144,9 +144,14 @@ def test_four_eyes_needs_two_accounts_over_the_served_console(site, webhook):
     assert "class Tiny" not in json.dumps(hook) and "source" not in json.dumps(hook)
 
 
+XSS = '<script>alert(1)</script><img src=x onerror=alert(2)>'
+
+
 def test_request_pages_show_the_verdict_graph_and_highlighted_source(site):
     fed = site["fed"]
-    plan = make_plan(rounds=1, version=12)
+    source = make_plan().model.source.replace(
+        "class Tiny(nn.Module):", f"class Tiny(nn.Module):  # {XSS}")
+    plan = make_plan(rounds=1, version=12, source=source)
     fed.submit(plan)
     rid = _pending(site, plan)
     with _session(site, "dpo") as a:
@@ -161,7 +166,14 @@ def test_request_pages_show_the_verdict_graph_and_highlighted_source(site):
         assert detail["noise_multiplier"] > 0
         html = a._http.get(f"/requests/{rid}").text
         assert '<div class="source">' in html and 'class="k"' in html  # Pygments tokens
-        assert "<script" not in html
+        # what the researcher wrote is shown as text, never as markup
+        assert "<script" not in html and "<img" not in html and "&lt;script&gt;" in html
+        first = a.approve(rid, note=XSS)  # a reviewer's note is escaped as well
+        assert first["status"] == "awaiting second approval"
+        for page in (f"/requests/{rid}", "/audit"):
+            html = a._http.get(page).text
+            assert "<script" not in html and "<img" not in html, page
+            assert "&lt;img src=x onerror=alert(2)&gt;" in html, page
 
 
 # -- the same flows in a real browser ------------------------------------------------------

@@ -4,6 +4,7 @@ what it promises."""
 from __future__ import annotations
 
 import json
+import re
 
 import keyring
 import pytest
@@ -26,7 +27,7 @@ def test_demo_trains_across_three_hospitals_and_stops_its_servers(tmp_path, memo
     report_path = tmp_path / "demo-report.json"
     try:
         run_demo(tmp_path / "work", report_path, rounds=2, cohort_scale=0.25,
-                 console=Console(file=open(tmp_path / "out.txt", "w")))
+                 console=Console(file=open(tmp_path / "out.txt", "w"), width=200))
     finally:
         keychain.use_backend(previous)
     report = json.loads(report_path.read_text())
@@ -50,7 +51,10 @@ def test_demo_trains_across_three_hospitals_and_stops_its_servers(tmp_path, memo
     for site_yaml in (tmp_path / "work" / "sites").glob("*/site.yaml"):
         assert not lifecycle.status(site_yaml.parent).running
     out = (tmp_path / "out.txt").read_text()
-    assert "approved in the console" in out and "keyring file" in out
+    assert "keyring file" in out
+    # each hospital's web console is named, and the reviewers approved through it over HTTP
+    assert out.count("approval console at http://127.0.0.1:") == 3
+    assert re.search(r"approved at http://127\.0\.0\.1:\d+ → ", out)
     assert "awaiting second approval" in out  # st-agnes: four-eyes
     assert "approved automatically" in out  # northgate: approval: auto
     assert "round 2" in out and "global AUC" in out

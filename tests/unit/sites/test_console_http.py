@@ -165,6 +165,30 @@ def test_a_disabled_account_loses_its_session(site):
     r = c.post("/requests/abcd1234/deny", data={"csrf": token, "reason": "x"},
                follow_redirects=False)
     assert r.status_code == 303 and r.headers["location"] == "/login"
+    assert c.get("/ledger", headers={"accept": "application/json"}).status_code == 401
+
+
+def test_a_password_reset_elsewhere_ends_the_sessions_opened_with_the_old_one(site):
+    """`medsyft site reset-reviewer` runs in another process: the page must notice."""
+    c = _client(site["dir"])
+    _login(c, "dpo@h.test", site["password"])
+    assert c.get("/plans", headers={"accept": "application/json"}).status_code == 200
+    new = Reviewers(Governance(site["dir"])).reset_password("dpo@h.test", actor="owner")
+    assert c.get("/plans", headers={"accept": "application/json"}).status_code == 401
+    fresh = _client(site["dir"])
+    _login(fresh, "dpo@h.test", new)
+    assert fresh.get("/plans", headers={"accept": "application/json"}).status_code == 200
+
+
+def test_a_post_from_a_null_or_foreign_origin_is_refused_even_with_the_token(site):
+    c = _client(site["dir"])
+    _login(c, "dpo@h.test", site["password"])
+    token = c.get("/plans").headers["x-csrf-token"]
+    for origin in ("null", "http://attacker.example", "http://127.0.0.1.attacker.example"):
+        r = c.post("/audit/verify", data={"csrf": token}, headers={"origin": origin})
+        assert r.status_code == 403, origin
+    assert c.post("/audit/verify", data={"csrf": token},
+                  headers={"origin": "http://127.0.0.1"}).status_code == 200
 
 
 def test_unknown_host_header_is_refused_on_loopback(site):
@@ -209,3 +233,42 @@ def test_policy_page_states_the_policy_in_plain_words(site):
     page = c.get("/policy").text
     assert "One reviewer&#39;s approval is enough" in page or "One reviewer's" in page
     assert "epsilon_total" in page  # the file itself, shown as text
+
+
+def test_the_served_console_ignores_forwarded_for_so_the_login_limit_holds(site):
+    """Through the real uvicorn server the site runs: a client on loopback that invents an
+    `X-Forwarded-For` per attempt is still one address to the login limiter."""
+    import threading
+
+    import httpx
+
+    from sites.console import serve
+    from sites.console.sessions import ATTEMPTS_PER_WINDOW
+
+    server = serve.build_server(site["dir"], "unused: no syft call is made here")
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        url = load_site(site["dir"])[1].console_url
+        with httpx.Client(base_url=url, timeout=30) as c:
+            wait = c.get  # the server needs a moment to bind
+            for _ in range(100):
+                try:
+                    wait("/healthz")
+                    break
+                except httpx.TransportError:
+                    threading.Event().wait(0.1)
+            codes = []
+            for i in range(ATTEMPTS_PER_WINDOW + 2):
+                form = c.get("/login")
+                codes.append(c.post("/login", headers={"x-forwarded-for": f"10.9.8.{i}"},
+                                    data={"email": "nobody@h.test", "password": "guess",
+                                          "csrf": _csrf(form.text)}).status_code)
+        assert codes[:ATTEMPTS_PER_WINDOW] == [401] * ATTEMPTS_PER_WINDOW
+        assert codes[ATTEMPTS_PER_WINDOW:] == [429, 429]
+        sources = {e["details"].get("source") for e in Governance(site["dir"]).audit_entries()
+                   if e["event"].startswith("reviewer.login")}
+        assert sources == {"web 127.0.0.1"}
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

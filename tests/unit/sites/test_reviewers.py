@@ -99,6 +99,12 @@ def test_disabled_account_cannot_log_in(gov):
     rv.set_disabled("ada@h.test", True, actor="owner")
     with pytest.raises(LoginRefused, match="disabled"):
         rv.authenticate("ada@h.test", password, source="test")
+    # a guesser without the password cannot tell a disabled account from an unknown one
+    with pytest.raises(LoginRefused) as guessed:
+        rv.authenticate("ada@h.test", "guess", source="test")
+    with pytest.raises(LoginRefused) as unknown:
+        rv.authenticate("nobody@h.test", "guess", source="test")
+    assert str(guessed.value) == str(unknown.value) == "wrong email or password"
 
 
 def test_policy_names_an_account_by_email_or_name(gov):
