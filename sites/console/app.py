@@ -109,12 +109,12 @@ def _fmt_age(seconds: float | None) -> str:
     return f"{seconds:.0f} s"
 
 
-class NotLoggedIn(Exception):
-    pass
+class NotLoggedIn(MedsyftError):
+    """No valid session (never opened, expired, logged out, or its account changed)."""
 
 
-class BadCsrf(Exception):
-    pass
+class BadCsrf(MedsyftError):
+    """A POST without the session's CSRF token, or from another origin."""
 
 
 def create_app(site_dir: Path, admin: AdminLink) -> FastAPI:

@@ -55,7 +55,8 @@ def test_demo_trains_across_three_hospitals_and_stops_its_servers(tmp_path, memo
     # each hospital's web console is named, and the reviewers approved through it over HTTP
     assert out.count("approval console at http://127.0.0.1:") == 3
     assert re.search(r"approved at http://127\.0\.0\.1:\d+ → ", out)
-    assert "awaiting second approval" in out  # st-agnes: four-eyes
+    # st-agnes: four-eyes, two different reviewer accounts
+    assert "your approval is recorded: 1 of 2" in out and "approved: 2 of 2 approvals" in out
     assert "approved automatically" in out  # northgate: approval: auto
     assert "round 2" in out and "global AUC" in out
     # each data owner audited its releases; the demo's plan stays inside its claim
