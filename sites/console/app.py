@@ -92,6 +92,15 @@ def _wants_json(request: Request) -> bool:
     return "application/json" in accept and "text/html" not in accept
 
 
+def _foreign_origin(request: Request) -> bool:
+    """Whether a POST names an Origin other than the console's own. "null" (a sandboxed
+    frame, a data: page) is not ours either; no Origin at all is a non-browser client."""
+    origin = request.headers.get("origin")
+    if origin is None:
+        return False
+    return origin == "null" or urllib.parse.urlsplit(origin).netloc != request.headers.get("host")
+
+
 def _client_addr(request: Request) -> str:
     return request.client.host if request.client else "?"
 
@@ -176,11 +185,8 @@ def create_app(site_dir: Path, admin: AdminLink) -> FastAPI:
         return key or "", session
 
     def check_csrf(request: Request, session: Session, form_token: str | None) -> None:
-        origin = request.headers.get("origin")
-        if origin is not None:  # "null" (a sandboxed frame, a data: page) is not ours either
-            netloc = urllib.parse.urlsplit(origin).netloc
-            if origin == "null" or netloc != request.headers.get("host"):
-                raise BadCsrf()
+        if _foreign_origin(request):
+            raise BadCsrf()
         if not same(form_token or request.headers.get("x-csrf-token"), session.csrf):
             raise BadCsrf()
 
@@ -247,7 +253,9 @@ def create_app(site_dir: Path, admin: AdminLink) -> FastAPI:
     @app.post("/login")
     def login(request: Request, email: str = Form(""), password: str = Form(""),
               csrf: str = Form("")) -> FastResponse:
-        if not same(csrf, request.cookies.get(LOGIN_COOKIE)):
+        # a page on another port of this host can set the login cookie (cookies do not keep
+        # ports apart), not the Origin its browser sends (red team, issue 16)
+        if _foreign_origin(request) or not same(csrf, request.cookies.get(LOGIN_COOKIE)):
             return login_page(request, "the login form expired; please try again", 403)
         addr = _client_addr(request)
         if not limiter.allow(addr):

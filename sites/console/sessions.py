@@ -14,6 +14,7 @@ Never log a token; never keep a password.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import secrets
 import threading
 import time
@@ -86,8 +87,26 @@ class Sessions:
                 del self._by_token[key]
 
 
+def limit_key(addr: str) -> str:
+    """The allowance an address draws on (see `LoginLimiter`)."""
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return addr
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    if ip.is_loopback:
+        return "loopback"
+    if isinstance(ip, ipaddress.IPv6Address):
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
 class LoginLimiter:
-    """At most `ATTEMPTS_PER_WINDOW` login attempts per client address per `WINDOW`."""
+    """At most `ATTEMPTS_PER_WINDOW` login attempts per client address per `WINDOW`.
+
+    Addresses one person can pick freely share one allowance: all of loopback
+    (127.0.0.0/8 and ::1: a local user can connect from any of them) and each IPv6 /64."""
 
     def __init__(self, attempts: int = ATTEMPTS_PER_WINDOW, window: float = WINDOW) -> None:
         self.attempts, self.window = attempts, window
@@ -95,6 +114,7 @@ class LoginLimiter:
         self._lock = threading.Lock()
 
     def allow(self, client: str) -> bool:
+        client = limit_key(client)
         now = time.monotonic()
         with self._lock:
             q = self._seen.setdefault(client, deque())

@@ -172,7 +172,8 @@ class Reviewers:
 
         Raises:
             LoginRefused: unknown email or wrong password (one message for both), a locked
-                account (also while the right password is given) or a disabled one.
+                account (refused even with the right password, and only then said to be
+                locked) or a disabled one (said only to the right password).
         """
         email = normalise_email(email)
         now = time.time()
@@ -198,10 +199,13 @@ class Reviewers:
                 refusal = ("this reviewer account is disabled" if right
                            else "wrong email or password")
             elif r["locked_until"] > now:
-                _matches(r["password_hash"], password)  # same cost; never unlocks
+                # same cost; never unlocks; only the owner (the right password) learns of
+                # the lock, which would otherwise tell a guesser that the account exists
+                right = _matches(r["password_hash"], password)
                 audit.append(db, "console", "reviewer.login_failed", email, source=source,
                              reason="locked")
-                refusal = _locked_message(r["locked_until"] - now)
+                refusal = (_locked_message(r["locked_until"] - now) if right
+                           else "wrong email or password")
             elif not _matches(r["password_hash"], password):
                 failures = r["failures"] + 1
                 locked = now + LOCK_SECONDS if failures >= MAX_FAILURES else 0.0
@@ -213,7 +217,6 @@ class Reviewers:
                 if locked:
                     audit.append(db, "console", "reviewer.locked", email, source=source,
                                  seconds=LOCK_SECONDS)
-                    refusal = _locked_message(LOCK_SECONDS)
             else:
                 new_hash = (_HASHER.hash(password)
                             if _HASHER.check_needs_rehash(r["password_hash"])
