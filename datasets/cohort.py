@@ -21,16 +21,22 @@ if TYPE_CHECKING:
 
 MODALITIES: tuple[str, ...] = ("mri", "pet")
 ASSET_FORMAT = "medsyft-cohort/1"
+#: the largest class a voxel mask may hold (0 is background)
+MAX_MASK_CLASS = 15
+#: what a plan may train towards: the subject's label, its mask, or a modality
+TARGETS: tuple[str, ...] = ("label", "mask", *MODALITIES)
 
 
 @dataclass
 class Cohort:
-    """Volumes per modality, each (N, D, H, W) float32, and labels (N,) int64."""
+    """Volumes per modality, each (N, D, H, W) float32, labels (N,) int64, and optionally
+    a voxel mask (N, D, H, W) uint8 on the volumes' grid (0 background, 1.. classes)."""
 
     volumes: dict[str, np.ndarray]
     labels: np.ndarray
     cohort_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     meta: dict[str, Any] = field(default_factory=dict)  # allowlisted technical facts only
+    masks: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.meta = clean_meta(self.meta)
@@ -42,6 +48,14 @@ class Cohort:
                 raise ValueError(f"unknown modality {name!r}; expected one of {MODALITIES}")
             if vol.ndim != 4 or vol.shape[0] != n:
                 raise ValueError(f"{name}: expected shape (N={n}, D, H, W), got {vol.shape}")
+        if self.masks is not None:
+            grid = (n, *next(iter(self.volumes.values())).shape[1:])
+            if tuple(self.masks.shape) != grid:
+                raise ValueError(f"mask: expected shape {grid} (the volumes' grid), got "
+                                 f"{tuple(self.masks.shape)}")
+            if self.masks.size and int(self.masks.max()) > MAX_MASK_CLASS:
+                raise ValueError(f"mask: classes are 0..{MAX_MASK_CLASS}")
+            self.masks = np.ascontiguousarray(self.masks, dtype=np.uint8)
 
     @property
     def n(self) -> int:
@@ -59,15 +73,44 @@ class Cohort:
             raise KeyError(f"cohort has no modality {missing}; it has {sorted(self.volumes)}")
         return np.stack([self.volumes[m] for m in modalities], axis=1).astype(np.float32)
 
+    def target(self, name: str) -> np.ndarray:
+        """What a plan trains towards, per subject: labels (N,) int64, the mask (N, D, H, W)
+        int64, or a modality's volumes (N, D, H, W) float32."""
+        if name == "label":
+            return self.labels
+        if name == "mask":
+            if self.masks is None:
+                raise KeyError("the cohort has no mask")
+            return self.masks.astype(np.int64)
+        if name in self.volumes:
+            return self.volumes[name].astype(np.float32)
+        raise KeyError(f"cohort has no {name!r}; it has label, {', '.join(self.volumes)}"
+                       + (", mask" if self.masks is not None else ""))
+
+    @property
+    def asset_keys(self) -> list[str]:
+        return sorted(self.volumes) + (["mask"] if self.masks is not None else [])
+
+    @property
+    def mask_classes(self) -> int:
+        """How many classes the mask holds, background included (0 without a mask): as
+        declared at publish (meta `mask_classes`), never read from the private values."""
+        if self.masks is None:
+            return 0
+        return int(self.meta.get("mask_classes") or MAX_MASK_CLASS + 1)
+
     def to_asset(self) -> dict:
         """The plain dict stored as a syft asset (private or mock)."""
-        return {
+        asset = {
             "format": ASSET_FORMAT,
             "cohort_id": self.cohort_id,
             "labels": np.ascontiguousarray(self.labels, dtype=np.int64),
             "meta": clean_meta(self.meta),
             **{m: np.ascontiguousarray(v, dtype=np.float32) for m, v in self.volumes.items()},
         }
+        if self.masks is not None:
+            asset["mask"] = np.ascontiguousarray(self.masks, dtype=np.uint8)
+        return asset
 
     @classmethod
     def from_asset(cls, asset: dict) -> Cohort:
@@ -79,13 +122,15 @@ class Cohort:
             labels=np.asarray(asset["labels"], dtype=np.int64),
             cohort_id=str(asset["cohort_id"]),
             meta=dict(asset.get("meta") or {}),
+            masks=None if asset.get("mask") is None else np.asarray(asset["mask"]),
         )
 
     def subset(self, index: np.ndarray) -> Cohort:
         """The subjects at `index`, in that order (same cohort id and meta)."""
         index = np.asarray(index, dtype=np.int64)
         return Cohort(volumes={m: v[index] for m, v in self.volumes.items()},
-                      labels=self.labels[index], cohort_id=self.cohort_id, meta=dict(self.meta))
+                      labels=self.labels[index], cohort_id=self.cohort_id, meta=dict(self.meta),
+                      masks=None if self.masks is None else self.masks[index])
 
     def label_counts(self) -> dict[int, int]:
         values, counts = np.unique(self.labels, return_counts=True)
@@ -112,10 +157,12 @@ class Cohort:
             grid += f", {sp} mm voxels, {self.meta.get('orientation', 'RAS')}"
         units = self.meta.get("units") or {}
         unit_text = "; ".join(f"{m.upper()} {u}" for m, u in units.items())
+        if self.masks is not None:
+            grid += f"; a voxel mask on the same grid (uint8, classes 0..{self.mask_classes - 1})"
         return (
             f"{who}; modalities: {mods}; {grid}"
             + (f"; values: {unit_text}" if unit_text else "")
-            + f" (asset keys: {', '.join(sorted(self.volumes))}, labels int64 0=control "
+            + f" (asset keys: {', '.join(self.asset_keys)}, labels int64 0=control "
             "1=disease)."
         )
 

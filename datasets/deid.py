@@ -29,7 +29,7 @@ DICOM_TECHNICAL: frozenset[str] = frozenset({
 #: Fields a published cohort asset may carry in its `meta` dict.
 ASSET_META: frozenset[str] = frozenset({
     "orientation", "spacing_mm", "shape", "units", "normalisation", "sources",
-    "modalities", "preprocessing",
+    "modalities", "preprocessing", "mask_classes",
 })
 
 

@@ -52,6 +52,7 @@ class Facts(BaseModel):
     graph_summary: str | None = None
     activation_mib: float | None = None
     epsilon_committed: float = 0.0
+    has_mask: bool | None = None  # whether the dataset was published with a voxel mask
 
 
 def _line(rule: str, ok: bool, seen: object, limit: object, message: str,
@@ -110,6 +111,13 @@ def review_plan(policy: SitePolicy, plan: TrainingPlan, facts: Facts) -> list[Ch
                            facts.noise_multiplier >= p.min_noise_multiplier,
                            f"{facts.noise_multiplier:.3f}", p.min_noise_multiplier,
                            "the ε target gives too little noise for this site"))
+    lines.append(_line("training.task", plan.task in t.tasks,
+                       f"{plan.task} ({plan.target}, {plan.loss})", ", ".join(t.tasks),
+                       f"this dataset's policy allows {', '.join(t.tasks)}"))
+    if plan.target == "mask" and facts.has_mask is False:
+        lines.append(_line("dataset.target", False, "no mask", "a voxel mask published with "
+                           "the dataset", "the dataset has no voxel mask to segment"
+                           ).model_copy(update={"overridable": False}))
     lines += [
         _line("training.rounds", plan.rounds <= t.max_rounds, plan.rounds, t.max_rounds,
               f"rounds limited to {t.max_rounds}"),

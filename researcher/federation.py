@@ -32,7 +32,7 @@ from policies.contract.template import build_function
 from policies.contract.wire import RoundResult, SiteFailed, parse_round
 from researcher.aggregate import FedAvg, Strategy
 from researcher.checkpoint import Checkpoints
-from researcher.evaluate import evaluate, load_params
+from researcher.evaluate import evaluate_task, load_params
 from researcher.results import RoundReport, RunReport, SiteRoundReport
 from sites.common import keychain, syft_guard, syft_patches
 from sites.common.syft_client import login, quiet, syft
@@ -374,12 +374,14 @@ class Federation:
             weights = self.strategy.aggregate(
                 [(c, r.params) for c, r in zip(counts, results.values(), strict=True)])
             auc = loss = None
+            metrics: dict[str, float] = {}
             if model is not None and validation is not None:
-                auc, loss = evaluate(load_params(model, weights), validation, list(plan.inputs))
+                metrics = evaluate_task(load_params(model, weights), validation, plan)
+                auc, loss = metrics.get("auc"), metrics.get("loss")
             sites = [SiteRoundReport.from_result(results[s]) if s in results
                      else SiteRoundReport(site=s, ok=False, error=errors.get(s))
                      for s in self.site_names]
-            rr = RoundReport(round=rnd, sites=sites, auc=auc, loss=loss,
+            rr = RoundReport(round=rnd, sites=sites, auc=auc, loss=loss, metrics=metrics,
                              seconds=round(time.perf_counter() - t0, 3))
             report.rounds.append(rr)
             ckpt.save(rnd, weights, report)

@@ -45,6 +45,8 @@ class RoundReport(BaseModel):
     sites: list[SiteRoundReport]
     auc: float | None = None
     loss: float | None = None
+    #: the task's metrics on the researcher's validation data (`researcher.evaluate`)
+    metrics: dict[str, float] = Field(default_factory=dict)
     seconds: float
 
 

@@ -301,6 +301,12 @@ def site_publish(
     profile: str = typer.Option(None, "--profile",
                                 help="synthetic: site profile (default: the site's name)"),
     size: int = typer.Option(24, "--size", min=8, max=256, help="synthetic: volume edge"),
+    lesions: bool = typer.Option(False, "--lesions",
+                                 help="synthetic: tumour-like lesions and a voxel mask (0 "
+                                      "background, 1 core, 2 oedema) for segmentation"),
+    misalign: float = typer.Option(0.0, "--misalign", min=0.0, max=1.0,
+                                   help="synthetic: move each PET against its MRI (0 to 1: "
+                                        "up to 5° rotation, 1.5 voxels, 3 % scale)"),
     json_out: bool = typer.Option(False, "--json", help="print the ingest report as JSON"),
 ) -> None:
     """Publish a cohort: the private asset holds volumes and labels only (no identifiers);
@@ -312,7 +318,8 @@ def site_publish(
     if synthetic is not None:
         with err.status("generating and uploading cohort..."):
             cohort = publish_synthetic(site_dir, dataset, synthetic, seed, profile,
-                                       (size, size, size))
+                                       (size, size, size), lesions=lesions,
+                                       misalign=misalign)
         out.print(f"published {dataset}: {cohort.describe()}")
         return
     pp = preprocessing_from(spacing, shape, mri_norm, pet_norm)

@@ -63,6 +63,18 @@ class DPSpec(BaseModel):
         return data
 
 
+#: per task: the targets it may train towards and the site-owned losses it may use
+TASKS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "classify": (("label",), ("bce_with_logits", "cross_entropy")),
+    "segment": (("mask",), ("dice", "dice_ce")),
+    "synthesize": (("mri", "pet"), ("l1", "l2", "ssim_l1")),
+}
+
+#: fields added after plans were first approved, left out of the canonical JSON while they
+#: hold these values, so that an older plan keeps its hash (and its approval)
+_LATER_FIELDS: dict[str, object] = {"task": "classify"}
+
+
 class TrainingPlan(BaseModel):
     """Everything a site needs to review and run a federated DP training."""
 
@@ -75,8 +87,12 @@ class TrainingPlan(BaseModel):
                             description="submitting account's email; set by the client")
     model: ModelSpec
     inputs: list[Literal["mri", "pet"]] = Field(min_length=1, max_length=2)
-    target: Literal["label"] = "label"
-    loss: Literal["bce_with_logits", "cross_entropy"] = "bce_with_logits"
+    task: Literal["classify", "segment", "synthesize"] = Field(
+        "classify", description="classify: the subject's label; segment: its voxel mask; "
+        "synthesize: one modality from the others")
+    target: Literal["label", "mask", "mri", "pet"] = "label"
+    loss: Literal["bce_with_logits", "cross_entropy", "dice", "dice_ce", "l1", "l2",
+                  "ssim_l1"] = "bce_with_logits"
     optimizer: Literal["sgd", "adam"] = "sgd"
     learning_rate: float = Field(gt=0, le=10)
     momentum: float = Field(0.0, ge=0, lt=1)
@@ -92,10 +108,29 @@ class TrainingPlan(BaseModel):
             raise ValueError("each input modality may appear once")
         return v
 
+    @model_validator(mode="after")
+    def _task_fits(self) -> TrainingPlan:
+        targets, losses = TASKS[self.task]
+        if self.target not in targets:
+            raise ValueError(f"target: a {self.task} plan trains towards "
+                             f"{' or '.join(targets)}, not {self.target!r}")
+        if self.loss not in losses:
+            raise ValueError(f"loss: a {self.task} plan uses one of {', '.join(losses)} "
+                             f"(the site's own), not {self.loss!r}")
+        if self.task == "synthesize" and self.target in self.inputs:
+            raise ValueError(f"target: {self.target} is also an input; synthesis makes one "
+                             "modality from the others")
+        return self
+
     def canonical_json(self) -> str:
         """The plan as sorted, compact JSON: the bytes its hash covers and the template
-        embeds. Must stay byte-identical across releases (approved plans match on it)."""
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        embeds. Must stay byte-identical across releases (approved plans match on it):
+        fields added later are left out while they hold their first default."""
+        data = self.model_dump(mode="json")
+        for key, default in _LATER_FIELDS.items():
+            if data.get(key) == default:
+                del data[key]
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     @property
     def plan_hash(self) -> str:

@@ -147,6 +147,9 @@ class Governance:
             if "volume_shape" not in columns:  # sites created before the training graph
                 db.execute("ALTER TABLE datasets ADD COLUMN volume_shape TEXT NOT NULL "
                            "DEFAULT ''")
+            if "mask_classes" not in columns:  # sites created before segmentation
+                db.execute("ALTER TABLE datasets ADD COLUMN mask_classes INTEGER NOT NULL "
+                           "DEFAULT 0")
             decided = {r[1] for r in db.execute("PRAGMA table_info(decisions)")}
             if "graph_digest" not in decided:  # approvals from before the training graph
                 db.execute("ALTER TABLE decisions ADD COLUMN graph_digest TEXT")
@@ -208,7 +211,8 @@ class Governance:
     def register_dataset(self, name: str, cohort_id: str, n: int, description: str,
                          actor: str, volume_shape: tuple[int, ...] = (),
                          count: tuple[int, float] | None = None,
-                         holdout: tuple[int, float] | None = None) -> None:
+                         holdout: tuple[int, float] | None = None,
+                         mask_classes: int = 0) -> None:
         """Record a published dataset; audited.
 
         Args:
@@ -219,17 +223,18 @@ class Governance:
             volume_shape: what a plan's model is traced on.
             count: (Ñ, s), the DP count of N drawn at publish for a private cohort size.
             holdout: (seed, fraction) of the audit split (`datasets.cohort.holdout_split`).
+            mask_classes: classes of the voxel mask published with it (0: no mask).
         """
         with self._connect() as db:
             db.execute(
                 "INSERT OR REPLACE INTO datasets (name, cohort_id, n, description, "
                 "published_at, volume_shape, count_value, count_noise, holdout_seed, "
-                "holdout_fraction, n_disclosed) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                "holdout_fraction, n_disclosed, mask_classes) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 (name, cohort_id, n, description, time.time(),
                  ",".join(str(int(s)) for s in volume_shape),
                  count[0] if count else None, count[1] if count else None,
                  holdout[0] if holdout else None, holdout[1] if holdout else None,
-                 0 if count else 1),
+                 0 if count else 1, int(mask_classes)),
             )
             if count:
                 db.execute("INSERT INTO count_draws VALUES (?,?,?,?,?)",

@@ -198,16 +198,39 @@ def _measure(graph: Graph) -> tuple[dict[str, list[int]], int]:
     return shapes, total
 
 
+def _check_output(loss: str, out_shape: list[int], grid: list[int],
+                  classes: int | None) -> None:
+    """The output one sample's loss needs (see `sites.sandbox.losses`)."""
+    if loss == "bce_with_logits" and math.prod(out_shape) != 1:
+        raise _refuse(f"bce_with_logits needs one logit per sample, the output is {out_shape}")
+    if loss == "cross_entropy" and (len(out_shape) != 2 or out_shape[0] != 1
+                                    or out_shape[1] < 2):
+        raise _refuse(f"cross_entropy needs (1, classes) per sample, the output is {out_shape}")
+    if loss in ("dice", "dice_ce"):
+        if len(out_shape) != 2 + len(grid) or out_shape[0] != 1 or out_shape[2:] != grid \
+                or out_shape[1] < 2:
+            raise _refuse(f"{loss} needs (1, classes, {', '.join(map(str, grid))}) per sample "
+                          f"(a score per class and voxel), the output is {out_shape}")
+        if classes is not None and out_shape[1] != classes:
+            raise _refuse(f"the dataset's mask has {classes} classes (background included), "
+                          f"the output has {out_shape[1]} channels")
+    if loss in ("l1", "l2", "ssim_l1") and out_shape != [1, 1, *grid]:
+        raise _refuse(f"{loss} needs (1, 1, {', '.join(map(str, grid))}) per sample (one "
+                      f"volume on the input's grid), the output is {out_shape}")
+
+
 def validate(graph_json: str | bytes, *, loss: str, max_parameters: int,
-             input_shape: list[int] | None = None) -> tuple[Graph, GraphFacts]:
+             input_shape: list[int] | None = None,
+             classes: int | None = None) -> tuple[Graph, GraphFacts]:
     """The graph and its measured facts, or `Refused` naming the node and the reason.
 
     Args:
         graph_json: the graph as the tracer wrote it (untrusted).
         loss: the plan's loss (`bce_with_logits` needs one logit, `cross_entropy` a row of
-            at least two).
+            at least two, Dice a score per class and voxel, synthesis one volume).
         max_parameters: the policy's cap, checked before anything is evaluated.
         input_shape: the shape one sample has at this site, batch dimension first (1).
+        classes: for segmentation, the classes of the dataset's mask (background included).
     """
     graph = parse(graph_json)
     if input_shape is not None and list(graph.input_shape) != list(input_shape):
@@ -222,11 +245,7 @@ def validate(graph_json: str | bytes, *, loss: str, max_parameters: int,
     with torch.no_grad():
         shapes, activations = _measure(graph)
     out_shape = shapes[graph.output.t]
-    if loss == "bce_with_logits" and math.prod(out_shape) != 1:
-        raise _refuse(f"bce_with_logits needs one logit per sample, the output is {out_shape}")
-    if loss == "cross_entropy" and (len(out_shape) != 2 or out_shape[0] != 1
-                                    or out_shape[1] < 2):
-        raise _refuse(f"cross_entropy needs (1, classes) per sample, the output is {out_shape}")
+    _check_output(loss, out_shape, list(graph.input_shape[2:]), classes)
     facts = GraphFacts(digest=graph.digest(), parameters=n_params,
                        operators=dict(Counter(n.op for n in graph.nodes)),
                        activation_bytes=activations * BACKWARD_FACTOR,

@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from datasets.cohort import Cohort, holdout_size, holdout_split
 from datasets.ingest import IngestReport, Progress, ingest_manifest
 from datasets.preprocess import Preprocessing
@@ -159,7 +161,9 @@ def publish_cohort(site_dir: Path, dataset: str, cohort: Cohort, mock: Cohort,
                    summary: str) -> str:
     """Upload private asset + mock; the description states N and label counts only as far
     as the policy's release rule allows. Returns the description."""
-    if mock.volume_shape != cohort.volume_shape or set(mock.volumes) != set(cohort.volumes):
+    if mock.volume_shape != cohort.volume_shape or set(mock.volumes) != set(cohort.volumes) \
+            or (mock.masks is None) != (cohort.masks is None) \
+            or mock.mask_classes != cohort.mask_classes:
         raise AdminError("mock schema differs from the private cohort")
     with admin_client(site_dir) as (site_dir, cfg, client):
         sy = syft()
@@ -193,7 +197,8 @@ def publish_cohort(site_dir: Path, dataset: str, cohort: Cohort, mock: Cohort,
         Governance(site_dir).register_dataset(dataset, cohort.cohort_id, n_train,
                                               description, actor=cfg.admin_email,
                                               volume_shape=cohort.volume_shape, count=count,
-                                              holdout=holdout)
+                                              holdout=holdout,
+                                              mask_classes=cohort.mask_classes)
     return description
 
 
@@ -220,11 +225,15 @@ def _sized_as(public: Any) -> Iterator[None]:
 
 def publish_synthetic(site_dir: Path, dataset: str, n: int, seed: int,
                       profile: str | None = None, shape: tuple[int, int, int] = (24, 24, 24),
-                      mock_n: int = MOCK_SIZE) -> Cohort:
+                      mock_n: int = MOCK_SIZE, lesions: bool = False,
+                      misalign: float = 0.0) -> Cohort:
+    """A synthetic cohort under the site's demo profile (`datasets.synthetic`), with lesion
+    masks and misregistered PET when asked, published with a mock of the same schema."""
     _, cfg = load_site(site_dir)
     prof: SiteProfile = DEMO_PROFILES.get(profile or cfg.name, NEUTRAL)
-    cohort = generate_cohort(n=n, seed=seed, profile=prof, shape=shape)
-    mock = generate_mock(n=mock_n, shape=shape, seed=seed)
+    cohort = generate_cohort(n=n, seed=seed, profile=prof, shape=shape, lesions=lesions,
+                             misalign=misalign)
+    mock = generate_mock(n=mock_n, shape=shape, seed=seed, lesions=lesions)
     publish_cohort(site_dir, dataset, cohort, mock,
                    summary=f"Synthetic brain MRI+PET cohort (profile {prof.name}).")
     return cohort
@@ -240,10 +249,14 @@ def mock_for(cohort: Cohort, seed: int = 0, n: int = MOCK_SIZE) -> Cohort:
     """
     from datasets.preprocess import normalise_volumes
 
-    mock = generate_mock(n=n, shape=cohort.volume_shape, seed=seed)
+    mock = generate_mock(n=n, shape=cohort.volume_shape, seed=seed,
+                         lesions=cohort.masks is not None)
     volumes = normalise_volumes({m: mock.volumes[m] for m in cohort.volumes},
                                 cohort.meta.get("normalisation") or {})
-    return Cohort(volumes=volumes, labels=mock.labels, meta=dict(cohort.meta))
+    masks = None
+    if cohort.masks is not None:  # the mock's lesions, within the declared classes
+        masks = np.minimum(mock.masks, max(1, cohort.mask_classes - 1)).astype(np.uint8)
+    return Cohort(volumes=volumes, labels=mock.labels, meta=dict(cohort.meta), masks=masks)
 
 
 def publish_manifest(site_dir: Path, dataset: str, manifest: Path, pp: Preprocessing,

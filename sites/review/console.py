@@ -149,6 +149,7 @@ def site_facts(site_dir: Path, policy: SitePolicy, plan: TrainingPlan, researche
         except privacy.TargetUnreachable as exc:
             noise_error = str(exc)
     return Facts(researcher=researcher, institution=institution, today=date.today(),
+                 has_mask=bool(record.get("mask_classes")) if record else None,
                  cohort_n=accounting.n if accounting else None, noise_multiplier=sigma,
                  noise_error=noise_error,
                  adjacency=accounting.adjacency if accounting else None,
@@ -281,8 +282,8 @@ def measured_graph(gov: Governance, cfg: SiteConfig, policy: SitePolicy, plan: T
                       "its shape is known at the first round")
     shape = graphs.input_shape(plan, [int(v) for v in record["volume_shape"].split(",")])
     try:
-        return graphs.plan_graph(gov, cfg, plan, shape, rules.training.max_parameters
-                                 ).facts, None
+        return graphs.plan_graph(gov, cfg, plan, shape, rules.training.max_parameters,
+                                 int(record.get("mask_classes") or 0)).facts, None
     except (SiteBusy, SandboxUnavailable) as exc:
         return None, str(exc)
     except Refused as exc:
@@ -465,6 +466,7 @@ def deny(site_dir: Path, request_id: str, reason: str, reviewer: Reviewer,
         _record(site_dir, cfg, view, "denied", reviewer, reason, "manual", via=via)
         _apply_in_syft(req, "denied", reason)
         view.status = "denied"
+        view.approvers = Governance(site_dir).approvers(view.id)  # none stand after a no
         if view.plan is not None:
             for other_id in automatic_approvals(Governance(site_dir), view.plan, view.id):
                 other = review_request(site_dir, cfg, _find(client, other_id), context)

@@ -95,7 +95,8 @@ def _losses(site, gov, plan: TrainingPlan, cohort: Cohort,  # noqa: ANN001
             weights: dict[str, np.ndarray], max_parameters: int) -> np.ndarray:
     """Each subject's loss under `weights`, computed in the sealed training process."""
     plan_graph = graphs.plan_graph(gov, site.config, plan,
-                                   graphs.input_shape(plan, cohort.volume_shape), max_parameters)
+                                   graphs.input_shape(plan, cohort.volume_shape), max_parameters,
+                                   cohort.mask_classes)
     job = Job(mode="score", plan_json=plan.canonical_json(), graph_json=plan_graph.graph_json,
               graph_digest=plan_graph.facts.digest,
               weights={k: torch.from_numpy(v) for k, v in weights.items()},
@@ -104,7 +105,8 @@ def _losses(site, gov, plan: TrainingPlan, cohort: Cohort,  # noqa: ANN001
               max_parameters=max_parameters, seed=secrets.randbits(62))
     try:
         _, output = _run_child(job, torch.from_numpy(cohort.stacked(list(plan.inputs))),
-                               torch.from_numpy(cohort.labels), site.config.training_timeout_s,
+                               torch.from_numpy(cohort.target(plan.target)),
+                               site.config.training_timeout_s,
                                site, max_output=16 * cohort.n + (1 << 20))
     except Refused as exc:
         raise AuditError(f"scoring the subjects failed: {exc}") from None
@@ -154,7 +156,9 @@ def audit_plan(site_dir: Path, plan_ref: str, round_no: int | None = None) -> Pr
     both = Cohort(volumes={m: np.concatenate([members.volumes[m], nonmembers.volumes[m]])
                            for m in members.volumes},
                   labels=np.concatenate([members.labels, nonmembers.labels]),
-                  cohort_id=members.cohort_id, meta=members.meta)
+                  cohort_id=members.cohort_id, meta=members.meta,
+                  masks=None if members.masks is None
+                  else np.concatenate([members.masks, nonmembers.masks]))
     losses = _losses(site, gov, plan, both, releases.load(site.folder, plan.plan_hash, chosen),
                      rule.training.max_parameters)
     accounting = accounting_for(gov, record, rule, plan.researcher)

@@ -68,8 +68,9 @@ def settings(cfg: SiteConfig, purpose: str, timeout_s: float, gpu: bool = False
 
 
 def plan_graph(gov: Governance, cfg: SiteConfig, plan: TrainingPlan, shape: list[int],
-               max_parameters: int) -> PlanGraph:
-    """The plan's graph for samples of `shape`, validated against `max_parameters` now.
+               max_parameters: int, classes: int | None = None) -> PlanGraph:
+    """The plan's graph for samples of `shape`, validated against `max_parameters` now
+    (and, for segmentation, against the `classes` of the dataset's mask).
 
     Raises `Refused` (code MODEL) with the tracer's or the validator's reason; a tracer
     that could not start in time raises `tracing.SiteBusy` and caches nothing."""
@@ -90,5 +91,6 @@ def plan_graph(gov: Governance, cfg: SiteConfig, plan: TrainingPlan, shape: list
     if graph_json is None:
         raise Refused(f"the model cannot be traced: {error}", code=FailureCode.MODEL)
     graph, facts = check.validate(graph_json, loss=plan.loss, max_parameters=max_parameters,
-                                  input_shape=shape)
+                                  input_shape=shape,
+                                  classes=classes if plan.task == "segment" else None)
     return PlanGraph(graph_json=graph_json, graph=graph, facts=facts)

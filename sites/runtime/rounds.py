@@ -109,10 +109,10 @@ def _run_child(job: Job, x: torch.Tensor, y: torch.Tensor, timeout_s: int, site:
 
 
 def _graph(site: Site, gov: Governance, plan: TrainingPlan, shape: list[int],
-           max_parameters: int) -> graphs.PlanGraph:
+           max_parameters: int, classes: int) -> graphs.PlanGraph:
     """The plan's validated graph; a site that cannot seal its sandbox runs nothing."""
     try:
-        return graphs.plan_graph(gov, site.config, plan, shape, max_parameters)
+        return graphs.plan_graph(gov, site.config, plan, shape, max_parameters, classes)
     except tracing.SiteBusy:
         raise refused("timeout") from None
     except confine.SandboxUnavailable as exc:
@@ -161,6 +161,7 @@ def _recheck_policy(site: Site, gov: Governance, plan: TrainingPlan, approval: A
         raise Refused(f"policy: {exc}", code=FailureCode.POLICY) from None
     facts = Facts(researcher=plan.researcher, institution=record.institution,
                   today=date.today(), cohort_n=accounting.n, n_parameters=0,
+                  has_mask=bool(dataset.get("mask_classes")),
                   noise_multiplier=sigma, adjacency=accounting.adjacency,
                   accountant=accounting.accountant,
                   epsilon_committed=gov.committed_epsilon(plan.researcher, plan.dataset,
@@ -216,11 +217,14 @@ def _execute(site_dir: Path, plan_json: str, data: Any, weights: Any) -> dict:
                   plan.dataset)
         raise refused("internal") from None
     missing = [m for m in plan.inputs if m not in cohort.volumes]
+    if plan.target == "mask" and cohort.masks is None or \
+            plan.target in ("mri", "pet") and plan.target not in cohort.volumes:
+        missing.append(plan.target)  # the schema is public: the mock has the same keys
     if missing:
         raise Refused(f"dataset {plan.dataset} has no {', '.join(missing)} images",
                       code=FailureCode.INVALID)
     plan_graph = _graph(site, gov, plan, graphs.input_shape(plan, cohort.volume_shape),
-                        dataset_policy.training.max_parameters)
+                        dataset_policy.training.max_parameters, cohort.mask_classes)
     if approval.graph_digest is not None and approval.graph_digest != plan_graph.facts.digest:
         # traced again (a torch upgrade, a lost cache) into another graph than was reviewed
         gov.audit(ACTOR, "run.refused", plan.plan_hash, reason="training.graph changed",
@@ -264,7 +268,7 @@ def _execute(site_dir: Path, plan_json: str, data: Any, weights: Any) -> dict:
         param_bytes = sum(v.numel() * 4 for v in start.values())
         status, output = _run_child(
             job, torch.from_numpy(cohort.stacked(list(plan.inputs))),
-            torch.from_numpy(cohort.labels), timeout, site,
+            torch.from_numpy(cohort.target(plan.target)), timeout, site,
             max_output=2 * param_bytes + (1 << 20))
         params = release_filter(output, start)
         digest = weights_digest(params)

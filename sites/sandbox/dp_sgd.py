@@ -29,29 +29,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch.func import grad, vmap
+
+from sites.sandbox.losses import LOSSES
 
 #: f(params, x) for one sample with a batch dimension of 1
 Forward = Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor]
-
-
-def _cross_entropy(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of one sample; a label outside the model's classes contributes zero
-    (it once raised, and whether a round failed told whether any sampled subject had a
-    label the model could not hold: red team, issue 14)."""
-    logits = out.reshape(1, -1)
-    label = y.reshape(-1).long()
-    valid = (label >= 0) & (label < logits.shape[1])  # one sample: shape [1]
-    loss = F.cross_entropy(logits, torch.where(valid, label, torch.zeros_like(label)))
-    return loss * valid.to(loss.dtype).reshape(())
-
-
-LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    "bce_with_logits": lambda out, y: F.binary_cross_entropy_with_logits(
-        out.reshape(-1), y.reshape(-1).to(out.dtype)),
-    "cross_entropy": _cross_entropy,
-}
 
 
 @dataclass(frozen=True)

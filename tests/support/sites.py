@@ -32,11 +32,12 @@ class MemoryKeyring(KeyringBackend):
 @contextmanager
 def one_site(root: Path, name: str, policy: Path, email: str, password: str, n: int,
              seed: int, shape: tuple[int, int, int], manifest: Path | None = None,
-             console: dict | None = None) -> Iterator[dict]:
+             console: dict | None = None, lesions: bool = False) -> Iterator[dict]:
     """A real datasite with one researcher and a published cohort, stopped after.
 
     The cohort is generated in memory, or ingested from `manifest` (DICOM/NIfTI files)
-    onto a `shape` grid when one is given. `console` updates site.yaml's web console
+    onto a `shape` grid when one is given (`lesions`: the synthetic cohort has lesion
+    masks). `console` updates site.yaml's web console
     settings before the site starts."""
     from researcher.federation import Federation, FederationConfig, SiteEntry, store_password
     from sites.operator import admin, lifecycle
@@ -53,7 +54,8 @@ def one_site(root: Path, name: str, policy: Path, email: str, password: str, n: 
     try:
         admin.add_researcher(d, email, "Ada Lovelace", password, "Lovelace Institute")
         if manifest is None:
-            cohort = admin.publish_synthetic(d, "brain-mri-pet", n=n, seed=seed, shape=shape)
+            cohort = admin.publish_synthetic(d, "brain-mri-pet", n=n, seed=seed, shape=shape,
+                                             lesions=lesions)
         else:
             from datasets.preprocess import Preprocessing
 

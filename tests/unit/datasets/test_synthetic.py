@@ -1,6 +1,7 @@
 """The synthetic cohorts: deterministic, heterogeneous across sites, learnable, safe mocks."""
 
 import numpy as np
+import pytest
 from sklearn.metrics import roc_auc_score
 
 from datasets.cohort import Cohort
@@ -58,3 +59,46 @@ def test_asset_round_trip_and_description_reveals_schema_only():
     text = c.describe()
     assert "10 subjects" in text and "8x8x8" in text
     assert str(int(c.labels.sum())) + " disease" not in text
+
+
+def test_lesions_and_misalignment_leave_a_cohort_without_them_unchanged():
+    import numpy as np
+
+    from datasets.synthetic import CORE, OEDEMA, generate_cohort
+
+    plain = generate_cohort(12, seed=5, shape=(16, 16, 16))
+    lesioned = generate_cohort(12, seed=5, shape=(16, 16, 16), lesions=True)
+    assert plain.masks is None and lesioned.masks.shape == (12, 16, 16, 16)
+    assert np.array_equal(plain.labels, lesioned.labels)
+    outside = lesioned.masks == 0
+    assert np.array_equal(plain.volumes["mri"][outside], lesioned.volumes["mri"][outside])
+    with_lesion = lesioned.masks.reshape(12, -1).max(1) > 0
+    assert 0 < with_lesion.sum() < 12  # some subjects have one, some do not
+    # the lesion shows in both images: brighter MRI, a hot core in the PET
+    core, rim = lesioned.masks == CORE, lesioned.masks == OEDEMA
+    assert lesioned.volumes["mri"][core].mean() > plain.volumes["mri"][core].mean() + 0.2
+    assert lesioned.volumes["pet"][core].mean() > plain.volumes["pet"][core].mean() + 0.3
+    assert lesioned.volumes["pet"][rim].mean() < plain.volumes["pet"][rim].mean()
+    moved = generate_cohort(12, seed=5, shape=(16, 16, 16), lesions=True, misalign=1.0)
+    assert np.array_equal(moved.volumes["mri"], lesioned.volumes["mri"])
+    assert not np.allclose(moved.volumes["pet"], lesioned.volumes["pet"], atol=0.05)
+
+
+def test_a_mask_travels_in_the_asset_and_the_mock_has_one_of_the_same_schema():
+    import numpy as np
+
+    from datasets.cohort import Cohort
+    from datasets.synthetic import generate_cohort, generate_mock
+
+    cohort = generate_cohort(6, seed=2, shape=(8, 8, 8), lesions=True)
+    back = Cohort.from_asset(cohort.to_asset())
+    assert np.array_equal(back.masks, cohort.masks) and back.mask_classes == 3
+    assert back.target("mask").dtype == np.int64 and back.target("pet").shape == (6, 8, 8, 8)
+    assert "mask" in cohort.describe() and "classes 0..2" in cohort.describe()
+    mock = generate_mock(16, (8, 8, 8), seed=2, lesions=True)
+    assert mock.masks is not None and mock.mask_classes == cohort.mask_classes
+    assert "mask" not in generate_mock(16, (8, 8, 8), seed=2).to_asset()
+    with pytest.raises(KeyError, match="no mask"):
+        generate_cohort(2, seed=1, shape=(8, 8, 8)).target("mask")
+    with pytest.raises(ValueError, match="the volumes' grid"):
+        Cohort(volumes=cohort.volumes, labels=cohort.labels, masks=cohort.masks[:, :4])
