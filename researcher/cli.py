@@ -19,10 +19,18 @@ FedOpt = typer.Option(Path("federation.yaml"), "--federation", "-f",
                       help="federation file listing the sites", envvar="MEDSYFT_FEDERATION")
 
 
+def metrics_text(metrics: dict[str, float]) -> str:
+    """The task's validation metrics in one line (`auc 0.812, loss 0.51`)."""
+    return ", ".join(f"{k} {v:.3f}" for k, v in metrics.items())
+
+
 def round_table(rr) -> Table:
+    if rr.metrics and "auc" not in rr.metrics:
+        heading = f" · {metrics_text(rr.metrics)}"
+    else:
+        heading = f" · global AUC {rr.auc:.3f}" if rr.auc is not None else ""
     t = Table("site", "n_k", "ε so far", "ε target", "relation", "σ", "steps", "status",
-              title=f"round {rr.round}" + (f" · global AUC {rr.auc:.3f}" if rr.auc is not None
-                                           else ""),
+              title=f"round {rr.round}" + heading,
               caption="ε per subject at the site's δ, under the relation each site states")
     for s in rr.sites:
         if s.ok:

@@ -43,6 +43,13 @@ EXPORTS = {
 GRID = dict(spacing_mm=(8.0, 8.0, 8.0), shape=(24, 24, 24))
 RESEARCHER = ("ada@lovelace-institute.org", "Ada Lovelace", "Lovelace Institute")
 DATASET = "brain-mri-pet"
+#: the example plan of each task (`researcher/examples/`)
+TASK_PLANS = {"classify": "plan.yaml", "segment": "segment.yaml",
+              "synthesize": "synthesize.yaml"}
+#: segmentation and synthesis: lesioned cohorts published from memory on this grid (the
+#: file exports have no masks yet), PET moved slightly against the MRI for synthesis
+TASK_GRID = (16, 16, 16)
+TASK_MISALIGN = {"segment": 0.0, "synthesize": 0.3}
 
 
 def _policy_file(name: str) -> Path:
@@ -55,7 +62,8 @@ def _policy_file(name: str) -> Path:
 
 
 def run_demo(workdir: Path, report_path: Path, rounds: int | None = None,
-             console: Console | None = None, cohort_scale: float = 1.0) -> RunReport:
+             console: Console | None = None, cohort_scale: float = 1.0,
+             task: str = "classify") -> RunReport:
     """The whole demo: three hospitals, one researcher, a DP plan approved and trained.
 
     Args:
@@ -64,12 +72,14 @@ def run_demo(workdir: Path, report_path: Path, rounds: int | None = None,
         rounds: override the plan's rounds.
         console: where progress goes (the CLI's stdout by default).
         cohort_scale: multiplies each hospital's cohort size (a quicker, smaller run).
+        task: classify (scans ingested from DICOM/NIfTI files), segment or synthesize
+            (synthetic lesioned cohorts published from memory; see `TASK_GRID`).
 
     Returns:
         The run's report, round by round and site by site.
     """
     from policies.cli_output import out
-    from researcher.cli import run_with_progress
+    from researcher.cli import metrics_text, run_with_progress
     from sites.common import keychain
     from sites.console.http_client import ConsoleSession
     from sites.operator import admin, lifecycle
@@ -77,6 +87,8 @@ def run_demo(workdir: Path, report_path: Path, rounds: int | None = None,
     from sites.review import console as site_console
 
     con = console or out
+    if task not in TASK_PLANS:
+        raise ValueError(f"task {task!r}: choose one of {', '.join(TASK_PLANS)}")
     t_start = time.perf_counter()
     workdir = workdir.resolve()
     if workdir.exists():  # a previous demo: stop anything it left running, then start over
@@ -117,6 +129,15 @@ def run_demo(workdir: Path, report_path: Path, rounds: int | None = None,
         for name, n, seed in HOSPITALS:
             n = max(40, round(n * cohort_scale))
             admin.add_researcher(site_dirs[name], email, full_name, password, institution)
+            if task != "classify":
+                cohort = admin.publish_synthetic(site_dirs[name], DATASET, n, seed, name,
+                                                 TASK_GRID, lesions=True,
+                                                 misalign=TASK_MISALIGN[task])
+                lesioned = int((cohort.masks.reshape(cohort.n, -1).max(1) > 0).sum())
+                con.print(f"  {name}: account {email}; published {DATASET}: {cohort.n} "
+                          f"synthetic subjects on a {'x'.join(map(str, TASK_GRID))} grid, "
+                          f"{lesioned} with a lesion (mask: core, oedema)")
+                continue
             exports = workdir / "imaging" / name
             manifest = write_synthetic_cohort(exports, n=n, seed=seed,
                                               profile=DEMO_PROFILES[name], **EXPORTS[name])
@@ -137,7 +158,7 @@ def run_demo(workdir: Path, report_path: Path, rounds: int | None = None,
         (workdir / "federation.yaml").write_text(json.dumps(config.model_dump(), indent=2))
         for site in config.sites:
             store_password(site, password)
-        plan = load_plan(EXAMPLES / "plan.yaml")
+        plan = load_plan(EXAMPLES / TASK_PLANS[task])
         if rounds:
             plan = plan.model_copy(update={"rounds": rounds})
         fed = Federation(config).connect()
@@ -166,14 +187,23 @@ def run_demo(workdir: Path, report_path: Path, rounds: int | None = None,
                     con.print(f"    {email_r} approved at {url} → {done['message']}")
 
         con.rule(f"5. federated DP training, {plan.rounds} rounds")
-        validation = generate_cohort(150, seed=2024)
-        validation.volumes = normalise_volumes(validation.volumes, methods_of(pp))
+        if task == "classify":
+            validation = generate_cohort(150, seed=2024)
+            validation.volumes = normalise_volumes(validation.volumes, methods_of(pp))
+        else:
+            validation = generate_cohort(60, seed=2024, shape=TASK_GRID, lesions=True,
+                                         misalign=TASK_MISALIGN[task])
         report = run_with_progress(fed, plan, validation, resume=False, console=con)
         report_path.write_text(_report_json(report, time.perf_counter() - t_start))
         last = report.rounds[-1]
         con.rule("done")
-        con.print(f"global AUC per round: "
-                  f"{', '.join(f'{r.auc:.3f}' for r in report.rounds)}; final {last.auc:.3f}")
+        if task == "classify":
+            con.print(f"global AUC per round: "
+                      f"{', '.join(f'{r.auc:.3f}' for r in report.rounds)}; final "
+                      f"{last.auc:.3f}")
+        else:
+            for r in report.rounds:
+                con.print(f"round {r.round} on the validation cohort: {metrics_text(r.metrics)}")
         for s in last.sites:
             if s.ok:
                 con.print(f"  {s.site}: {s.guarantee} (target {s.target_epsilon:g}, "
@@ -237,7 +267,8 @@ def _report_json(report: RunReport, seconds: float) -> str:
     doc = {
         "plan": report.plan, "plan_hash": report.plan_hash, "seconds": round(seconds, 1),
         "rounds": [
-            {"round": r.round, "auc": r.auc, "loss": r.loss, "seconds": r.seconds,
+            {"round": r.round, "auc": r.auc, "loss": r.loss, "metrics": r.metrics,
+             "seconds": r.seconds,
              "sites": [s.model_dump(include={"site", "ok", "n_k", "sample_rate",
                                              "noise_multiplier", "steps", "delta", "epsilon",
                                              "target_epsilon", "adjacency", "accountant",

@@ -61,9 +61,10 @@ def evaluate_task(model: nn.Module, cohort: Cohort, plan: TrainingPlan,
         classes = out.shape[1]
         pred = F.one_hot(out.argmax(1), classes).movedim(-1, 1)
         truth = F.one_hot(target.clamp(0, classes - 1), classes).movedim(-1, 1)
-        per_class = DiceMetric(include_background=False, reduction="mean_batch",
-                               ignore_empty=True)(pred, truth)
-        per_class = torch.nan_to_num(per_class.reshape(-1), nan=0.0)
+        metric = DiceMetric(include_background=False, reduction="mean_batch",
+                            ignore_empty=True)
+        metric(pred, truth)  # per subject and class; a class absent from a subject: skipped
+        per_class = torch.nan_to_num(metric.aggregate().reshape(-1), nan=0.0)
         metrics = {f"dice_{k + 1}": float(v) for k, v in enumerate(per_class)}
         metrics["dice"] = float(per_class.mean())
         return metrics

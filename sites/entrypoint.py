@@ -58,11 +58,17 @@ def demo(workdir: Path = typer.Option(Path(".medsyft-demo"), "--workdir",
                                       help="scratch folder for the demo sites (recreated)"),
          report: Path = typer.Option(Path("demo-report.json"), "--report"),
          rounds: int = typer.Option(None, "--rounds", min=1, max=10,
-                                    help="override the plan's rounds")) -> None:
+                                    help="override the plan's rounds"),
+         task: str = typer.Option("classify", "--task",
+                                  help="classify (the default: disease from MRI+PET), segment "
+                                       "(lesions from MRI) or synthesize (PET from MRI)")
+         ) -> None:
     """Three demo hospitals, one researcher, a DP plan approved and trained end to end."""
-    from researcher.demo import run_demo
+    from researcher.demo import TASK_PLANS, run_demo
 
-    run_demo(workdir, report, rounds=rounds)
+    if task not in TASK_PLANS:
+        raise typer.BadParameter(f"choose one of {', '.join(TASK_PLANS)}", param_hint="--task")
+    run_demo(workdir, report, rounds=rounds, task=task)
 
 
 if __name__ == "__main__":

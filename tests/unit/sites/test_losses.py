@@ -135,3 +135,43 @@ def test_dp_sgd_trains_a_segmenter_and_its_dice_improves():
                              for i in range(len(x))) / len(x))
 
     assert mean_loss(trained) < mean_loss(start) - 0.1
+
+
+class _Oracle(torch.nn.Module):
+    """Returns a fixed answer per subject: what a perfect (or a wrong) network would."""
+
+    def __init__(self, answers: torch.Tensor) -> None:
+        super().__init__()
+        self.answers, self.i = answers, 0
+
+    def forward(self, x):
+        out = self.answers[self.i:self.i + len(x)]
+        self.i += len(x)
+        return out
+
+
+def test_the_researchers_metrics_score_a_perfect_and_a_wrong_answer():
+    from datasets.synthetic import generate_cohort
+    from researcher.evaluate import evaluate_task
+    from tests.support.plans import make_plan
+
+    cohort = generate_cohort(6, seed=4, shape=(8, 8, 8), lesions=True)
+    base = make_plan().model_dump(mode="json") | {"inputs": ["mri"]}
+    seg = base | {"task": "segment", "target": "mask", "loss": "dice"}
+    from policies.contract.plan import TrainingPlan
+
+    mask = torch.from_numpy(cohort.target("mask"))
+    perfect = torch.nn.functional.one_hot(mask, 3).movedim(-1, 1).float() * 10
+    metrics = evaluate_task(_Oracle(perfect), cohort, TrainingPlan.model_validate(seg))
+    assert set(metrics) == {"dice_1", "dice_2", "dice"}
+    assert metrics["dice"] == pytest.approx(1.0)
+    background = torch.zeros_like(perfect)
+    background[:, 0] = 10
+    assert evaluate_task(_Oracle(background), cohort,
+                         TrainingPlan.model_validate(seg))["dice"] == pytest.approx(0.0)
+    syn = base | {"task": "synthesize", "target": "pet", "loss": "l1"}
+    pet = torch.from_numpy(cohort.target("pet")).unsqueeze(1)
+    good = evaluate_task(_Oracle(pet + 0.01), cohort, TrainingPlan.model_validate(syn))
+    bad = evaluate_task(_Oracle(pet + 0.3), cohort, TrainingPlan.model_validate(syn))
+    assert good["mae"] == pytest.approx(0.01, abs=1e-4) and bad["mae"] > good["mae"]
+    assert good["psnr"] > bad["psnr"] + 10 and good["ssim"] > bad["ssim"]
