@@ -175,3 +175,15 @@ def test_the_researchers_metrics_score_a_perfect_and_a_wrong_answer():
     bad = evaluate_task(_Oracle(pet + 0.3), cohort, TrainingPlan.model_validate(syn))
     assert good["mae"] == pytest.approx(0.01, abs=1e-4) and bad["mae"] > good["mae"]
     assert good["psnr"] > bad["psnr"] + 10 and good["ssim"] > bad["ssim"]
+
+
+@pytest.mark.parametrize("value", [0.0, 3.5])
+def test_ssim_l1_of_a_constant_target_stays_finite_with_a_finite_gradient(value):
+    """A constant target (an empty PET, a probe) has no variance: SSIM's constants must keep
+    the loss and its gradient finite, or whether a round failed would say so."""
+    t = torch.full((1, 8, 8, 8), value)
+    for out in (torch.full((1, 1, 8, 8, 8), value), torch.randn(1, 1, 8, 8, 8)):
+        out = out.clone().requires_grad_(True)
+        loss = losses.ssim_l1(out, t)
+        loss.backward()
+        assert torch.isfinite(loss) and torch.isfinite(out.grad).all()
