@@ -131,10 +131,11 @@ class Training(_Strict):
                                 "(forward and backward), as the site measures it")
     max_wall_time_s: int = Field(3600, ge=10, description="wall time of one round at the site")
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    tasks: list[Literal["classify", "segment", "synthesize"]] = Field(
-        default_factory=lambda: ["classify", "segment", "synthesize"], min_length=1,
+    tasks: list[Literal["classify", "segment", "synthesize", "gan"]] = Field(
+        default_factory=lambda: ["classify", "segment", "synthesize", "gan"], min_length=1,
         description="what plans may train on this dataset: classify (the label), segment "
-                    "(the voxel mask), synthesize (one modality from the others)")
+                    "(the voxel mask), synthesize (one modality from the others), gan "
+                    "(synthesis against a discriminator each site keeps)")
 
 
 class ModelCode(_Strict):

@@ -111,8 +111,10 @@ def review_plan(policy: SitePolicy, plan: TrainingPlan, facts: Facts) -> list[Ch
                            facts.noise_multiplier >= p.min_noise_multiplier,
                            f"{facts.noise_multiplier:.3f}", p.min_noise_multiplier,
                            "the ε target gives too little noise for this site"))
-    lines.append(_line("training.task", plan.task in t.tasks,
-                       f"{plan.task} ({plan.target}, {plan.loss})", ", ".join(t.tasks),
+    lines.append(_line("training.task", plan.task_word in t.tasks,
+                       f"{plan.task_word} ({plan.target}, {plan.loss}"
+                       + (f" + {plan.adversarial.weight:g}·adversarial" if plan.adversarial
+                          else "") + ")", ", ".join(t.tasks),
                        f"this dataset's policy allows {', '.join(t.tasks)}"))
     if plan.target == "mask" and facts.has_mask is False:
         lines.append(_line("dataset.target", False, "no mask", "a voxel mask published with "

@@ -63,6 +63,25 @@ class DPSpec(BaseModel):
         return data
 
 
+class Adversarial(BaseModel):
+    """The adversarial term of a synthesis plan: a GAN whose generator (the plan's model) is
+    federated and whose discriminator stays at each site.
+
+    The discriminator sees the plan's inputs and a target volume (the real one or the
+    generator's) stacked as channels, and gives one logit or a map of logits per sample.
+    Each site keeps its own discriminator between rounds and never releases it; both
+    networks' updates are DP-SGD steps and the site's accounting counts both."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    discriminator: ModelSpec
+    weight: float = Field(gt=0, le=100, description="λ: the generator's loss is the "
+                          "plan's loss plus λ times the non-saturating adversarial loss")
+
+
+#: the key prefix of the discriminator's initial parameters in a round's weights
+DISCRIMINATOR_PREFIX = "discriminator/"
+
 #: per task: the targets it may train towards and the site-owned losses it may use
 TASKS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "classify": (("label",), ("bce_with_logits", "cross_entropy")),
@@ -72,7 +91,7 @@ TASKS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 
 #: fields added after plans were first approved, left out of the canonical JSON while they
 #: hold these values, so that an older plan keeps its hash (and its approval)
-_LATER_FIELDS: dict[str, object] = {"task": "classify"}
+_LATER_FIELDS: dict[str, object] = {"task": "classify", "adversarial": None}
 
 
 class TrainingPlan(BaseModel):
@@ -93,6 +112,9 @@ class TrainingPlan(BaseModel):
     target: Literal["label", "mask", "mri", "pet"] = "label"
     loss: Literal["bce_with_logits", "cross_entropy", "dice", "dice_ce", "l1", "l2",
                   "ssim_l1"] = "bce_with_logits"
+    adversarial: Adversarial | None = Field(
+        None, description="synthesize only: train the model as a GAN's generator against a "
+        "discriminator that each site keeps")
     optimizer: Literal["sgd", "adam"] = "sgd"
     learning_rate: float = Field(gt=0, le=10)
     momentum: float = Field(0.0, ge=0, lt=1)
@@ -120,6 +142,8 @@ class TrainingPlan(BaseModel):
         if self.task == "synthesize" and self.target in self.inputs:
             raise ValueError(f"target: {self.target} is also an input; synthesis makes one "
                              "modality from the others")
+        if self.adversarial is not None and self.task != "synthesize":
+            raise ValueError("adversarial: only a synthesize plan trains a GAN")
         return self
 
     def canonical_json(self) -> str:
@@ -145,6 +169,18 @@ class TrainingPlan(BaseModel):
     @property
     def in_channels(self) -> int:
         return len(self.inputs)
+
+    @property
+    def task_word(self) -> str:
+        """What a policy's `training.tasks` names this plan: its task, or `gan` for an
+        adversarial synthesis."""
+        return "gan" if self.adversarial is not None else self.task
+
+    @property
+    def updates_per_step(self) -> int:
+        """DP-SGD updates each step makes, each reading private data: the discriminator's
+        and the generator's for a GAN, else one."""
+        return 2 if self.adversarial is not None else 1
 
 
 class PlanFileError(MedsyftError, ValueError):
@@ -178,6 +214,15 @@ def load_plan(path: str | Path, researcher: str = "") -> TrainingPlan:
             model["source"] = src_path.read_text()
         except OSError as exc:
             raise PlanFileError(f"{path}: model.source_file: {exc}") from None
+    adversarial = raw.get("adversarial")
+    disc = adversarial.get("discriminator") if isinstance(adversarial, dict) else None
+    if isinstance(disc, dict) and "source_file" in disc:
+        src_path = (path.parent / str(disc.pop("source_file"))).resolve()
+        try:
+            disc["source"] = src_path.read_text()
+        except OSError as exc:
+            raise PlanFileError(f"{path}: adversarial.discriminator.source_file: "
+                                f"{exc}") from None
     if researcher:
         raw["researcher"] = researcher
     try:

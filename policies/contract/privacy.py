@@ -113,14 +113,24 @@ class RunShape:
     steps: int
 
 
-def run_shape(n: int, batch_size: int, local_epochs: int) -> RunShape:
-    """Poisson sampling with expected batch B: q = B/n, n/B steps per epoch (at least 1),
-    where n is the accounting's cohort size (never the private N under add/remove)."""
+def run_shape(n: int, batch_size: int, local_epochs: int, updates: int = 1) -> RunShape:
+    """Poisson sampling with expected batch B: q = B/n, n/B iterations per epoch (at least
+    1), where n is the accounting's cohort size (never the private N under add/remove).
+
+    `steps` counts mechanisms, not iterations: an iteration that makes `updates` DP-SGD
+    updates (a GAN's discriminator step, then its generator step, each on its own Poisson
+    batch, each noised) is `updates` subsampled Gaussian mechanisms. Each reads the private
+    data and the outputs of every earlier one (θ_D and θ_G), so by adaptive composition
+    the ledger composes all of them: (σ, q, updates × iterations) per round. Nothing is
+    claimed from the discriminator never being released: ε is stated as if every
+    intermediate θ_D and θ_G were."""
     if n < 1:
         raise ValueError("empty cohort")
+    if updates < 1:
+        raise ValueError("at least one update per iteration")
     q = min(1.0, batch_size / n)
     steps_per_epoch = max(1, round(n / batch_size))
-    return RunShape(sample_rate=q, steps=local_epochs * steps_per_epoch)
+    return RunShape(sample_rate=q, steps=local_epochs * steps_per_epoch * updates)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -234,6 +244,13 @@ class RoundNoise:
     sample_rate: float
     steps: int
     expected_batch: float
+    #: DP-SGD updates per iteration (2 for a GAN); `steps` counts every one of them
+    updates: int = 1
+
+    @property
+    def iterations(self) -> int:
+        """Training iterations of a round: `steps` / `updates`."""
+        return self.steps // self.updates
 
     def as_history_entry(self) -> Entry:
         """The (σ, q, steps) triple that `epsilon_spent` composes."""
@@ -244,15 +261,17 @@ def noise_for(plan: TrainingPlan, accounting: Accounting) -> RoundNoise:
     """σ, q, steps and the update's divisor for one round of `plan` under `accounting`.
 
     σ is the smallest noise multiplier whose ε over all `plan.rounds` rounds (each of
-    `steps` Poisson-sampled steps at rate q = B/n), after the ledger's prefix, stays within
+    `steps` Poisson-sampled steps at rate q = B/n; a GAN's discriminator and generator
+    updates each count as one), after the ledger's prefix, stays within
     the plan's target at its δ, with the ledger's own accountant and relation. Site
     review, the runtime and the researcher's pre-check all call this one function.
 
     Raises:
         TargetUnreachable: no σ meets the target.
     """
-    shape = run_shape(accounting.n, plan.batch_size, plan.local_epochs)
+    updates = plan.updates_per_step
+    shape = run_shape(accounting.n, plan.batch_size, plan.local_epochs, updates)
     sigma = derive_noise_multiplier(plan.dp.target_epsilon, plan.dp.delta, shape,
                                     plan.rounds, accounting)
     return RoundNoise(noise_multiplier=sigma, sample_rate=shape.sample_rate, steps=shape.steps,
-                      expected_batch=shape.sample_rate * accounting.n)
+                      expected_batch=shape.sample_rate * accounting.n, updates=updates)
