@@ -176,7 +176,7 @@ def measure(size: int, rounds: int, root: Path) -> dict:
     validate = time.perf_counter() - t0
 
     gov = Governance(root)
-    gov.cache_graph(graphs.trace_key(plan, shape), graph_json, None)
+    gov.cache_graph(graphs.trace_key(plan.model, shape), graph_json, None)
     weights = {p.name: torch.zeros(p.shape) for p in graph.params}
     for p in graph.params:
         torch.nn.init.normal_(weights[p.name], std=0.05)

@@ -61,7 +61,9 @@ def demo(workdir: Path = typer.Option(Path(".medsyft-demo"), "--workdir",
                                     help="override the plan's rounds"),
          task: str = typer.Option("classify", "--task",
                                   help="classify (the default: disease from MRI+PET), segment "
-                                       "(lesions from MRI) or synthesize (PET from MRI)")
+                                       "(lesions from MRI), synthesize (PET from MRI) or gan "
+                                       "(PET from MRI, a federated generator against a "
+                                       "discriminator each hospital keeps)")
          ) -> None:
     """Three demo hospitals, one researcher, a DP plan approved and trained end to end."""
     from researcher.demo import TASK_PLANS, run_demo

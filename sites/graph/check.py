@@ -15,6 +15,7 @@ reported: everything here is recomputed from the graph itself.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import Counter
 
@@ -198,6 +199,24 @@ def _measure(graph: Graph) -> tuple[dict[str, list[int]], int]:
     return shapes, total
 
 
+#: the "loss" a GAN's discriminator graph is validated for (`sites.sandbox.losses.gan_*`)
+DISCRIMINATOR = "discriminator"
+
+
+def combine(generator: GraphFacts, discriminator: GraphFacts) -> GraphFacts:
+    """The facts of a GAN plan's two graphs as one: what the verdict checks (parameters,
+    operators and memory of both) and the digest an approval binds (of both digests)."""
+    ops = Counter(generator.operators)
+    ops.update(discriminator.operators)
+    digest = hashlib.sha256(f"gan:{generator.digest}:{discriminator.digest}".encode())
+    return GraphFacts(digest=digest.hexdigest(),
+                      parameters=generator.parameters + discriminator.parameters,
+                      operators=dict(ops),
+                      activation_bytes=generator.activation_bytes
+                      + discriminator.activation_bytes,
+                      output_shape=generator.output_shape)
+
+
 def _check_output(loss: str, out_shape: list[int], grid: list[int],
                   classes: int | None) -> None:
     """The output one sample's loss needs (see `sites.sandbox.losses`)."""
@@ -214,6 +233,9 @@ def _check_output(loss: str, out_shape: list[int], grid: list[int],
         if classes is not None and out_shape[1] != classes:
             raise _refuse(f"the dataset's mask has {classes} classes (background included), "
                           f"the output has {out_shape[1]} channels")
+    if loss == DISCRIMINATOR and (len(out_shape) < 2 or out_shape[:2] != [1, 1]):
+        raise _refuse(f"a discriminator gives (1, 1, ...) per sample (one logit, or one map of "
+                      f"logits), the output is {out_shape}")
     if loss in ("l1", "l2", "ssim_l1") and out_shape != [1, 1, *grid]:
         raise _refuse(f"{loss} needs (1, 1, {', '.join(map(str, grid))}) per sample (one "
                       f"volume on the input's grid), the output is {out_shape}")

@@ -53,7 +53,7 @@ from sites.operator.admin import admin_client
 from sites.operator.config import SiteConfig, load_site
 from sites.operator.site import Site
 from sites.review.request_review import SiteIdentity, request_checks
-from sites.runtime import graphs
+from sites.runtime import discriminators, graphs
 from sites.runtime.accounting import accounting_for
 from sites.sandbox.confine import SandboxUnavailable
 from sites.sandbox.tracing import SiteBusy
@@ -468,8 +468,11 @@ def deny(site_dir: Path, request_id: str, reason: str, reviewer: Reviewer,
         view.status = "denied"
         view.approvers = Governance(site_dir).approvers(view.id)  # none stand after a no
         if view.plan is not None:
+            discriminators.forget(site_dir, view.plan.plan_hash)  # a GAN plan ends here
             for other_id in automatic_approvals(Governance(site_dir), view.plan, view.id):
                 other = review_request(site_dir, cfg, _find(client, other_id), context)
+                if other.plan is not None:
+                    discriminators.forget(site_dir, other.plan.plan_hash)
                 note = f"revoked with request {view.short_id} (approved automatically): {reason}"
                 _record(site_dir, cfg, other, "denied", reviewer, note, "manual", via=via)
                 _apply_in_syft(_find(client, other_id), "denied", note)

@@ -31,7 +31,7 @@ from pydantic import ValidationError
 from datasets.cohort import ASSET_FORMAT, Cohort
 from policies.contract import privacy
 from policies.contract.errors import Refused
-from policies.contract.plan import TrainingPlan
+from policies.contract.plan import DISCRIMINATOR_PREFIX, TrainingPlan
 from policies.contract.wire import (
     FailureCode,
     RoundAccounting,
@@ -44,7 +44,7 @@ from policies.verdict import Facts, review_plan
 from sites.governance.registry import Registry, Researcher
 from sites.governance.store import Approval, Budget, Governance
 from sites.operator.site import Site
-from sites.runtime import graphs, holdout, releases
+from sites.runtime import discriminators, graphs, holdout, releases
 from sites.runtime.accounting import accounting_for
 from sites.runtime.release import refused, release_filter, validate_weights
 from sites.sandbox import confine, launcher, tracing
@@ -210,6 +210,12 @@ def _execute(site_dir: Path, plan_json: str, data: Any, weights: Any) -> dict:
     dataset_policy, accounting = _recheck_policy(site, gov, plan, approval, record, dataset)
 
     start = validate_weights(weights, dataset_policy.training.max_parameters)
+    d_offered = {k[len(DISCRIMINATOR_PREFIX):]: start.pop(k) for k in list(start)
+                 if k.startswith(DISCRIMINATOR_PREFIX)}
+    if plan.adversarial is None and d_offered:
+        raise refused("weights_mismatch")
+    if not start:
+        raise Refused("weights must hold the model's parameters", code=FailureCode.INVALID)
     try:
         cohort, _ = holdout.parts(dataset, Cohort.from_asset(data))
     except holdout.SplitMismatch:
@@ -234,6 +240,7 @@ def _execute(site_dir: Path, plan_json: str, data: Any, weights: Any) -> dict:
     if {p.name: tuple(p.shape) for p in plan_graph.graph.params} != \
             {k: tuple(v.shape) for k, v in start.items()}:
         raise refused("weights_mismatch")
+    d_start = _discriminator_start(site, plan, plan_graph, d_offered)
     noise = privacy.noise_for(plan, accounting)
     sigma = noise.noise_multiplier
     budget = Budget(
@@ -253,10 +260,15 @@ def _execute(site_dir: Path, plan_json: str, data: Any, weights: Any) -> dict:
     released = False
     category = CATEGORIES["internal"][0]
     try:
+        gan = plan_graph.discriminator_facts is not None
         job = Job(plan_json=plan.canonical_json(), graph_json=plan_graph.graph_json,
-                  graph_digest=plan_graph.facts.digest, weights=start,
+                  graph_digest=plan_graph.graph.digest(),
+                  weights=start,
+                  discriminator_json=plan_graph.discriminator_json,
+                  discriminator_digest=plan_graph.facts.digest if gan else None,
+                  discriminator_weights=d_start,
                   sample_rate=noise.sample_rate, expected_batch=noise.expected_batch,
-                  noise_multiplier=sigma, steps=noise.steps,
+                  noise_multiplier=sigma, steps=noise.iterations,
                   step_work=step_work(noise, accounting, plan.dp.delta)
                   if dataset_policy.release.pad_seconds else None,
                   threads=cfg.train_threads,
@@ -265,11 +277,17 @@ def _execute(site_dir: Path, plan_json: str, data: Any, weights: Any) -> dict:
                   max_parameters=dataset_policy.training.max_parameters,
                   seed=secrets.randbits(62))
         timeout = min(cfg.training_timeout_s, dataset_policy.training.max_wall_time_s)
-        param_bytes = sum(v.numel() * 4 for v in start.values())
+        param_bytes = sum(v.numel() * 4 for v in [*start.values(), *(d_start or {}).values()])
         status, output = _run_child(
             job, torch.from_numpy(cohort.stacked(list(plan.inputs))),
             torch.from_numpy(cohort.target(plan.target)), timeout, site,
             max_output=2 * param_bytes + (1 << 20))
+        if d_start is not None:  # the site keeps its discriminator; only θ_G may leave
+            if not isinstance(output, dict) or "discriminator" not in output:
+                raise refused("release")
+            d_trained = release_filter({"params": output.pop("discriminator")}, d_start)
+            discriminators.save(site.folder, plan.plan_hash,
+                                {k: torch.from_numpy(v) for k, v in d_trained.items()})
         params = release_filter(output, start)
         digest = weights_digest(params)
         releases.keep(site.folder, plan.plan_hash, run.round, params)
@@ -307,7 +325,27 @@ def _execute(site_dir: Path, plan_json: str, data: Any, weights: Any) -> dict:
         if not released:
             gov.finish_run(run.id, released=False, actor=ACTOR, category=category,
                            epsilon=eps)
+        if plan.adversarial is not None and run.round >= plan.rounds:
+            discriminators.forget(site.folder, plan.plan_hash)  # the plan has ended here
         _pad(t_start, dataset_policy.release.pad_seconds)
+
+
+def _discriminator_start(site: Site, plan: TrainingPlan, plan_graph: graphs.PlanGraph,
+                         offered: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+    """A GAN plan's discriminator at the start of this round: the one the site kept from
+    its last round here, or else the researcher's initial parameters (made before any
+    data was seen: they carry nothing private). None for any other plan."""
+    if plan_graph.discriminator is None:
+        return None
+    expected = {p.name: tuple(p.shape) for p in plan_graph.discriminator.params}
+    kept = discriminators.load(site.folder, plan.plan_hash)
+    if kept is not None and {k: tuple(v.shape) for k, v in kept.items()} == expected:
+        return kept
+    if {k: tuple(v.shape) for k, v in offered.items()} != expected:
+        raise Refused("a GAN plan's first round at a site needs the discriminator's initial "
+                      f"parameters, under the key prefix {DISCRIMINATOR_PREFIX!r}, matching "
+                      "its model", code=FailureCode.MODEL)
+    return offered
 
 
 def step_work(noise: privacy.RoundNoise, accounting: privacy.Accounting, delta: float) -> int:

@@ -16,7 +16,9 @@ independently with probability q):
     θ     ← optimizer(θ, g̃)                       SGD or Adam on the runtime's
                                                  own copy of θ
 
-The released parameters are the runtime's copy θ, changed only by that update.
+The released parameters are the runtime's copy θ, changed only by that update. A GAN
+(`train_gan`) makes two such updates per step, the discriminator's and the
+generator's, each its own mechanism.
 `f_θ` is a pure function `forward(params, x)`: at a site, the compiled training
 graph (`sites.graph.execute`), which holds no state and runs no researcher Python,
 so nothing written during forward can reach θ. This module must never print or
@@ -86,6 +88,23 @@ def micro_batch_size(sample_numel: int, device: torch.device, activation_bytes: 
     return size
 
 
+#: one sample's loss as a function of the parameters being trained: (params, x, y) with
+#: x and y of one sample, each with a batch dimension of 1
+SampleLoss = Callable[[dict[str, torch.Tensor], torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def gradients_of(sample_loss: SampleLoss, params: dict[str, torch.Tensor], x: torch.Tensor,
+                 y: torch.Tensor) -> dict[str, torch.Tensor]:
+    """{name: (B, *shape)}: each sample's gradient of `sample_loss` with respect to
+    `params`, computed in isolation (vmap over single samples)."""
+
+    def loss_one(p: dict, xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
+        return sample_loss(p, xi.unsqueeze(0), yi.unsqueeze(0))
+
+    fresh = {k: v.detach().clone() for k, v in params.items()}
+    return vmap(grad(loss_one), in_dims=(None, 0, 0), randomness="different")(fresh, x, y)
+
+
 def per_sample_gradients(
     forward: Forward,
     params: dict[str, torch.Tensor],
@@ -95,12 +114,7 @@ def per_sample_gradients(
 ) -> dict[str, torch.Tensor]:
     """{name: (B, *shape)}: each sample's gradient, computed in isolation (vmap over
     single samples, each given a batch dimension of 1)."""
-
-    def loss_one(p: dict, xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
-        return loss_fn(forward(p, xi.unsqueeze(0)), yi.unsqueeze(0))
-
-    fresh = {k: v.detach().clone() for k, v in params.items()}
-    return vmap(grad(loss_one), in_dims=(None, 0, 0), randomness="different")(fresh, x, y)
+    return gradients_of(lambda p, xi, yi: loss_fn(forward(p, xi), yi), params, x, y)
 
 
 def per_sample_losses(
@@ -155,6 +169,71 @@ def add_noise(summed: dict[str, torch.Tensor], std: float,
             for k, v in summed.items()}
 
 
+def _optimizer(leaves: list[torch.Tensor], cfg: DPConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(leaves, lr=cfg.learning_rate)
+    return torch.optim.SGD(leaves, lr=cfg.learning_rate, momentum=cfg.momentum)
+
+
+def _own_copy(start: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to(device=device, dtype=torch.float32).clone()
+            for k, v in start.items()}
+
+
+@dataclass
+class _Updater:
+    """The DP-SGD update of one network: draw a Poisson batch, clip each sample's gradient,
+    noise the sum, divide by the expected batch, step the optimizer. Every call is one
+    subsampled Gaussian mechanism (σ, q) of the site's accounting."""
+
+    theta: dict[str, torch.Tensor]
+    opt: torch.optim.Optimizer
+    cfg: DPConfig
+    n: int
+    device: torch.device
+    micro: int
+    expected_batch: float
+    gen: torch.Generator
+    noise_gen: torch.Generator
+
+    def step(self, sample_loss: SampleLoss, x: torch.Tensor, y: torch.Tensor) -> None:
+        cfg = self.cfg
+        mask = torch.rand(self.n, generator=self.gen) < cfg.sample_rate
+        idx = mask.nonzero().flatten()
+        real = torch.ones(len(idx), dtype=torch.bool)
+        if cfg.step_work and len(idx) < cfg.step_work:
+            # zero-weighted stand-ins up to the fixed work: the step takes as long whatever
+            # the Poisson draw took (they run on real subjects' values, weighted 0)
+            extra = cfg.step_work - len(idx)
+            idx = torch.cat([idx, torch.zeros(extra, dtype=idx.dtype)])
+            real = torch.cat([real, torch.zeros(extra, dtype=torch.bool)])
+        total = {k: torch.zeros_like(v) for k, v in self.theta.items()}
+        for start_i in range(0, len(idx), self.micro):
+            chunk = idx[start_i:start_i + self.micro]
+            xb, yb = x[chunk].to(self.device), y[chunk].to(self.device)
+            g = gradients_of(sample_loss, self.theta, xb, yb)
+            keep = real[start_i:start_i + self.micro].to(self.device)
+            for k, v in clip_and_sum(g, cfg.max_grad_norm, keep).items():
+                total[k] += v
+        noisy = add_noise(total, cfg.noise_multiplier * cfg.max_grad_norm, self.noise_gen)
+        self.opt.zero_grad(set_to_none=True)
+        for k, p in self.theta.items():
+            p.grad = noisy[k] / self.expected_batch
+        self.opt.step()
+
+
+def _updater(start: dict[str, torch.Tensor], x: torch.Tensor, cfg: DPConfig,
+             device: torch.device, seed: int) -> _Updater:
+    theta = _own_copy(start, device)
+    n = x.shape[0]
+    return _Updater(theta=theta, opt=_optimizer([theta[k] for k in theta], cfg), cfg=cfg,
+                    n=n, device=device,
+                    micro=cfg.micro_batch or micro_batch_size(x[0].numel(), device),
+                    expected_batch=cfg.expected_batch or cfg.sample_rate * n,
+                    gen=torch.Generator(device="cpu").manual_seed(seed),
+                    noise_gen=torch.Generator(device=device).manual_seed(seed + 1))
+
+
 def train(
     forward: Forward,
     start: dict[str, torch.Tensor],
@@ -169,42 +248,70 @@ def train(
     if cfg.loss not in LOSSES:
         raise ValueError(f"unknown loss {cfg.loss!r}")
     loss_fn = LOSSES[cfg.loss]
-    theta = {k: v.detach().to(device=device, dtype=torch.float32).clone()
-             for k, v in start.items()}
-    leaves = [theta[k] for k in theta]
-    if cfg.optimizer == "adam":
-        opt: torch.optim.Optimizer = torch.optim.Adam(leaves, lr=cfg.learning_rate)
-    else:
-        opt = torch.optim.SGD(leaves, lr=cfg.learning_rate, momentum=cfg.momentum)
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    noise_gen = torch.Generator(device=device).manual_seed(seed + 1)
-    n = x.shape[0]
-    expected_batch = cfg.expected_batch or cfg.sample_rate * n
-    noise_std = cfg.noise_multiplier * cfg.max_grad_norm
-    micro = cfg.micro_batch or micro_batch_size(x[0].numel(), device)
+    upd = _updater(start, x, cfg, device, seed)
+
+    def sample_loss(p: dict, xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
+        return loss_fn(forward(p, xi), yi)
+
     for step in range(cfg.steps):
-        mask = torch.rand(n, generator=gen) < cfg.sample_rate
-        idx = mask.nonzero().flatten()
-        real = torch.ones(len(idx), dtype=torch.bool)
-        if cfg.step_work and len(idx) < cfg.step_work:
-            # zero-weighted stand-ins up to the fixed work: the step takes as long whatever
-            # the Poisson draw took (they run on real subjects' values, weighted 0)
-            extra = cfg.step_work - len(idx)
-            idx = torch.cat([idx, torch.zeros(extra, dtype=idx.dtype)])
-            real = torch.cat([real, torch.zeros(extra, dtype=torch.bool)])
-        total = {k: torch.zeros_like(v) for k, v in theta.items()}
-        for start_i in range(0, len(idx), micro):
-            chunk = idx[start_i:start_i + micro]
-            xb, yb = x[chunk].to(device), y[chunk].to(device)
-            g = per_sample_gradients(forward, theta, loss_fn, xb, yb)
-            keep = real[start_i:start_i + micro].to(device)
-            for k, v in clip_and_sum(g, cfg.max_grad_norm, keep).items():
-                total[k] += v
-        noisy = add_noise(total, noise_std, noise_gen)
-        opt.zero_grad(set_to_none=True)
-        for k, p in theta.items():
-            p.grad = noisy[k] / expected_batch
-        opt.step()
+        upd.step(sample_loss, x, y)
         if on_step:
             on_step(step + 1)
-    return {k: v.detach().cpu() for k, v in theta.items()}
+    return {k: v.detach().cpu() for k, v in upd.theta.items()}
+
+
+def _with_target(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The discriminator's input: the sample's inputs and one target volume as channels."""
+    return torch.cat([x, target.reshape(x.shape[0], 1, *x.shape[2:]).to(x.dtype)], dim=1)
+
+
+def train_gan(
+    generator: Forward,
+    discriminator: Forward,
+    start: dict[str, torch.Tensor],
+    d_start: dict[str, torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: DPConfig,
+    weight: float,
+    device: torch.device,
+    seed: int,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """`cfg.steps` GAN iterations from (`start`, `d_start`); returns (θ_G, θ_D).
+
+    Each iteration is two DP-SGD updates, each on its own Poisson batch at rate q, each
+    clipped per sample to C and noised with σ·C, so each is one subsampled Gaussian
+    mechanism and a round is 2 × `cfg.steps` of them in the accounting:
+
+    1. the discriminator, on softplus(−D(x, y)) + softplus(D(x, G(x))) with G fixed;
+    2. the generator, on loss(G(x), y) + λ·softplus(−D(x, G(x))) with D fixed.
+
+    A sample's gradient in either update depends on that sample and on the parameters
+    (outputs of the earlier mechanisms) only, so the sensitivity bound C holds for both.
+    """
+    from sites.sandbox.losses import discriminator_loss, generator_adversarial
+
+    if cfg.loss not in LOSSES:
+        raise ValueError(f"unknown loss {cfg.loss!r}")
+    recon = LOSSES[cfg.loss]
+    g_upd = _updater(start, x, cfg, device, seed)
+    # the discriminator's batches, noise and optimizer are its own
+    d_upd = _updater(d_start, x, cfg, device, seed + 2)
+    d_upd.micro = max(1, min(g_upd.micro, d_upd.micro))
+
+    def d_loss(pd: dict, xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
+        fake = generator(g_upd.theta, xi).detach()
+        return discriminator_loss(discriminator(pd, _with_target(xi, yi)),
+                                  discriminator(pd, _with_target(xi, fake)))
+
+    def g_loss(pg: dict, xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
+        fake = generator(pg, xi)
+        theta_d = {k: v.detach() for k, v in d_upd.theta.items()}
+        return recon(fake, yi) + weight * generator_adversarial(
+            discriminator(theta_d, _with_target(xi, fake)))
+
+    for _ in range(cfg.steps):
+        d_upd.step(d_loss, x, y)
+        g_upd.step(g_loss, x, y)
+    return ({k: v.detach().cpu() for k, v in g_upd.theta.items()},
+            {k: v.detach().cpu() for k, v in d_upd.theta.items()})

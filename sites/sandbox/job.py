@@ -60,11 +60,16 @@ class Job(BaseModel):
     graph_json: str
     graph_digest: str
     weights: dict[str, torch.Tensor]
+    #: a GAN plan: the discriminator's validated graph and its parameters at the start of
+    #: the round (the site's own, or the researcher's initial ones in the first round)
+    discriminator_json: str | None = None
+    discriminator_digest: str | None = None
+    discriminator_weights: dict[str, torch.Tensor] | None = None
     sample_rate: float = Field(gt=0, le=1)
     expected_batch: float = Field(gt=0, description="what the noised sum is divided by: q·n "
                                                     "of the accounting, never the private N")
     noise_multiplier: float = Field(ge=0)
-    steps: int = Field(ge=1)
+    steps: int = Field(ge=1, description="iterations (a GAN's each makes two updates)")
     step_work: int | None = Field(None, ge=1, description="gradients per step at least "
                                                           "(padded rounds)")
     threads: int = Field(0, ge=0)
@@ -120,8 +125,14 @@ class RunStatus(BaseModel):
             return cls(ok=False, category="internal")
 
 
-def save_output(f: BinaryIO, params: dict[str, torch.Tensor]) -> None:
-    torch.save({"params": params}, f)
+def save_output(f: BinaryIO, params: dict[str, torch.Tensor],
+                discriminator: dict[str, torch.Tensor] | None = None) -> None:
+    """The run's parameters; a GAN's discriminator beside them, for the site's run state
+    only (the runtime keeps it and releases `params` alone)."""
+    out = {"params": params}
+    if discriminator is not None:
+        out["discriminator"] = discriminator
+    torch.save(out, f)
     f.flush()
 
 

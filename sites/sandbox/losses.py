@@ -23,6 +23,13 @@ Dice, per class k over voxels v, with p the softmax and t the one-hot target:
 Wang et al. (2004) with a Gaussian window (σ 1.5, 7 voxels or the volume if smaller),
 C₁ = (0.01 L)², C₂ = (0.03 L)², L the target's value range.
 
+A GAN (synthesize with `adversarial`) adds two losses over the discriminator's logits
+d (one per sample, or a map), each the mean over its elements, softplus(z) = log(1 + eᶻ):
+
+    discriminator   softplus(−d(x, y)) + softplus(d(x, G(x)))   real towards 1, generated 0
+    generator       loss(G(x), y) + λ·softplus(−d(x, G(x)))     non-saturating (Goodfellow
+                                                                et al. 2014)
+
 Must never print or log a tensor.
 """
 
@@ -132,6 +139,17 @@ def ssim(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def ssim_l1(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return SSIM_WEIGHT * (1.0 - ssim(out, y)) + (1.0 - SSIM_WEIGHT) * l1(out, y)
+
+
+def discriminator_loss(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """One sample's discriminator loss from its logits on the real and the generated
+    target (see the module's formula)."""
+    return F.softplus(-real).mean() + F.softplus(fake).mean()
+
+
+def generator_adversarial(fake: torch.Tensor) -> torch.Tensor:
+    """One sample's non-saturating adversarial term for the generator."""
+    return F.softplus(-fake).mean()
 
 
 LOSSES: dict[str, Loss] = {

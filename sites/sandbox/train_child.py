@@ -103,6 +103,25 @@ def run(job_f: BinaryIO, private_f: BinaryIO, out_f: BinaryIO, status_f: BinaryI
               file=sys.stderr)
         return status(False, "weights_mismatch")
     forward = compile_graph(graph)
+    discriminator = None
+    if plan.adversarial is not None:
+        try:
+            d_graph, d_facts = check.validate(
+                job.discriminator_json or "", loss=check.DISCRIMINATOR,
+                max_parameters=max(0, job.max_parameters - facts.parameters))
+        except Refused as exc:
+            print(f"discriminator graph refused: {exc}", file=sys.stderr)
+            return status(False, "graph")
+        if check.combine(facts, d_facts).digest != job.discriminator_digest:
+            print("discriminator digest differs from the job's", file=sys.stderr)
+            return status(False, "internal")
+        d_expected = {p.name: tuple(p.shape) for p in d_graph.params}
+        d_got = {k: tuple(v.shape) for k, v in (job.discriminator_weights or {}).items()}
+        if d_expected != d_got:
+            print("discriminator weights do not match its graph", file=sys.stderr)
+            return status(False, "weights_mismatch")
+        discriminator = compile_graph(d_graph)
+        facts = check.combine(facts, d_facts)
     t_checked = time.perf_counter()
     cfg = dp_sgd.DPConfig(
         sample_rate=job.sample_rate, noise_multiplier=job.noise_multiplier,
@@ -125,8 +144,14 @@ def run(job_f: BinaryIO, private_f: BinaryIO, out_f: BinaryIO, status_f: BinaryI
     if job.mode == "score":
         return _score(forward, job, plan, x, y, micro, device, out_f, status)
     t0 = time.perf_counter()
+    d_params = None
     try:
-        params = dp_sgd.train(forward, job.weights, x, y, cfg, device, seed=job.seed)
+        if discriminator is not None and plan.adversarial is not None:
+            params, d_params = dp_sgd.train_gan(
+                forward, discriminator, job.weights, job.discriminator_weights or {}, x, y,
+                cfg, plan.adversarial.weight, device, seed=job.seed)
+        else:
+            params = dp_sgd.train(forward, job.weights, x, y, cfg, device, seed=job.seed)
     except (torch.cuda.OutOfMemoryError, MemoryError):
         traceback.print_exc()
         return status(False, "oom")
@@ -134,7 +159,7 @@ def run(job_f: BinaryIO, private_f: BinaryIO, out_f: BinaryIO, status_f: BinaryI
         traceback.print_exc()
         return status(False, "forward")
     train_seconds = time.perf_counter() - t0
-    save_output(out_f, params)
+    save_output(out_f, params, d_params)
     status(True, device=device.type, train_seconds=round(train_seconds, 3))
     print(f"run took {time.perf_counter() - t_start:.3f} s: job {t_loaded - t_start:.3f}, "
           f"graph {t_checked - t_loaded:.3f}, data {t0 - t_checked:.3f}, "
