@@ -45,11 +45,11 @@ RESEARCHER = ("ada@lovelace-institute.org", "Ada Lovelace", "Lovelace Institute"
 DATASET = "brain-mri-pet"
 #: the example plan of each task (`researcher/examples/`)
 TASK_PLANS = {"classify": "plan.yaml", "segment": "segment.yaml",
-              "synthesize": "synthesize.yaml"}
+              "synthesize": "synthesize.yaml", "gan": "gan.yaml"}
 #: segmentation and synthesis: lesioned cohorts published from memory on this grid (the
 #: file exports have no masks yet), PET moved slightly against the MRI for synthesis
 TASK_GRID = (16, 16, 16)
-TASK_MISALIGN = {"segment": 0.0, "synthesize": 0.3}
+TASK_MISALIGN = {"segment": 0.0, "synthesize": 0.3, "gan": 0.3}
 
 
 def _policy_file(name: str) -> Path:
@@ -72,7 +72,7 @@ def run_demo(workdir: Path, report_path: Path, rounds: int | None = None,
         rounds: override the plan's rounds.
         console: where progress goes (the CLI's stdout by default).
         cohort_scale: multiplies each hospital's cohort size (a quicker, smaller run).
-        task: classify (scans ingested from DICOM/NIfTI files), segment or synthesize
+        task: classify (scans ingested from DICOM/NIfTI files), segment, synthesize or gan
             (synthetic lesioned cohorts published from memory; see `TASK_GRID`).
 
     Returns:

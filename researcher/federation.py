@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from datasets.cohort import Cohort
 from policies.contract.errors import MedsyftError, format_errors
 from policies.contract.model_code import build_model, trainable_parameters
-from policies.contract.plan import TrainingPlan
+from policies.contract.plan import DISCRIMINATOR_PREFIX, TrainingPlan
 from policies.contract.public import ENDPOINT_PATH as POLICY_ENDPOINT
 from policies.contract.template import build_function
 from policies.contract.wire import RoundResult, SiteFailed, parse_round
@@ -105,6 +105,18 @@ def initial_weights(plan: TrainingPlan, seed: int = 0) -> dict[str, np.ndarray]:
     torch.manual_seed(seed)
     model = build_model(plan.model)
     return {k: v.detach().numpy().astype(np.float32)
+            for k, v in trainable_parameters(model).items()}
+
+
+def initial_discriminator(plan: TrainingPlan, seed: int = 0) -> dict[str, np.ndarray]:
+    """A GAN plan's discriminator as each site starts it, under the key prefix the sites
+    read (`DISCRIMINATOR_PREFIX`); empty for any other plan. Sent with every round: a site
+    uses it only until it has trained its own, which it keeps and never releases."""
+    if plan.adversarial is None:
+        return {}
+    torch.manual_seed(seed + 1)
+    model = build_model(plan.adversarial.discriminator)
+    return {DISCRIMINATOR_PREFIX + k: v.detach().numpy().astype(np.float32)
             for k, v in trainable_parameters(model).items()}
 
 
@@ -283,8 +295,13 @@ class Federation:
 
     # -- rounds --------------------------------------------------------------
     def run_site_round(self, site: str, plan: TrainingPlan,
-                       weights: dict[str, np.ndarray]) -> RoundResult:
+                       weights: dict[str, np.ndarray],
+                       extra: dict[str, np.ndarray] | None = None) -> RoundResult:
         """One round of `plan` at one site from `weights`: no retry, no quorum.
+
+        `extra` goes to the site beside the weights and is never part of the result: by
+        default a GAN plan's initial discriminator (`initial_discriminator`), which a site
+        uses only until it keeps its own.
 
         Raises:
             FederationError: the site is unreachable, refused the round or answered with
@@ -309,7 +326,9 @@ class Federation:
         asset = self._asset(site, plan.dataset)
         with quiet():
             try:
-                ptr = fn(data=asset, weights=weights)
+                sent = {**weights, **(initial_discriminator(plan) if extra is None
+                                      else extra)}
+                ptr = fn(data=asset, weights=sent)
                 payload = ptr.get() if hasattr(ptr, "get") else ptr
             except Exception as exc:
                 self._assets.pop((site, plan.dataset), None)  # the retry looks it up afresh

@@ -57,10 +57,18 @@ def precheck(doc: dict, plan: TrainingPlan) -> list[CheckResult]:
             # the cap is the verdict's line, not a reason to stop measuring
             _, graph_facts = check.validate(graph.canonical_json(), loss=plan.loss,
                                             max_parameters=1 << 62)
+            if plan.adversarial is not None:  # the sites check both networks together
+                d_graph = trace(build_model(plan.adversarial.discriminator),
+                                [1, len(plan.inputs) + 1, *shape])
+                _, d_facts = check.validate(d_graph.canonical_json(),
+                                            loss=check.DISCRIMINATOR, max_parameters=1 << 62)
+                graph_facts = check.combine(graph_facts, d_facts)
             n_params = graph_facts.parameters
         else:
             with torch.device("meta"):
                 n_params = parameter_count(build_model(plan.model))  # as the site counts
+                if plan.adversarial is not None:
+                    n_params += parameter_count(build_model(plan.adversarial.discriminator))
     except Exception as exc:
         n_params, params_error = None, f"{type(exc).__name__}: {exc}"[:300]
     facts = Facts(researcher=plan.researcher or "you", today=date.today(), cohort_n=n,
