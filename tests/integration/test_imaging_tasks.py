@@ -88,3 +88,86 @@ def test_a_segmenter_whose_classes_differ_from_the_mask_is_refused_at_review(sit
     graph = next(c for c in view.checks if c.rule == "training.graph")
     assert graph.failed and "3 classes" in graph.seen
     assert fed.status(plan)[SITE].status != "approved"
+
+
+DISCRIMINATOR = (Path(__file__).resolve().parents[2] / "researcher" / "examples"
+                 / "patch_discriminator3d.py").read_text()
+
+
+def _gan_plan(version: int) -> TrainingPlan:
+    data = _plan("synthesize", "pet", "ssim_l1", 1, version).model_dump(mode="json")
+    data.update(name="tiny_gan", rounds=2, adversarial={
+        "discriminator": {"source": DISCRIMINATOR, "class_name": "PatchDiscriminator3D",
+                          "kwargs": {"in_channels": 2, "width": 4}},
+        "weight": 0.1})
+    return TrainingPlan.model_validate(data)
+
+
+def _bytes_of(arrays) -> bytes:
+    return b"".join(np.ascontiguousarray(a, dtype=np.float32).tobytes() for a in arrays)
+
+
+def test_a_gan_keeps_its_discriminator_at_the_site_and_charges_both_updates(site):
+    """Two rounds of a GAN plan: the site releases the generator only; its discriminator
+    trains there, is kept between rounds (the second round runs from it, not from what
+    the researcher sends) and is deleted when the plan ends; ε is dp-accounting's for
+    both networks' updates."""
+    from researcher.federation import initial_discriminator
+    from sites.runtime import discriminators
+
+    fed, d = site["fed"], site["dir"]
+    plan = _gan_plan(version=1)
+    fed.submit(plan)
+    wait_for(lambda: fed.status(plan)[SITE].status == "approved")
+    bound = fed.bind(plan)
+    start = initial_weights(bound)
+    d_init = {k.split("/", 1)[1]: v for k, v in initial_discriminator(bound).items()}
+
+    from researcher.federation import FederationError
+
+    with pytest.raises(FederationError, match="initial parameters"):  # nothing to start D
+        fed.run_site_round(SITE, bound, start, extra={})
+    first = fed.run_site_round(SITE, bound, start)
+    assert first.round == 1  # the refusal above charged no round
+    assert set(first.params) == set(start)  # the generator only, name for name
+    kept = discriminators.load(d, bound.plan_hash)
+    assert kept is not None and set(kept) == set(d_init)
+    assert any(not np.allclose(kept[k].numpy(), d_init[k]) for k in d_init)  # it trained
+    path = d / discriminators.FOLDER / f"{bound.plan_hash}.npz"
+    assert path.stat().st_mode & 0o077 == 0
+    # nothing the researcher received holds the site's discriminator
+    released = _bytes_of(first.params.values())
+    for k, v in kept.items():
+        if v.numel() >= 4:
+            assert v.numpy().astype(np.float32).tobytes() not in released, k
+    acc = first.accounting
+    assert acc.round_steps % 2 == 0  # a discriminator and a generator update per iteration
+    count = [(acc.count_noise, 1.0, 1)] if acc.adjacency == "add_remove" else []
+    reference = pld_epsilon(count + [(acc.noise_multiplier, acc.sample_rate, acc.steps)],
+                            acc.delta, acc.adjacency)
+    assert reference - 1e-9 <= acc.epsilon <= acc.target_epsilon
+    half = pld_epsilon(count + [(acc.noise_multiplier, acc.sample_rate, acc.steps // 2)],
+                       acc.delta, acc.adjacency)
+    assert half < acc.epsilon  # the generator's updates alone would claim less
+
+    # round 2 sends no discriminator at all: the site trains on from its own
+    second = fed.run_site_round(SITE, bound, first.params, extra={})
+    assert set(second.params) == set(start) and second.round == 2
+    assert second.accounting.steps == 2 * acc.steps
+    assert discriminators.load(d, bound.plan_hash) is None  # the plan ended: deleted
+    assert not path.exists()
+
+
+def test_discriminator_weights_sent_with_a_plain_plan_are_refused(site):
+    from policies.contract.plan import DISCRIMINATOR_PREFIX
+    from researcher.federation import FederationError
+
+    fed = site["fed"]
+    plan = _plan("synthesize", "pet", "l1", 1, version=3)
+    fed.submit(plan)
+    wait_for(lambda: fed.status(plan)[SITE].status == "approved")
+    bound = fed.bind(plan)
+    weights = initial_weights(bound)
+    extra = {DISCRIMINATOR_PREFIX + "x": np.zeros(3, np.float32)}
+    with pytest.raises(FederationError, match="weights do not match"):
+        fed.run_site_round(SITE, bound, weights, extra=extra)
