@@ -98,7 +98,7 @@ def _losses(site, gov, plan: TrainingPlan, cohort: Cohort,  # noqa: ANN001
                                    graphs.input_shape(plan, cohort.volume_shape), max_parameters,
                                    cohort.mask_classes)
     job = Job(mode="score", plan_json=plan.canonical_json(), graph_json=plan_graph.graph_json,
-              graph_digest=plan_graph.facts.digest,
+              graph_digest=plan_graph.graph.digest(),  # G's own (facts: G with D for a GAN)
               weights={k: torch.from_numpy(v) for k, v in weights.items()},
               sample_rate=1.0, expected_batch=1.0, noise_multiplier=0.0, steps=1,
               threads=site.config.train_threads, device=site.config.device,

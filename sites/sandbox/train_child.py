@@ -104,7 +104,7 @@ def run(job_f: BinaryIO, private_f: BinaryIO, out_f: BinaryIO, status_f: BinaryI
         return status(False, "weights_mismatch")
     forward = compile_graph(graph)
     discriminator = None
-    if plan.adversarial is not None:
+    if plan.adversarial is not None and job.mode == "train":  # scoring reads G only
         try:
             d_graph, d_facts = check.validate(
                 job.discriminator_json or "", loss=check.DISCRIMINATOR,

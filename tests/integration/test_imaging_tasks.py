@@ -29,7 +29,7 @@ UNET = (Path(__file__).resolve().parents[2] / "researcher" / "examples"
 @pytest.fixture(scope="module")
 def site(tmp_path_factory, memory_keyring, repo_root):
     with one_site(tmp_path_factory.mktemp("tasks"), SITE,
-                  repo_root / "tests" / "policies" / "auto.yaml", EMAIL, PASSWORD, n=40, seed=8,
+                  repo_root / "tests" / "policies" / "imaging.yaml", EMAIL, PASSWORD, n=40, seed=8,
                   shape=SHAPE, lesions=True) as env:
         yield env
 
@@ -156,6 +156,21 @@ def test_a_gan_keeps_its_discriminator_at_the_site_and_charges_both_updates(site
     assert second.accounting.steps == 2 * acc.steps
     assert discriminators.load(d, bound.plan_hash) is None  # the plan ended: deleted
     assert not path.exists()
+
+    # the data owner audits the released generators after the plan (its D is gone): the
+    # scoring run reads G alone, on members and held-out subjects
+    import json
+
+    from typer.testing import CliRunner
+
+    from sites.entrypoint import app
+
+    ran = CliRunner().invoke(app, ["console", "audit-privacy", bound.plan_hash[:12],
+                                   "--site", str(d), "--json"])
+    assert ran.exit_code == 0, ran.output
+    report = json.loads(ran.output)
+    assert (report["figures"]["members"], report["figures"]["nonmembers"]) == (30, 10)
+    assert report["plan_epsilon"] == pytest.approx(second.accounting.epsilon, rel=1e-6)
 
 
 def test_discriminator_weights_sent_with_a_plain_plan_are_refused(site):
