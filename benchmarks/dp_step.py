@@ -118,7 +118,7 @@ class Runner:
             self.opt.step()
         else:
             self.theta = train(self.forward, self.theta, self.x, self.y, self.cfg,
-                               self.device, seed=0)
+                               self.device)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
 

@@ -91,8 +91,11 @@ def train_dp(model: nn.Module, start: Params, x, y, plan, sigma: float, seed: in
                    max_grad_norm=plan.dp.max_grad_norm, steps=shape.steps,
                    optimizer=plan.optimizer, learning_rate=plan.learning_rate,
                    momentum=plan.momentum, micro_batch=64)
-    out = train(model, {k: torch.from_numpy(v) for k, v in start.items()}, x, y, cfg,
-                torch.device("cpu"), seed=seed)
+    def forward(params: dict[str, torch.Tensor], xb: torch.Tensor) -> torch.Tensor:
+        return torch.func.functional_call(model, params, (xb,))
+
+    out = train(forward, {k: torch.from_numpy(v) for k, v in start.items()}, x, y, cfg,
+                torch.device("cpu"))
     return {k: v.numpy() for k, v in out.items()}
 
 

@@ -107,7 +107,7 @@ def in_process(job: Job, x: torch.Tensor, y: torch.Tensor, loss: str) -> float:
                           optimizer=plan.optimizer, learning_rate=plan.learning_rate,
                           momentum=plan.momentum)
     torch.manual_seed(job.seed)
-    params = dp_sgd.train(forward, job.weights, x, y, cfg, torch.device("cpu"), seed=job.seed)
+    params = dp_sgd.train(forward, job.weights, x, y, cfg, torch.device("cpu"))
     out = memory_file("output")
     save_output(out, params)
     out.close()

@@ -34,6 +34,7 @@ import torch
 from torch.func import grad, vmap
 
 from sites.sandbox.losses import LOSSES
+from sites.sandbox.randomness import Randomness, SecureRandomness
 
 #: f(params, x) for one sample with a batch dimension of 1
 Forward = Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor]
@@ -164,9 +165,11 @@ def clip_and_sum(grads: dict[str, torch.Tensor], max_norm: float,
 
 
 def add_noise(summed: dict[str, torch.Tensor], std: float,
-              generator: torch.Generator | None) -> dict[str, torch.Tensor]:
-    return {k: v + torch.normal(0.0, std, v.shape, generator=generator, device=v.device)
-            for k, v in summed.items()}
+              rng: Randomness | None = None) -> dict[str, torch.Tensor]:
+    """Each tensor plus independent N(0, std²) noise from `rng` (the operating system's
+    CSPRNG unless a test passes its own)."""
+    rng = rng or SecureRandomness()
+    return {k: v + rng.normal(tuple(v.shape), std, v.device) for k, v in summed.items()}
 
 
 def _optimizer(leaves: list[torch.Tensor], cfg: DPConfig) -> torch.optim.Optimizer:
@@ -193,12 +196,11 @@ class _Updater:
     device: torch.device
     micro: int
     expected_batch: float
-    gen: torch.Generator
-    noise_gen: torch.Generator
+    rng: Randomness
 
     def step(self, sample_loss: SampleLoss, x: torch.Tensor, y: torch.Tensor) -> None:
         cfg = self.cfg
-        mask = torch.rand(self.n, generator=self.gen) < cfg.sample_rate
+        mask = self.rng.uniform(self.n) < cfg.sample_rate
         idx = mask.nonzero().flatten()
         real = torch.ones(len(idx), dtype=torch.bool)
         if cfg.step_work and len(idx) < cfg.step_work:
@@ -215,7 +217,7 @@ class _Updater:
             keep = real[start_i:start_i + self.micro].to(self.device)
             for k, v in clip_and_sum(g, cfg.max_grad_norm, keep).items():
                 total[k] += v
-        noisy = add_noise(total, cfg.noise_multiplier * cfg.max_grad_norm, self.noise_gen)
+        noisy = add_noise(total, cfg.noise_multiplier * cfg.max_grad_norm, self.rng)
         self.opt.zero_grad(set_to_none=True)
         for k, p in self.theta.items():
             p.grad = noisy[k] / self.expected_batch
@@ -223,15 +225,14 @@ class _Updater:
 
 
 def _updater(start: dict[str, torch.Tensor], x: torch.Tensor, cfg: DPConfig,
-             device: torch.device, seed: int) -> _Updater:
+             device: torch.device, rng: Randomness) -> _Updater:
     theta = _own_copy(start, device)
     n = x.shape[0]
     return _Updater(theta=theta, opt=_optimizer([theta[k] for k in theta], cfg), cfg=cfg,
                     n=n, device=device,
                     micro=cfg.micro_batch or micro_batch_size(x[0].numel(), device),
                     expected_batch=cfg.expected_batch or cfg.sample_rate * n,
-                    gen=torch.Generator(device="cpu").manual_seed(seed),
-                    noise_gen=torch.Generator(device=device).manual_seed(seed + 1))
+                    rng=rng)
 
 
 def train(
@@ -241,14 +242,17 @@ def train(
     y: torch.Tensor,
     cfg: DPConfig,
     device: torch.device,
-    seed: int,
+    rng: Randomness | None = None,
     on_step: Callable[[int], None] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Run `cfg.steps` DP-SGD steps from `start`; return the runtime's parameters."""
+    """Run `cfg.steps` DP-SGD steps from `start`; return the runtime's parameters.
+
+    Batches and noise come from `rng`: the operating system's CSPRNG unless a test passes
+    its own (there is no seed: see `sites.sandbox.randomness`)."""
     if cfg.loss not in LOSSES:
         raise ValueError(f"unknown loss {cfg.loss!r}")
     loss_fn = LOSSES[cfg.loss]
-    upd = _updater(start, x, cfg, device, seed)
+    upd = _updater(start, x, cfg, device, rng or SecureRandomness())
 
     def sample_loss(p: dict, xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
         return loss_fn(forward(p, xi), yi)
@@ -275,7 +279,8 @@ def train_gan(
     cfg: DPConfig,
     weight: float,
     device: torch.device,
-    seed: int,
+    rng: Randomness | None = None,
+    d_rng: Randomness | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """`cfg.steps` GAN iterations from (`start`, `d_start`); returns (θ_G, θ_D).
 
@@ -288,15 +293,18 @@ def train_gan(
 
     A sample's gradient in either update depends on that sample and on the parameters
     (outputs of the earlier mechanisms) only, so the sensitivity bound C holds for both.
+    Draws come from `rng` (the CSPRNG unless a test passes its own); `d_rng`, when a test
+    gives one, serves the discriminator's.
     """
     from sites.sandbox.losses import discriminator_loss, generator_adversarial
 
     if cfg.loss not in LOSSES:
         raise ValueError(f"unknown loss {cfg.loss!r}")
     recon = LOSSES[cfg.loss]
-    g_upd = _updater(start, x, cfg, device, seed)
-    # the discriminator's batches, noise and optimizer are its own
-    d_upd = _updater(d_start, x, cfg, device, seed + 2)
+    rng = rng or SecureRandomness()
+    g_upd = _updater(start, x, cfg, device, rng)
+    # the discriminator's batches, noise and optimizer are its own (fresh draws each)
+    d_upd = _updater(d_start, x, cfg, device, d_rng or rng)
     d_upd.micro = max(1, min(g_upd.micro, d_upd.micro))
 
     def d_loss(pd: dict, xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:

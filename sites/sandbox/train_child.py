@@ -149,9 +149,9 @@ def run(job_f: BinaryIO, private_f: BinaryIO, out_f: BinaryIO, status_f: BinaryI
         if discriminator is not None and plan.adversarial is not None:
             params, d_params = dp_sgd.train_gan(
                 forward, discriminator, job.weights, job.discriminator_weights or {}, x, y,
-                cfg, plan.adversarial.weight, device, seed=job.seed)
+                cfg, plan.adversarial.weight, device)
         else:
-            params = dp_sgd.train(forward, job.weights, x, y, cfg, device, seed=job.seed)
+            params = dp_sgd.train(forward, job.weights, x, y, cfg, device)
     except (torch.cuda.OutOfMemoryError, MemoryError):
         traceback.print_exc()
         return status(False, "oom")
@@ -220,7 +220,7 @@ def _warm_up() -> None:
     params = {p.name: torch.zeros(p.shape) for p in graph.params}
     grads = dp_sgd.per_sample_gradients(forward, params, dp_sgd.LOSSES["bce_with_logits"],
                                         torch.zeros(2, 2, 4, 4, 4), torch.zeros(2))
-    dp_sgd.add_noise(dp_sgd.clip_and_sum(grads, 1.0), 1.0, None)
+    dp_sgd.add_noise(dp_sgd.clip_and_sum(grads, 1.0), 1.0)  # and the CSPRNG
 
 
 def prepare() -> None:

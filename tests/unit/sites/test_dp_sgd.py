@@ -5,6 +5,7 @@ from torch import nn
 
 from sites.sandbox import dp_sgd
 from tests.support.graphs import forward_of, start_of
+from tests.support.seeded import SeededRandomness
 
 
 def test_each_per_sample_gradient_is_clipped_to_the_bound():
@@ -38,12 +39,52 @@ def test_a_sample_whose_gradient_is_not_finite_contributes_nothing():
         torch.testing.assert_close(summed[k], clean[k])
 
 
-def test_noise_has_the_stated_scale():
+def test_noise_has_the_stated_scale_and_is_gaussian():
+    from scipy import stats
+
     zeros = {"w": torch.zeros(200_000)}
-    gen = torch.Generator().manual_seed(1)
-    noisy = dp_sgd.add_noise(zeros, std=2.5, generator=gen)["w"]
+    noisy = dp_sgd.add_noise(zeros, std=2.5)["w"]  # the site's CSPRNG
+    assert noisy.dtype == torch.float32
     assert abs(noisy.std().item() - 2.5) < 0.03
     assert abs(noisy.mean().item()) < 0.03
+    assert stats.kstest(noisy.double().numpy() / 2.5, "norm").pvalue > 1e-6
+
+
+def test_secure_uniforms_fill_the_unit_interval_with_53_bits():
+    from sites.sandbox.randomness import SecureRandomness
+
+    u = SecureRandomness().uniform(100_000)
+    assert u.dtype == torch.float64 and float(u.min()) >= 0.0 and float(u.max()) < 1.0
+    assert abs(float(u.mean()) - 0.5) < 0.01
+    assert len(torch.unique(u)) == len(u)  # 53-bit draws: no collisions at this size
+    fractional = (u * 2 ** 40) % 1  # bits below 2^-40 are random too (not a float32 draw)
+    assert float(fractional.std()) > 0.2
+
+
+def test_the_noise_cannot_be_replayed_from_any_seed_the_process_holds():
+    """Red team, issue 17: the noise came from torch generators seeded with the job's seed,
+    and torch's CPU generator keeps only its seed's low 32 bits, so a researcher could
+    search 2^32 seeds offline for the one whose noise explains a released update and
+    subtract it. Now no seed reaches DP-SGD: the same torch and numpy state before two
+    runs (the training child seeds torch with the job's seed, for dropout) gives two
+    different noised updates, and the Poisson draws differ too."""
+    import numpy as np
+
+    model = nn.Sequential(nn.Linear(4, 1))
+    torch.manual_seed(0)
+    start = start_of(model)
+    x, y = torch.randn(64, 4), (torch.rand(64) > 0.5).float()
+    cfg = dp_sgd.DPConfig(sample_rate=0.5, noise_multiplier=1.0, max_grad_norm=1.0, steps=1,
+                          learning_rate=1.0, expected_batch=32.0)
+    outs = []
+    for _ in range(2):
+        torch.manual_seed(1234)
+        np.random.seed(1234)
+        outs.append(dp_sgd.train(forward_of(model, [1, 4]), start, x, y, cfg,
+                                 torch.device("cpu")))
+    assert any(not torch.equal(outs[0][k], outs[1][k]) for k in start)
+    draws = [dp_sgd.SecureRandomness().uniform(64) for _ in range(2)]
+    assert not torch.equal(draws[0] < 0.5, draws[1] < 0.5)  # the batches: no replay either
 
 
 class BatchMixer(nn.Module):
@@ -80,8 +121,7 @@ def test_training_moves_parameters_from_the_start():
     x, y = torch.randn(40, 4), (torch.rand(40) > 0.5).float()
     cfg = dp_sgd.DPConfig(sample_rate=0.25, noise_multiplier=1.0, max_grad_norm=1.0, steps=4,
                           learning_rate=0.1)
-    out = dp_sgd.train(forward_of(model, [1, 4]), start, x, y, cfg, torch.device("cpu"),
-                       seed=3)
+    out = dp_sgd.train(forward_of(model, [1, 4]), start, x, y, cfg, torch.device("cpu"))
     assert any(not torch.equal(out[k], start[k]) for k in start)
 
 
@@ -92,7 +132,7 @@ def test_released_parameters_move_only_through_the_optimizer():
     cfg = dp_sgd.DPConfig(sample_rate=0.5, noise_multiplier=1.0, max_grad_norm=1.0, steps=3,
                           learning_rate=0.0)
     out = dp_sgd.train(forward_of(model, [1, 4]), start, torch.full((20, 4), 123.0),
-                       torch.ones(20), cfg, torch.device("cpu"), seed=0)
+                       torch.ones(20), cfg, torch.device("cpu"))
     assert set(out) == set(start)
     for k in start:  # lr 0: nothing of the input reaches them
         assert torch.equal(out[k], start[k])
@@ -134,7 +174,8 @@ def test_micro_batching_does_not_change_the_update():
     for micro in (1, 7, None):
         cfg = dp_sgd.DPConfig(sample_rate=0.6, noise_multiplier=1.0, max_grad_norm=0.5, steps=3,
                               learning_rate=0.5, micro_batch=micro)
-        outs.append(dp_sgd.train(forward, start, x, y, cfg, torch.device("cpu"), seed=5))
+        outs.append(dp_sgd.train(forward, start, x, y, cfg, torch.device("cpu"),
+                                 SeededRandomness(5)))
     for other in outs[1:]:
         for k in start:
             torch.testing.assert_close(other[k], outs[0][k], rtol=1e-5, atol=1e-6)
@@ -200,7 +241,8 @@ def test_a_padded_step_computes_the_same_work_whatever_the_draw_and_the_same_upd
             cfg = dp_sgd.DPConfig(sample_rate=0.2, noise_multiplier=1.0, max_grad_norm=1.0,
                                   steps=3, learning_rate=0.5, micro_batch=1,
                                   expected_batch=6.0, step_work=work)
-            outs.append(dp_sgd.train(counting, start, x, y, cfg, torch.device("cpu"), seed=4))
+            outs.append(dp_sgd.train(counting, start, x, y, cfg, torch.device("cpu"),
+                                     SeededRandomness(4)))
             calls = len(seen)
             if work:
                 assert calls == 3 * 30  # every step: exactly the fixed work (draws ≤ 30)

@@ -11,6 +11,7 @@ from sites.graph import check
 from sites.graph.execute import compile_graph
 from sites.graph.export import trace
 from sites.sandbox import dp_sgd
+from tests.support.seeded import SeededRandomness
 
 GRID = (4, 4, 4)
 
@@ -63,11 +64,11 @@ def test_one_subject_moves_each_network_by_at_most_c_per_update():
     x = torch.full((1, 1, *GRID), 300.0)  # one extreme subject: huge gradients
     y = torch.full((1, *GRID), -300.0)
     loose = dp_sgd.train_gan(g, d, g0, d0, x, y, _cfg(max_grad_norm=1e9), 1.0,
-                             torch.device("cpu"), seed=3)
+                             torch.device("cpu"))
     assert _moved(loose[0], g0) > 10 and _moved(loose[1], d0) > 1  # unclipped: far
     for c in (1.0, 0.25):
         g1, d1 = dp_sgd.train_gan(g, d, g0, d0, x, y, _cfg(max_grad_norm=c), 1.0,
-                                  torch.device("cpu"), seed=3)
+                                  torch.device("cpu"))
         assert _moved(d1, d0) <= c * (1 + 1e-4)
         assert _moved(g1, g0) <= c * (1 + 1e-4)
 
@@ -78,11 +79,12 @@ def test_the_generator_update_is_the_plain_update_plus_the_adversarial_term():
     x, y = torch.randn(6, 1, *GRID), torch.randn(6, *GRID)
     cfg = _cfg(sample_rate=0.5, noise_multiplier=0.7, steps=2, learning_rate=0.1,
                expected_batch=3.0)
-    plain = dp_sgd.train(g, g0, x, y, cfg, torch.device("cpu"), seed=11)
+    plain = dp_sgd.train(g, g0, x, y, cfg, torch.device("cpu"), SeededRandomness(11))
     g_zero, d_zero = dp_sgd.train_gan(g, d, g0, d0, x, y, cfg, 0.0, torch.device("cpu"),
-                                      seed=11)
+                                      SeededRandomness(11), d_rng=SeededRandomness(13))
     for k in plain:  # λ = 0: the same batches, noise and update as a plain round
         assert torch.allclose(plain[k], g_zero[k], atol=1e-6)
     assert _moved(d_zero, d0) > 0  # the discriminator trained all the same
-    g_adv, _ = dp_sgd.train_gan(g, d, g0, d0, x, y, cfg, 5.0, torch.device("cpu"), seed=11)
+    g_adv, _ = dp_sgd.train_gan(g, d, g0, d0, x, y, cfg, 5.0, torch.device("cpu"),
+                                SeededRandomness(11), d_rng=SeededRandomness(13))
     assert _moved(g_adv, plain) > 1e-4
