@@ -45,11 +45,13 @@ class FailureCode(str, Enum):
     TIMEOUT = "timeout"                    # training ran past the site's time limit
     OUT_OF_MEMORY = "oom"
     INTERNAL = "internal"                  # a fault at the site; see the site's log
+    BUSY = "busy"                          # a round of the plan is running at the site
 
     @property
     def retry(self) -> bool:
         """True where the same round, sent again unchanged, may succeed."""
-        return self in (FailureCode.TIMEOUT, FailureCode.OUT_OF_MEMORY, FailureCode.INTERNAL)
+        return self in (FailureCode.TIMEOUT, FailureCode.OUT_OF_MEMORY, FailureCode.INTERNAL,
+                        FailureCode.BUSY)
 
 
 class RoundAccounting(BaseModel):

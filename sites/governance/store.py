@@ -364,6 +364,17 @@ class Governance:
                         last["dataset"], last["policy_hash"], tuple(approvers),
                         tuple(overridden), last["decided_at"], last["graph_digest"])
 
+    def decided_plan(self, plan_hash: str) -> dict | None:
+        """The plan's JSON as its last decision recorded it (researcher, rounds, ...), or
+        None."""
+        with self._connect() as db:
+            row = db.execute("SELECT plan_json FROM decisions WHERE plan_hash = ? AND"
+                             " method != ? ORDER BY id DESC LIMIT 1",
+                             (plan_hash, REFUSED)).fetchone()
+        if row is None or not row["plan_json"]:
+            return None
+        return json.loads(row["plan_json"])
+
     def committed_epsilon(self, researcher: str, dataset: str, exclude_plan: str) -> float:
         """Σ ε targets of the researcher's other approved plans on the dataset."""
         total = 0.0
@@ -453,7 +464,16 @@ class Governance:
             used = db.execute(
                 f"SELECT COUNT(*) FROM runs WHERE plan_hash = ? AND status IN {RUN_ACTIVE}",
                 (plan_hash,)).fetchone()[0]
-            if used >= max_rounds:
+            running = db.execute(
+                "SELECT COUNT(*) FROM runs WHERE plan_hash = ? AND status = 'running'",
+                (plan_hash,)).fetchone()[0]
+            if running:  # one round of a plan at a time: its ε and a GAN's kept
+                # discriminator follow the rounds in order (red team, issue 17)
+                self._audit(db, actor, "run.refused", plan_hash, reason="round in progress")
+                refusal = ("a round of this plan is already running at this site; send the "
+                           "next one when it has ended")
+                code = FailureCode.BUSY
+            elif used >= max_rounds:
                 self._audit(db, actor, "run.refused", plan_hash, reason="rounds exhausted",
                             rounds=max_rounds)
                 refusal = f"all {max_rounds} rounds of this plan have been run"
@@ -569,6 +589,12 @@ class Governance:
         return RunRecord(r["id"], r["plan_hash"], r["round"], r["status"], r["noise_multiplier"],
                          r["sample_rate"], r["steps"], r["n_k"], r["epsilon"], r["started_at"],
                          r["ended_at"], r["adjacency"], r["category"])
+
+    def history_through(self, run: RunRecord) -> list[tuple[float, float, int]]:
+        """The (σ, q, steps) of every run of `run`'s plan up to and including it, whatever
+        its status: what the plan's ε is once `run` has reached the data."""
+        return [r.noise for r in self.runs(run.plan_hash)
+                if r.id <= run.id and r.status in RUN_ACTIVE]
 
     def charged_history(self, plan_hash: str) -> list[tuple[float, float, int]]:
         """The (σ, q, steps) of every finished run of the plan, released or failed: what

@@ -255,8 +255,8 @@ def _execute(site_dir: Path, plan_json: str, data: Any, weights: Any) -> dict:
              plan.rounds, cohort.n, accounting.n, accounting.adjacency, noise.sample_rate,
              sigma, noise.steps, plan_graph.facts.digest[:12])
     # ε of the plan with this run charged, released or not: the run reaches the data now
-    eps = accounting.epsilon(gov.charged_history(plan.plan_hash) + [noise.as_history_entry()],
-                             plan.dp.delta)
+    # (every run of the plan up to this one, finished or not: red team, issue 17)
+    eps = accounting.epsilon(gov.history_through(run), plan.dp.delta)
     released = False
     category = CATEGORIES["internal"][0]
     try:
@@ -296,7 +296,7 @@ def _execute(site_dir: Path, plan_json: str, data: Any, weights: Any) -> dict:
         released = True
         log.info("run %s released in %.3fs (training %ss), epsilon %.3f", run.id,
                  time.perf_counter() - t_start, status.train_seconds, eps)
-        steps_so_far = sum(h[2] for h in gov.charged_history(plan.plan_hash))
+        steps_so_far = sum(h[2] for h in gov.history_through(run))
         ledger_delta = dataset_policy.privacy.delta_max
         ledger_eps = accounting.epsilon(
             [r.noise for r in gov.ledger_history(plan.researcher, plan.dataset)],
@@ -325,8 +325,11 @@ def _execute(site_dir: Path, plan_json: str, data: Any, weights: Any) -> dict:
         if not released:
             gov.finish_run(run.id, released=False, actor=ACTOR, category=category,
                            epsilon=eps)
-        if plan.adversarial is not None and run.round >= plan.rounds:
-            discriminators.forget(site.folder, plan.plan_hash)  # the plan has ended here
+        if plan.adversarial is not None and (run.round >= plan.rounds
+                                             or gov.approval(plan.plan_hash) is None):
+            # the plan has ended here, or was revoked while this round ran (the revocation
+            # deletes what is kept, then this round may have saved again)
+            discriminators.forget(site.folder, plan.plan_hash)
         _pad(t_start, dataset_policy.release.pad_seconds)
 
 

@@ -83,7 +83,8 @@ def test_a_failure_carries_its_code_and_whether_to_retry(code):
 
 def test_only_transient_failures_are_worth_a_retry():
     retry = {c for c in FailureCode if c.retry}
-    assert retry == {FailureCode.TIMEOUT, FailureCode.OUT_OF_MEMORY, FailureCode.INTERNAL}
+    assert retry == {FailureCode.TIMEOUT, FailureCode.OUT_OF_MEMORY, FailureCode.INTERNAL,
+                     FailureCode.BUSY}
     assert not FailureCode.BUDGET_EXHAUSTED.retry and not FailureCode.ROUNDS_EXHAUSTED.retry
 
 

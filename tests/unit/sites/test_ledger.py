@@ -100,3 +100,26 @@ def test_parallel_reservations_at_the_edge_never_overspend(tmp_path):
     assert privacy.epsilon_spent([(r.noise_multiplier, r.sample_rate, r.steps)
                                      for r in reserved], DELTA) <= cap
     assert per_run > 0
+
+
+def test_a_plan_runs_one_round_at_a_time_and_each_states_every_run_before_it(tmp_path):
+    """Red team, issue 17: two rounds of one plan triggered together both started; the
+    second stated the plan's ε from the finished runs only (5.31 after 8 steps that
+    dp-accounting puts at 7.99), and a GAN's second round started from the researcher's
+    discriminator, not the one the first round trained. Now a plan's second round is
+    refused (retryable) while its first runs, and a run's history is every run up to it."""
+    from policies.contract.wire import FailureCode
+
+    gov = Governance(tmp_path)
+    first = gov.begin_run("plan-a", 5, 1.0, 0.1, 10, "t", budget=budget(100))
+    with pytest.raises(Refused, match="already running") as refused:
+        gov.begin_run("plan-a", 5, 1.0, 0.1, 10, "t", budget=budget(100))
+    assert refused.value.code is FailureCode.BUSY and refused.value.code.retry
+    other = gov.begin_run("plan-b", 5, 1.0, 0.1, 10, "t", budget=budget(100))  # other plans
+    assert gov.history_through(first) == [(1.0, 0.1, 10)]  # itself, while it runs
+    gov.finish_run(first.id, released=True, actor="t")
+    gov.finish_run(other.id, released=True, actor="t")
+    second = gov.begin_run("plan-a", 5, 1.2, 0.1, 20, "t", budget=budget(100))
+    assert second.round == 2  # the refused trigger took no round
+    assert gov.history_through(second) == [(1.0, 0.1, 10), (1.2, 0.1, 20)]
+    assert gov.history_through(first) == [(1.0, 0.1, 10)]
