@@ -96,6 +96,12 @@ def main() -> int:
     if aborted:
         logging.getLogger("medsyft.site").warning("%d run(s) left by a crash marked aborted",
                                                   aborted)
+    from sites.runtime import discriminators
+
+    swept = discriminators.sweep(site_dir, Governance(site_dir), at_start=True)
+    if swept:
+        logging.getLogger("medsyft.site").info(
+            "deleted %d discriminator(s) of GAN plans that cannot run again", len(swept))
     storage = cfg.path(site_dir, cfg.storage)
     storage.mkdir(parents=True, exist_ok=True)
     os.environ.update({

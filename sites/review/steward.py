@@ -31,6 +31,7 @@ from sites.operator.config import load_site
 from sites.operator.site import Site
 from sites.review import console, notify
 from sites.review import public_endpoint as public_policy
+from sites.runtime import discriminators
 
 log = logging.getLogger("medsyft.steward")
 
@@ -86,6 +87,9 @@ class Steward(threading.Thread):
             log.error("policy file is invalid; requests wait for a valid policy")
             return
         gov = Governance(site_dir)
+        for plan_hash in discriminators.sweep(site_dir, gov):
+            gov.audit("steward", "discriminator.deleted", plan_hash,
+                      reason="the plan cannot run another round here")
         if policy_hash != self._policy_hash:
             last = [e for e in gov.audit_entries() if e["event"] == "policy.loaded"]
             if not last or last[-1]["details"].get("policy_hash") != policy_hash:

@@ -4,7 +4,9 @@ A GAN plan (`synthesize` with `adversarial`) federates its generator only. Each 
 discriminator is trained at the site, by DP-SGD like the generator, and lives here
 between rounds: `state/discriminators/<plan hash>.npz` in the site folder (folder 0700,
 file 0600, written atomically, read without pickle). It is deleted when the plan ends
-(its last round, released or not, or the data owner's revocation), and with the site.
+(its last round, released or not, or the data owner's revocation), and with the site;
+`sweep` (at site start and on each steward turn) deletes any that a plan can no longer
+use: no approval, every round run, or its researcher's record gone.
 
 Must never hand a discriminator to anything a researcher can read: no syft object, no
 result, no log line holds one; only the runtime reads it back, into the next round's
@@ -72,3 +74,39 @@ def kept(site_folder: Path) -> list[str]:
     if not folder.is_dir():
         return []
     return sorted(p.stem for p in folder.glob("*.npz") if re.fullmatch(r"[0-9a-f]{64}", p.stem))
+
+
+def _plan_rounds(gov, plan_hash: str) -> int | None:  # noqa: ANN001
+    """The plan's rounds if it may still run here, else None."""
+    plan = gov.decided_plan(plan_hash) if gov.approval(plan_hash) is not None else None
+    if plan is None:
+        return None
+    from sites.governance.registry import Registry
+
+    if Registry(gov).by_email(str(plan.get("researcher", ""))) is None:
+        return None  # the plan's researcher has no record (any more): it cannot run
+    return int(plan["rounds"])
+
+
+def sweep(site_folder: Path, gov, at_start: bool = False) -> list[str]:  # noqa: ANN001
+    """Delete every kept discriminator whose plan cannot run another round here: not (or
+    no longer) approved, its researcher's record gone, or every round begun. A plan with a
+    round running is left to that round. `at_start` (no round can be running): also
+    delete half-written files a crash left. Returns the plan hashes deleted."""
+    folder = Path(site_folder) / FOLDER
+    if not folder.is_dir():
+        return []
+    if at_start:
+        for tmp in folder.glob("*.tmp"):
+            tmp.unlink(missing_ok=True)
+    deleted = []
+    for plan_hash in kept(site_folder):
+        runs = gov.runs(plan_hash)
+        if any(r.status == "running" for r in runs):
+            continue
+        rounds = _plan_rounds(gov, plan_hash)
+        begun = sum(1 for r in runs if r.status in ("released", "failed", "aborted"))
+        if rounds is None or begun >= rounds:
+            forget(site_folder, plan_hash)
+            deleted.append(plan_hash)
+    return deleted
