@@ -32,7 +32,8 @@ def _path(site_folder: Path, plan_hash: str) -> Path:
 
 
 def load(site_folder: Path, plan_hash: str) -> dict[str, torch.Tensor] | None:
-    """The plan's discriminator after its last successful round here, or None."""
+    """The plan's discriminator as its last round here left it (a round that trained and
+    was then refused at release keeps its D too: that round was charged), or None."""
     path = _path(site_folder, plan_hash)
     if not path.is_file():
         return None
