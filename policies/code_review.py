@@ -23,6 +23,7 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass
 
+from policies.contract.monai_nets import MONAI_NETS
 from policies.contract.parsing import TooComplex, bounded_parse
 
 SAFE_BUILTINS = frozenset({"range", "len", "int", "float", "bool", "min", "max", "abs", "sum",
@@ -31,7 +32,7 @@ FORBIDDEN_BUILTINS = frozenset({"getattr", "setattr", "delattr", "hasattr", "eva
                                 "compile", "open", "globals", "vars", "locals", "__import__",
                                 "input", "breakpoint", "memoryview", "type", "object", "print",
                                 "id", "dir", "help", "exit", "quit"})
-MODULE_ROOTS = frozenset({"torch", "nn", "F", "math"})
+MODULE_ROOTS = frozenset({"torch", "nn", "F", "math", "monai"})
 MATH_NAMES = frozenset({"sqrt", "pi", "log", "exp", "prod", "ceil", "floor", "e"})
 TORCH_DTYPES = frozenset({"float32", "float", "float64", "long", "int64", "bool"})
 TENSOR_ATTRS = frozenset({"shape", "ndim", "dtype", "device"})
@@ -230,6 +231,12 @@ class _MethodReview(ast.NodeVisitor):
 
     def _check_module_chain(self, node: ast.Attribute, chain: list[str]) -> None:
         root, rest = chain[0], chain[1:]
+        if root == "monai":  # MONAI's networks only, by their full name
+            if rest[:2] != ["networks", "nets"] or len(rest) != 3 or rest[2] not in MONAI_NETS:
+                self.add("model_code.module_chain", node,
+                         f"{'.'.join(chain)} is not one of MONAI's networks "
+                         f"(monai.networks.nets: {', '.join(sorted(MONAI_NETS))})")
+            return
         if root == "torch" and rest[:2] == ["nn", "functional"]:
             root, rest = "F", rest[2:]
         elif root == "torch" and rest[:1] == ["nn"]:

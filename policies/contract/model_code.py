@@ -3,8 +3,10 @@
 Runs researcher code: at a site only inside the sealed tracer
 (`sites.sandbox.tracer`: no data, no secret, no network, never in the syft server
 or the training process), and on the researcher's machine for their own
-evaluation. The namespace offers torch, nn, F and math and nothing else; the
-syntax-tree review of what that code may do belongs to the policy engine.
+evaluation. The namespace offers torch, nn, F and math, and `monai` to a source that
+names it (MONAI's networks, `monai.networks.nets.UNet` and the others in `MONAI_NETS`:
+whatever they build must still trace into a graph the site validates); the syntax-tree
+review of what that code may do belongs to the policy engine.
 BatchNorm is refused: it mixes samples within a batch, which breaks the
 per-sample independence DP-SGD relies on (use GroupNorm).
 """
@@ -21,9 +23,18 @@ from policies.contract.errors import Refused
 from policies.contract.plan import ModelSpec
 
 
+def _namespace(source: str) -> dict:
+    namespace: dict = {"torch": torch, "nn": nn, "F": F, "math": math}
+    if "monai" in source:  # importing MONAI takes seconds: only for a source that uses it
+        import monai.networks.nets
+
+        namespace["monai"] = monai
+    return namespace
+
+
 def build_model(spec: ModelSpec) -> nn.Module:
-    """The plan's model: its source run with `torch`, `nn`, `F` and `math` in scope, then
-    `class_name(**kwargs)`.
+    """The plan's model: its source run with `torch`, `nn`, `F` and `math` (and `monai`,
+    when the source names it) in scope, then `class_name(**kwargs)`.
 
     This runs researcher code: only the sealed tracer and the researcher's own machine
     may call it (see the module docstring).
@@ -37,7 +48,7 @@ def build_model(spec: ModelSpec) -> nn.Module:
     Raises:
         Refused: the class is not a `torch.nn.Module` or uses BatchNorm.
     """
-    namespace: dict = {"torch": torch, "nn": nn, "F": F, "math": math}
+    namespace = _namespace(spec.source)
     code = compile(spec.source, "<plan model>", "exec")
     exec(code, namespace)  # noqa: S102 - researcher code; see module docstring
     cls = namespace.get(spec.class_name)

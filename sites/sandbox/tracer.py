@@ -61,6 +61,13 @@ def _answer(out: int, payload: dict) -> None:
 
 
 def main() -> int:
+    # MONAI (which a plan's source may use) imports matplotlib where it is installed, and
+    # matplotlib wants a writable cache folder the tracer has none of: the tracer never
+    # plots, so matplotlib is simply not there for it
+    sys.modules["matplotlib"] = None  # type: ignore[assignment]
+    # ... and asks getpass.getuser() at import, which falls back to the password database
+    # where the sealed uid (dropped to, not in /etc/passwd) has no entry
+    os.environ.setdefault("USER", "medsyft-tracer")
     _warm_up()
     confine.seal()
     out = os.dup(1)  # the answer channel; whatever the model prints goes to stderr

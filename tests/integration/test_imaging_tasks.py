@@ -186,3 +186,26 @@ def test_discriminator_weights_sent_with_a_plain_plan_are_refused(site):
     extra = {DISCRIMINATOR_PREFIX + "x": np.zeros(3, np.float32)}
     with pytest.raises(FederationError, match="weights do not match"):
         fed.run_site_round(SITE, bound, weights, extra=extra)
+
+
+def test_a_monai_unet_segments_at_the_site(site):
+    """The example plan's MONAI U-Net (monai.networks.nets.UNet), traced by the site's
+    sealed tracer, trains a round under DP-SGD; the researcher loads the released weights
+    back into their own MONAI model for the Dice."""
+    from policies.contract.plan import load_plan
+
+    example = load_plan(Path(__file__).resolve().parents[2] / "researcher" / "examples"
+                        / "segment_monai.yaml", researcher=EMAIL)
+    plan = example.model_copy(update={"rounds": 1, "batch_size": 8, "version": 5})
+    plan = TrainingPlan.model_validate(plan.model_dump())  # hash of the changed plan
+    fed = site["fed"]
+    fed.submit(plan)
+    wait_for(lambda: fed.status(plan)[SITE].status == "approved")
+    report = fed.run(plan, validation=generate_cohort(10, seed=98, shape=SHAPE, lesions=True))
+    (rnd,) = report.rounds
+    (s,) = rnd.sites
+    _claim_holds(s)
+    assert {"dice", "dice_1", "dice_2"} <= set(rnd.metrics)
+    start = initial_weights(fed.bind(plan))
+    assert set(fed.weights) == set(start)
+    assert any(not np.allclose(start[k], fed.weights[k]) for k in start)
