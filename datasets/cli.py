@@ -21,6 +21,11 @@ app = typer.Typer(help="Imaging data: inspect DICOM/NIfTI inputs, dry-run a coho
                   "write synthetic cohorts.", no_args_is_help=True)
 
 
+MASK_CLASSES = typer.Option(None, "--mask-classes", min=2, max=16,
+                            help="with a mask column: how many classes the masks have, "
+                                 "background included (3: background, core, oedema)")
+
+
 def _triple(text: str | None, what: str, cast: type) -> tuple | None:
     if text is None:
         return None
@@ -110,6 +115,10 @@ def print_ingest_report(report) -> None:
     if report.oblique_inputs:
         t.add_row("oblique inputs", f"{report.oblique_inputs} (resampled onto the RAS grid)")
     t.add_row("preprocessing", report.preprocessing)
+    if report.mask_classes:
+        src = ", ".join(f"{k} {v}" for k, v in report.mask_sources.items())
+        t.add_row("masks", f"{src}; {report.mask_classes} classes (background included), "
+                  "nearest-neighbour onto each subject's grid")
     if report.ignored_columns:
         t.add_row("ignored columns", ", ".join(report.ignored_columns) + " (never published)")
     for w in report.warnings:
@@ -122,13 +131,14 @@ def print_ingest_report(report) -> None:
 def ingest(manifest: Path = typer.Argument(..., help="cohort manifest CSV (subject_id, mri, "
                                            "pet, label)"),
            spacing: str = SPACING, shape: str = SHAPE, mri_norm: str = MRI_NORM,
-           pet_norm: str = PET_NORM, json_out: bool = typer.Option(False, "--json")) -> None:
+           pet_norm: str = PET_NORM, mask_classes: int = MASK_CLASSES,
+           json_out: bool = typer.Option(False, "--json")) -> None:
     """Dry run: read, check and preprocess a whole cohort, print the report, publish nothing."""
     from datasets.ingest import ingest_manifest
 
     pp = preprocessing_from(spacing, shape, mri_norm, pet_norm)
     with progress_bar("reading subjects", enabled=not json_out) as update:
-        _, report = ingest_manifest(manifest, pp, progress=update)
+        _, report = ingest_manifest(manifest, pp, progress=update, mask_classes=mask_classes)
     if json_out:
         print_json(report.model_dump(mode="json"))
     else:
@@ -149,7 +159,12 @@ def synth(out_dir: Path = typer.Argument(..., help="folder to write into (create
                                          help="dicom, dicom-multiframe or nifti"),
           pet_spacing: float = typer.Option(None, "--pet-spacing", min=0.1,
                                             help="PET voxel size (default: the MRI's)"),
-          oblique: float = typer.Option(0.0, "--oblique", help="rotate the grid by degrees")
+          oblique: float = typer.Option(0.0, "--oblique", help="rotate the grid by degrees"),
+          mask_format: str = typer.Option(None, "--mask-format",
+                                          help="also lesions and a mask column: dicom-seg "
+                                               "or nifti (label maps)"),
+          mask_spacing: float = typer.Option(None, "--mask-spacing", min=0.1,
+                                             help="mask voxel size (default: the MRI's)"),
           ) -> None:
     """Write a synthetic cohort as real DICOM series / NIfTI files plus cohort.csv."""
     from datasets.synthetic import DEMO_PROFILES, NEUTRAL
@@ -159,6 +174,8 @@ def synth(out_dir: Path = typer.Argument(..., help="folder to write into (create
     for opt, fmt in (("--mri-format", mri_format), ("--pet-format", pet_format)):
         if fmt not in formats:
             raise typer.BadParameter(f"{opt}: {fmt!r}; choose one of {', '.join(formats)}")
+    if mask_format not in (None, "dicom-seg", "nifti"):
+        raise typer.BadParameter(f"--mask-format: {mask_format!r}; choose dicom-seg or nifti")
     prof = {"neutral": NEUTRAL, **DEMO_PROFILES}.get(profile)
     if prof is None:
         raise typer.BadParameter(f"--profile: unknown {profile!r}; see `medsyft data profiles`")
@@ -166,7 +183,8 @@ def synth(out_dir: Path = typer.Argument(..., help="folder to write into (create
         manifest = write_synthetic_cohort(
             out_dir, n=n, seed=seed, profile=prof, shape=(size, size, size),
             spacing_mm=spacing, mri_format=mri_format, pet_format=pet_format,  # type: ignore
-            pet_spacing_mm=pet_spacing, rotation_deg=oblique, progress=update)
+            pet_spacing_mm=pet_spacing, rotation_deg=oblique, progress=update,
+            mask_format=mask_format, mask_spacing_mm=mask_spacing)  # type: ignore[arg-type]
     out.print(f"wrote {n} subjects to {out_dir}; manifest {manifest}")
 
 

@@ -3,7 +3,9 @@
 Columns: `subject_id`, `label` and at least one of `mri`, `pet` (a DICOM series
 folder, a DICOM file or a .nii/.nii.gz file, relative to the manifest's folder
 unless absolute). Optional: `mri_frame`, `pet_frame` (0-based volume of a 4D
-NIfTI). Any other column is allowed, reported as ignored and never published.
+NIfTI), and `mask`: each subject's voxel mask for segmentation (a NIfTI label map or a
+DICOM SEG file), on any grid (ingest resamples it with nearest neighbour). Any other
+column is allowed, reported as ignored and never published.
 
 Every problem is reported with the manifest's file name, line and column, all
 at once. Subject ids are for the data owner's messages only: they never enter
@@ -23,7 +25,8 @@ from datasets.volume import DataError
 REQUIRED = ("subject_id", "label")
 IMAGE_COLUMNS = ("mri", "pet")
 FRAME_COLUMNS = ("mri_frame", "pet_frame")
-KNOWN = (*REQUIRED, *IMAGE_COLUMNS, *FRAME_COLUMNS)
+MASK_COLUMN = "mask"
+KNOWN = (*REQUIRED, *IMAGE_COLUMNS, *FRAME_COLUMNS, MASK_COLUMN)
 MAX_REPORTED = 25
 
 
@@ -46,6 +49,7 @@ class ManifestRow(BaseModel):
     pet: Path | None = None
     mri_frame: int | None = None
     pet_frame: int | None = None
+    mask: Path | None = None
 
     def image(self, modality: str) -> Path | None:
         return getattr(self, modality)
@@ -59,6 +63,7 @@ class Manifest(BaseModel):
     modalities: list[str]
     rows: list[ManifestRow]
     ignored_columns: list[str]
+    has_mask: bool = False
 
     def label_counts(self) -> dict[int, int]:
         counts: dict[int, int] = {}
@@ -156,10 +161,23 @@ def load_manifest(path: str | Path) -> Manifest:
                     problems.append(f"{here}{who}: column {fcol}: {rec[fcol]!r} is not a "
                                     "0-based volume index")
                     values.pop(fcol, None)
+        if MASK_COLUMN in rec:
+            cell = str(rec[MASK_COLUMN]).strip()
+            if not cell:
+                problems.append(f"{here}{who}: column mask: empty; with a mask column every "
+                                "subject needs a mask (an empty label map for none)")
+            else:
+                p = Path(cell).expanduser()
+                p = p if p.is_absolute() else base / p
+                if not p.exists():
+                    problems.append(f"{here}{who}: column mask: {cell} not found (looked in "
+                                    f"{p})")
+                values["mask"] = p
         if len(problems) == before:
             rows.append(ManifestRow(subject_id=sid, label=label, line=line,
                                     **values))  # type: ignore[arg-type]
     if problems:
         raise ManifestError(path, problems)
     ignored = [c for c in table.columns if c not in KNOWN]
-    return Manifest(path=path, modalities=modalities, rows=rows, ignored_columns=ignored)
+    return Manifest(path=path, modalities=modalities, rows=rows, ignored_columns=ignored,
+                    has_mask=MASK_COLUMN in table.columns)

@@ -1,5 +1,6 @@
 """Write synthetic subjects as real files: DICOM MR/PT series (single-slice or enhanced
-multi-frame) and NIfTI, plus the cohort manifest CSV.
+multi-frame), NIfTI, and lesion masks as DICOM Segmentation objects or NIfTI label maps,
+plus the cohort manifest CSV.
 
 The demo and the tests publish synthetic cohorts through the same ingest path
 as hospital data, so these files carry what scanners write: geometry in LPS,
@@ -32,6 +33,7 @@ MR_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 PET_STORAGE = "1.2.840.10008.5.1.4.1.1.128"
 ENHANCED_MR_STORAGE = "1.2.840.10008.5.1.4.1.1.4.1"
 ENHANCED_PET_STORAGE = "1.2.840.10008.5.1.4.1.1.130"
+SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 F18_HALF_LIFE_S = 6586.2
 
 #: Made-up identifying values written into every synthetic file (leak tests look for them).
@@ -50,6 +52,9 @@ FAKE_IDENTIFIERS = {
 }
 
 Format = Literal["dicom", "dicom-multiframe", "nifti"]
+MaskFormat = Literal["dicom-seg", "nifti"]
+#: the synthetic lesion's segments (mask values 1 and 2)
+SEGMENT_LABELS = ("enhancing core", "oedema")
 
 
 class PetAcquisition:
@@ -192,6 +197,67 @@ def write_dicom(folder: Path, vol: Volume, pet: PetAcquisition | None = None,
     return folder
 
 
+def write_dicom_seg(path: Path, mask: Volume, labels: tuple[str, ...] = SEGMENT_LABELS
+                    ) -> Path:
+    """Write a label map (class numbers 1..len(labels), RAS affine) as a BINARY DICOM
+    Segmentation: one frame per segment and plane that holds any of it (a segment absent
+    from the subject has no frame), placed by its per-frame ImagePositionPatient."""
+    from pydicom.pixels import pack_bits
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lps, iop, pixel_spacing, step = _geometry(mask.affine)
+    ds = _base(SEG_STORAGE, "SEG", generate_uid(), generate_uid(), generate_uid())
+    ni, nj, nk = mask.data.shape
+    ds.Rows, ds.Columns = nj, ni
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 1, 1, 0, 0
+    ds.SegmentationType = "BINARY"
+    ds.ContentLabel = "LESION"
+    segments = []
+    for number, label in enumerate(labels, start=1):
+        item = Dataset()
+        item.SegmentNumber = number
+        item.SegmentLabel = label
+        item.SegmentAlgorithmType = "MANUAL"
+        segments.append(item)
+    ds.SegmentSequence = Sequence(segments)
+    shared, measures, orient = Dataset(), Dataset(), Dataset()
+    measures.PixelSpacing = pixel_spacing
+    measures.SliceThickness = f"{np.linalg.norm(step):.6g}"
+    measures.SpacingBetweenSlices = f"{np.linalg.norm(step):.6g}"
+    orient.ImageOrientationPatient = [f"{v:.8f}" for v in iop]
+    shared.PixelMeasuresSequence = Sequence([measures])
+    shared.PlaneOrientationSequence = Sequence([orient])
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    per_frame, frames = [], []
+    data = np.rint(mask.data).astype(np.int64)
+    for number in range(1, len(labels) + 1):
+        for k in range(nk):
+            plane = data[:, :, k].T == number
+            if not plane.any():
+                continue
+            item, position, ident = Dataset(), Dataset(), Dataset()
+            position.ImagePositionPatient = [f"{v:.6f}"
+                                             for v in lps[:3, :3] @ [0, 0, k] + lps[:3, 3]]
+            ident.ReferencedSegmentNumber = number
+            item.PlanePositionSequence = Sequence([position])
+            item.SegmentIdentificationSequence = Sequence([ident])
+            per_frame.append(item)
+            frames.append(plane.astype(np.uint8))
+    if not frames:  # a subject without a lesion: one empty frame of segment 1
+        item, position, ident = Dataset(), Dataset(), Dataset()
+        position.ImagePositionPatient = [f"{v:.6f}" for v in lps[:3, 3]]
+        ident.ReferencedSegmentNumber = 1
+        item.PlanePositionSequence = Sequence([position])
+        item.SegmentIdentificationSequence = Sequence([ident])
+        per_frame.append(item)
+        frames.append(np.zeros((nj, ni), dtype=np.uint8))
+    ds.PerFrameFunctionalGroupsSequence = Sequence(per_frame)
+    ds.NumberOfFrames = len(frames)
+    ds.PixelData = pack_bits(np.stack(frames))
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
 def write_nifti(path: Path, vol: Volume) -> Path:
     """Write `vol` as NIfTI-1 (.nii or .nii.gz) with its affine as sform and qform."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -220,15 +286,20 @@ def write_synthetic_cohort(
     mri_format: Format = "dicom", pet_format: Format = "dicom",
     pet_spacing_mm: float | None = None, rotation_deg: float = 0.0,
     progress: Callable[[int, int], None] | None = None,
+    mask_format: MaskFormat | None = None, mask_spacing_mm: float | None = None,
 ) -> Path:
     """Generate a cohort and write it as files plus `cohort.csv`; return the manifest path.
 
     PET is written on its own grid when `pet_spacing_mm` differs (same field of
-    view, coarser voxels), so ingest has to pair it onto the MRI grid.
+    view, coarser voxels), so ingest has to pair it onto the MRI grid. With
+    `mask_format` the cohort has lesions and each subject a `mask` (a DICOM SEG or a
+    NIfTI label map), on its own grid when `mask_spacing_mm` is given (finer or coarser:
+    ingest resamples it with nearest neighbour).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    cohort = generate_cohort(n=n, seed=seed, profile=profile, shape=shape)
+    cohort = generate_cohort(n=n, seed=seed, profile=profile, shape=shape,
+                             lesions=mask_format is not None)
     rng = np.random.default_rng(seed + 1)
     mri_affine = grid_affine(shape, spacing_mm, rotation_deg)
     pet_affine, pet_shape = mri_affine, shape
@@ -243,6 +314,20 @@ def write_synthetic_cohort(
         pet = Volume(cohort.volumes["pet"][i], mri_affine, "pet")
         if pet_shape != shape:
             pet = resample(pet, pet_affine, pet_shape)  # type: ignore[arg-type]
+        if mask_format is not None and cohort.masks is not None:
+            mask = Volume(cohort.masks[i].astype(np.float32), mri_affine, "mask")
+            if mask_spacing_mm and mask_spacing_mm != spacing_mm:
+                m_shape = tuple(max(2, int(round(s * spacing_mm / mask_spacing_mm)))
+                                for s in shape)
+                mask = resample(mask, grid_affine(m_shape, mask_spacing_mm, rotation_deg),
+                                m_shape, order=0)  # type: ignore[arg-type]
+            if mask_format == "nifti":
+                target = out / "mask" / f"{sid}.nii.gz"
+                write_nifti(target, mask)
+            else:
+                target = out / "mask" / f"{sid}.dcm"
+                write_dicom_seg(target, mask)
+            entry["mask"] = str(target.relative_to(out))
         for name, vol, fmt in (("mri", mri, mri_format), ("pet", pet, pet_format)):
             acq = PetAcquisition(rng) if name == "pet" else None
             if fmt == "nifti":
@@ -257,7 +342,9 @@ def write_synthetic_cohort(
             progress(i + 1, n)
     manifest = out / "cohort.csv"
     with manifest.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["subject_id", "mri", "pet", "label", "scanner"])
+        fields = ["subject_id", "mri", "pet", *(["mask"] if mask_format else []), "label",
+                  "scanner"]
+        writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
     return manifest

@@ -307,6 +307,9 @@ def site_publish(
     misalign: float = typer.Option(0.0, "--misalign", min=0.0, max=1.0,
                                    help="synthetic: move each PET against its MRI (0 to 1: "
                                         "up to 5° rotation, 1.5 voxels, 3 % scale)"),
+    mask_classes: int = typer.Option(None, "--mask-classes", min=2, max=16,
+                                     help="manifest with a mask column: how many classes "
+                                          "the masks have, background included"),
     json_out: bool = typer.Option(False, "--json", help="print the ingest report as JSON"),
 ) -> None:
     """Publish a cohort: the private asset holds volumes and labels only (no identifiers);
@@ -325,7 +328,7 @@ def site_publish(
     pp = preprocessing_from(spacing, shape, mri_norm, pet_norm)
     with progress_bar("reading subjects", enabled=not json_out) as update:
         _, report, description = publish_manifest(site_dir, dataset, manifest, pp,
-                                                  progress=update)
+                                                  progress=update, mask_classes=mask_classes)
     if json_out:
         print_json({"dataset": dataset, "description": description,
                     "report": report.model_dump(mode="json")})

@@ -260,13 +260,14 @@ def mock_for(cohort: Cohort, seed: int = 0, n: int = MOCK_SIZE) -> Cohort:
 
 
 def publish_manifest(site_dir: Path, dataset: str, manifest: Path, pp: Preprocessing,
-                     progress: Progress | None = None) -> tuple[Cohort, IngestReport, str]:
+                     progress: Progress | None = None, mask_classes: int | None = None
+                     ) -> tuple[Cohort, IngestReport, str]:
     """Ingest a DICOM/NIfTI cohort from its manifest, then publish it with a synthetic mock."""
     load_site(site_dir)  # fail on a bad site folder before the long read
     if not lifecycle.status(site_dir).running:
         raise AdminError(f"the site in {site_dir} is not running (start it with `medsyft site "
                          f"up {site_dir}`)")
-    cohort, report = ingest_manifest(manifest, pp, progress=progress)
+    cohort, report = ingest_manifest(manifest, pp, progress=progress, mask_classes=mask_classes)
     kinds = ", ".join(sorted({k for m in report.sources.values() for k in m}))
     description = publish_cohort(site_dir, dataset, cohort, mock_for(cohort),
                                  summary=f"Brain {'+'.join(m.upper() for m in report.modalities)}"
