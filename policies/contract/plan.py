@@ -79,6 +79,34 @@ class Adversarial(BaseModel):
                           "plan's loss plus λ times the non-saturating adversarial loss")
 
 
+class Augmentation(BaseModel):
+    """Site-side augmentation from a fixed set, drawn afresh for each sample at each step
+    inside DP-SGD (`sites.sandbox.augment`): random flips, a small random affine (rotation,
+    translation, scale), and an intensity gain and offset. The same spatial transform is
+    applied to the inputs and to a voxel target (a mask, nearest neighbour; a synthesis
+    target, linear); `target_jitter` adds a further small affine to a synthesis target
+    alone, so the plan trains for pairs that are not perfectly registered. Each sample's
+    augmented copy depends on that sample only: DP-SGD's per-sample bound is unchanged."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    flip: bool = Field(False, description="flip each spatial axis with probability 1/2")
+    rotate_deg: float = Field(0.0, ge=0, le=15, description="rotation about each axis, "
+                              "uniform in ±rotate_deg")
+    translate_vox: float = Field(0.0, ge=0, le=3, description="shift along each axis, "
+                                 "uniform in ±translate_vox voxels")
+    scale: float = Field(0.0, ge=0, le=0.15, description="zoom, uniform in 1 ± scale")
+    intensity: float = Field(0.0, ge=0, le=0.3, description="input gain in 1 ± intensity "
+                             "and offset in ±intensity (per channel)")
+    target_jitter: float = Field(0.0, ge=0, le=1, description="synthesize only: a further "
+                                 "affine of the target alone, this share of the above "
+                                 "ranges (rotation, translation, scale)")
+
+    @property
+    def spatial(self) -> bool:
+        return self.flip or self.rotate_deg > 0 or self.translate_vox > 0 or self.scale > 0
+
+
 #: the key prefix of the discriminator's initial parameters in a round's weights
 DISCRIMINATOR_PREFIX = "discriminator/"
 
@@ -91,7 +119,7 @@ TASKS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 
 #: fields added after plans were first approved, left out of the canonical JSON while they
 #: hold these values, so that an older plan keeps its hash (and its approval)
-_LATER_FIELDS: dict[str, object] = {"task": "classify", "adversarial": None}
+_LATER_FIELDS: dict[str, object] = {"task": "classify", "adversarial": None, "augment": None}
 
 
 class TrainingPlan(BaseModel):
@@ -115,6 +143,8 @@ class TrainingPlan(BaseModel):
     adversarial: Adversarial | None = Field(
         None, description="synthesize only: train the model as a GAN's generator against a "
         "discriminator that each site keeps")
+    augment: Augmentation | None = Field(
+        None, description="site-side augmentation of each sample inside DP-SGD")
     optimizer: Literal["sgd", "adam"] = "sgd"
     learning_rate: float = Field(gt=0, le=10)
     momentum: float = Field(0.0, ge=0, lt=1)
@@ -144,6 +174,15 @@ class TrainingPlan(BaseModel):
                              "modality from the others")
         if self.adversarial is not None and self.task != "synthesize":
             raise ValueError("adversarial: only a synthesize plan trains a GAN")
+        if self.augment is not None and self.augment.target_jitter and \
+                self.task != "synthesize":
+            raise ValueError("augment.target_jitter: only a synthesize plan has a target "
+                             "volume to move against its inputs")
+        if self.augment is not None and self.augment.target_jitter and \
+                not (self.augment.rotate_deg or self.augment.translate_vox
+                     or self.augment.scale):
+            raise ValueError("augment.target_jitter: a share of the affine ranges, which "
+                             "are all 0; set rotate_deg, translate_vox or scale")
         return self
 
     def canonical_json(self) -> str:

@@ -16,6 +16,9 @@ independently with probability q):
     θ     ← optimizer(θ, g̃)                       SGD or Adam on the runtime's
                                                  own copy of θ
 
+A plan's augmentation (`sites.sandbox.augment`) transforms each drawn sample on its own
+before its gradient, so the bound C per sample holds as before.
+
 The released parameters are the runtime's copy θ, changed only by that update. A GAN
 (`train_gan`) makes two such updates per step, the discriminator's and the
 generator's, each its own mechanism.
@@ -33,6 +36,8 @@ from dataclasses import dataclass
 import torch
 from torch.func import grad, vmap
 
+from policies.contract.plan import Augmentation
+from sites.sandbox.augment import augment_batch
 from sites.sandbox.losses import LOSSES
 from sites.sandbox.randomness import Randomness, SecureRandomness
 
@@ -57,6 +62,10 @@ class DPConfig:
     #: per-sample gradients each step computes at least (the draw, then zero-weighted
     #: stand-ins), so that a step's duration does not tell how many the draw took
     step_work: int | None = None
+    #: the plan's site-side augmentation, applied to each drawn sample before its gradient
+    augment: Augmentation | None = None
+    #: what y holds, for augmentation: "label", "mask" (moved with x) or "volume"
+    target: str = "label"
 
 
 MICRO_BATCH_INPUT_ELEMENTS = 1 << 22  # CPU: 16 MiB of float32 input per micro-batch
@@ -213,6 +222,7 @@ class _Updater:
         for start_i in range(0, len(idx), self.micro):
             chunk = idx[start_i:start_i + self.micro]
             xb, yb = x[chunk].to(self.device), y[chunk].to(self.device)
+            xb, yb = augment_batch(xb, yb, cfg.augment, cfg.target, self.rng)
             g = gradients_of(sample_loss, self.theta, xb, yb)
             keep = real[start_i:start_i + self.micro].to(self.device)
             for k, v in clip_and_sum(g, cfg.max_grad_norm, keep).items():

@@ -128,7 +128,9 @@ def run(job_f: BinaryIO, private_f: BinaryIO, out_f: BinaryIO, status_f: BinaryI
         expected_batch=job.expected_batch, step_work=job.step_work,
         max_grad_norm=plan.dp.max_grad_norm,
         steps=job.steps, loss=plan.loss,
-        optimizer=plan.optimizer, learning_rate=plan.learning_rate, momentum=plan.momentum)
+        optimizer=plan.optimizer, learning_rate=plan.learning_rate, momentum=plan.momentum,
+        augment=plan.augment,
+        target={"classify": "label", "segment": "mask"}.get(plan.task, "volume"))
     device = _device(job.device)
     if job.threads > 0:
         torch.set_num_threads(job.threads)

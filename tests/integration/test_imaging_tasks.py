@@ -52,14 +52,17 @@ def _claim_holds(site_report) -> None:
                                     s.delta, s.adjacency) - 1e-9
 
 
-@pytest.mark.parametrize("task,target,loss,out_channels,metric", [
-    ("segment", "mask", "dice_ce", 3, "dice"),
-    ("synthesize", "pet", "ssim_l1", 1, "ssim"),
+@pytest.mark.parametrize("task,target,loss,out_channels,metric,augment", [
+    ("segment", "mask", "dice_ce", 3, "dice", {"flip": True, "rotate_deg": 10}),
+    ("synthesize", "pet", "ssim_l1", 1, "ssim",
+     {"rotate_deg": 5, "translate_vox": 1, "intensity": 0.1, "target_jitter": 0.5}),
 ])
 def test_a_round_of_each_imaging_task_trains_at_the_site(site, task, target, loss,
-                                                         out_channels, metric):
+                                                         out_channels, metric, augment):
+    """A round of each task, with the site's augmentation of each sample inside DP-SGD."""
     fed = site["fed"]
     plan = _plan(task, target, loss, out_channels, version=1)
+    plan = TrainingPlan.model_validate({**plan.model_dump(mode="json"), "augment": augment})
     fed.submit(plan)
     wait_for(lambda: fed.status(plan)[SITE].status == "approved")
     validation = generate_cohort(10, seed=99, shape=SHAPE, lesions=True)
