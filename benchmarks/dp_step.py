@@ -23,6 +23,10 @@ eager_vmap), writes JSON.
 
     python benchmarks/dp_step.py            # CPU (and CUDA if present), 24^3 and 48^3, B=48
     python benchmarks/dp_step.py --full     # also 64^3, more rounds
+    python benchmarks/dp_step.py --model unet --sizes 64,96 --batch 8
+                                            # the segmentation U-Net (small_unet3d.py, Dice+CE
+                                            # per sample, 1 input channel): the hard case of
+                                            # per-sample gradients, written to dp_step_unet.json
 """
 
 from __future__ import annotations
@@ -54,24 +58,44 @@ from sites.graph.export import trace  # noqa: E402
 from sites.sandbox.dp_sgd import DPConfig, micro_batch_size, train  # noqa: E402
 
 VARIANTS = ("plain", "plain_micro", "eager_vmap", "graph", "opacus")
+#: model kind -> (example file, class, constructor kwargs, input channels, site loss)
+MODELS = {
+    "cnn": ("small_cnn3d.py", "SmallCNN3D", {"in_channels": 2}, 2, "bce_with_logits"),
+    "unet": ("small_unet3d.py", "SmallUNet3D", {"in_channels": 1, "out_channels": 3,
+                                                "width": 8}, 1, "dice_ce"),
+}
 
 
-def make_model() -> nn.Module:
+def make_model(kind: str = "cnn") -> nn.Module:
+    source, name, kwargs, _, _ = MODELS[kind]
     ns = {"torch": torch, "nn": nn, "F": F}
-    exec(compile((ROOT / "researcher/examples/small_cnn3d.py").read_text(), "small_cnn3d", "exec"),
-         ns)
-    return ns["SmallCNN3D"](in_channels=2)
+    exec(compile((ROOT / "researcher/examples" / source).read_text(), source, "exec"), ns)
+    return ns[name](**kwargs)
+
+
+def _mean_loss(kind: str, out: torch.Tensor, y: torch.Tensor, total: int) -> torch.Tensor:
+    """The site loss summed over the samples and divided by `total` (mean over a batch)."""
+    if kind == "cnn":
+        return F.binary_cross_entropy_with_logits(out.reshape(-1), y, reduction="sum") / total
+    from sites.sandbox.losses import dice_ce
+
+    return sum(dice_ce(out[i:i + 1], y[i]) for i in range(len(y))) / total
 
 
 class Runner:
     """Holds model, data and optimiser state for one variant; `step()` runs one step."""
 
-    def __init__(self, variant: str, size: int, batch: int, device: torch.device) -> None:
+    def __init__(self, variant: str, size: int, batch: int, device: torch.device,
+                 kind: str = "cnn") -> None:
         torch.manual_seed(0)
-        self.variant, self.device = variant, device
-        self.model = make_model().to(device)
-        self.x = torch.randn(batch, 2, size, size, size, device=device)
-        self.y = (torch.rand(batch, device=device) < 0.5).float()
+        self.variant, self.device, self.kind = variant, device, kind
+        channels, loss = MODELS[kind][3], MODELS[kind][4]
+        self.model = make_model(kind).to(device)
+        self.x = torch.randn(batch, channels, size, size, size, device=device)
+        if kind == "cnn":
+            self.y = (torch.rand(batch, device=device) < 0.5).float()
+        else:
+            self.y = torch.randint(0, 3, (batch, size, size, size), device=device)
         self.micro = micro_batch_size(self.x[0].numel(), device)
         if variant in ("plain", "plain_micro"):
             self.opt = torch.optim.SGD(self.model.parameters(), lr=0.1)
@@ -88,33 +112,29 @@ class Runner:
             if variant == "graph":
                 shape = [1, *self.x.shape[1:]]
                 graph, _ = check.validate(trace(self.model, shape).canonical_json(),
-                                          loss="bce_with_logits", max_parameters=10**8)
+                                          loss=loss, max_parameters=10**8)
                 self.forward = compile_graph(graph)
             else:
                 model = self.model
                 self.forward = lambda p, x: functional_call(model, p, (x,))
             self.cfg = DPConfig(sample_rate=1.0, noise_multiplier=1.0, max_grad_norm=1.0,
-                                steps=1)  # the runtime's own micro-batch choice
+                                steps=1, loss=loss)  # the runtime's own micro-batch choice
 
     def step(self) -> None:
         if self.variant == "plain":
             self.opt.zero_grad(set_to_none=True)
-            out = self.model(self.x).reshape(-1)
-            F.binary_cross_entropy_with_logits(out, self.y).backward()
+            _mean_loss(self.kind, self.model(self.x), self.y, len(self.y)).backward()
             self.opt.step()
         elif self.variant == "plain_micro":  # the same micro-batches, gradients accumulated
             self.opt.zero_grad(set_to_none=True)
             n = self.x.shape[0]
             for i in range(0, n, self.micro):
-                out = self.model(self.x[i:i + self.micro]).reshape(-1)
-                loss = F.binary_cross_entropy_with_logits(out, self.y[i:i + self.micro],
-                                                          reduction="sum") / n
-                loss.backward()
+                out = self.model(self.x[i:i + self.micro])
+                _mean_loss(self.kind, out, self.y[i:i + self.micro], n).backward()
             self.opt.step()
         elif self.variant == "opacus":
             self.opt.zero_grad(set_to_none=True)
-            out = self.gsm(self.x).reshape(-1)
-            F.binary_cross_entropy_with_logits(out, self.y).backward()
+            _mean_loss(self.kind, self.gsm(self.x), self.y, len(self.y)).backward()
             self.opt.step()
         else:
             self.theta = train(self.forward, self.theta, self.x, self.y, self.cfg,
@@ -123,8 +143,9 @@ class Runner:
             torch.cuda.synchronize()
 
 
-def time_steps(size: int, batch: int, device: torch.device, rounds: int, steps: int) -> dict:
-    runners = {v: Runner(v, size, batch, device) for v in VARIANTS}
+def time_steps(size: int, batch: int, device: torch.device, rounds: int, steps: int,
+               kind: str = "cnn") -> dict:
+    runners = {v: Runner(v, size, batch, device, kind) for v in VARIANTS}
     for r in runners.values():  # warm-up (allocator, kernels, vmap tracing)
         r.step()
         r.step()
@@ -138,10 +159,11 @@ def time_steps(size: int, batch: int, device: torch.device, rounds: int, steps: 
     return {v: statistics.median(t) for v, t in times.items()}
 
 
-def peak_memory_cuda(variant: str, size: int, batch: int) -> dict[str, float]:
+def peak_memory_cuda(variant: str, size: int, batch: int, kind: str = "cnn"
+                     ) -> dict[str, float]:
     """Peak tensor memory (MiB) above what is allocated before: first step, then 3 more."""
     torch.cuda.empty_cache()
-    r = Runner(variant, size, batch, torch.device("cuda"))
+    r = Runner(variant, size, batch, torch.device("cuda"), kind)
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
     r.step()
@@ -160,7 +182,8 @@ def _status_kib(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def peak_memory_cpu_child(variant: str, size: int, batch: int) -> dict[str, float]:
+def peak_memory_cpu_child(variant: str, size: int, batch: int, kind: str = "cnn"
+                          ) -> dict[str, float]:
     """Run in a fresh process: peak RSS growth (MiB) of the first step, then of 3 more.
 
     Linux lets a process reset its peak RSS (VmHWM) by writing 5 to
@@ -171,7 +194,7 @@ def peak_memory_cpu_child(variant: str, size: int, batch: int) -> dict[str, floa
     "first" includes one-off costs (torch.func and Opacus import code on their
     first call); "steady" is the per-step peak that the goal is about.
     """
-    r = Runner(variant, size, batch, torch.device("cpu"))
+    r = Runner(variant, size, batch, torch.device("cpu"), kind)
     out = {}
     for key, steps in (("first", 1), ("steady", 3)):
         gc.collect()
@@ -183,29 +206,30 @@ def peak_memory_cpu_child(variant: str, size: int, batch: int) -> dict[str, floa
     return out
 
 
-def peak_memory_cpu(variant: str, size: int, batch: int) -> dict[str, float]:
+def peak_memory_cpu(variant: str, size: int, batch: int, kind: str = "cnn") -> dict[str, float]:
     code = (f"import sys, json; sys.path.insert(0, {str(ROOT)!r}); "
             "import warnings; warnings.filterwarnings('ignore'); "
             "from benchmarks.dp_step import peak_memory_cpu_child as f; "
-            f"print(json.dumps(f({variant!r}, {size}, {batch})))")
+            f"print(json.dumps(f({variant!r}, {size}, {batch}, {kind!r})))")
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def measure(device: torch.device, size: int, batch: int, rounds: int, steps: int) -> dict:
-    t = time_steps(size, batch, device, rounds, steps)
+def measure(device: torch.device, size: int, batch: int, rounds: int, steps: int,
+            kind: str = "cnn") -> dict:
+    t = time_steps(size, batch, device, rounds, steps, kind)
     if device.type == "cuda":
-        mem = {v: peak_memory_cuda(v, size, batch) for v in VARIANTS}
+        mem = {v: peak_memory_cuda(v, size, batch, kind) for v in VARIANTS}
     else:
-        mem = {v: peak_memory_cpu(v, size, batch) for v in VARIANTS}
+        mem = {v: peak_memory_cpu(v, size, batch, kind) for v in VARIANTS}
     steady = {v: mem[v]["steady"] for v in VARIANTS}
     name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor()
     return {
         "device": device.type, "device_name": name or platform.machine(),
-        "threads": torch.get_num_threads(), "input": [2, size, size, size],
-        "micro_batch": micro_batch_size(2 * size ** 3, device),
+        "threads": torch.get_num_threads(), "input": [MODELS[kind][3], size, size, size],
+        "micro_batch": micro_batch_size(MODELS[kind][3] * size ** 3, device),
         "step_ms": {v: round(t[v] * 1e3, 2) for v in VARIANTS},
         "peak_mib": {v: round(steady[v], 1) for v in VARIANTS},
         "first_step_peak_mib": {v: round(mem[v]["first"], 1) for v in VARIANTS},
@@ -222,20 +246,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", type=int_list, default=None,
                     help="comma-separated volume edges (default 24,48; --full 24,48,64)")
     ap.add_argument("--batch", type=int, default=48)
+    ap.add_argument("--model", choices=sorted(MODELS), default="cnn",
+                    help="cnn: the classifier (SmallCNN3D); unet: the segmentation U-Net")
+    ap.add_argument("--rounds", type=int, default=None, help="timing rounds (median)")
     ap.add_argument("--cpu-only", action="store_true")
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "dp_step.json")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="JSON (default results/dp_step.json, dp_step_unet.json for --model "
+                         "unet)")
     args = ap.parse_args(argv)
+    args.out = args.out or (Path(__file__).parent / "results"
+                            / ("dp_step.json" if args.model == "cnn" else "dp_step_unet.json"))
     sizes = args.sizes or ([24, 48, 64] if args.full else [24, 48])
     rounds, steps = (7, 3) if args.full else (5, 3)
+    if args.rounds:
+        rounds, steps = args.rounds, 1
     devices = [torch.device("cpu")]
     if torch.cuda.is_available() and not args.cpu_only:
         devices.append(torch.device("cuda"))
     results = []
     for d in devices:
         for size in sizes:
-            print(f"measuring {d.type} 2x{size}^3 ...", flush=True)
-            results.append(measure(d, size, args.batch, rounds, steps))
-    print(f"dp_step: SmallCNN3D, batch {args.batch}; peak memory is the steady per-step peak")
+            print(f"measuring {d.type} {MODELS[args.model][3]}x{size}^3 ...", flush=True)
+            results.append(measure(d, size, args.batch, rounds, steps, args.model))
+    print(f"dp_step: {MODELS[args.model][1]}, batch {args.batch}; peak memory is the steady "
+          "per-step peak")
     print(f"{'device':8} {'input':>6} {'micro':>5} {'variant':11} {'ms/step':>9} {'x plain':>8} "
           f"{'peak MiB':>9} {'x plain':>8} {'1st step MiB':>12}")
     for r in results:
@@ -245,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r['memory_ratio'][v]:>8.3f} {r['first_step_peak_mib'][v]:>12.1f}")
         print(f"{r['device']:8} {r['input'][1]:>4}^3 graph / eager_vmap = "
               f"{r['graph_to_eager_vmap']:.3f} (goal <= 1.05)")
-    write_result("dp_step", {"batch": args.batch,
+    write_result("dp_step", {"batch": args.batch, "model": MODELS[args.model][1],
                              "goals": {"time_ratio": 1.15, "memory_ratio": 1.3,
                                        "graph_to_eager_vmap": 1.05},
                              "results": results}, args.out)
