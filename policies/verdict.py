@@ -148,11 +148,16 @@ def review_plan(policy: SitePolicy, plan: TrainingPlan, facts: Facts) -> list[Ch
                                f"{facts.activation_mib:.1f} MiB per sample",
                                f"{t.max_activation_mib} MiB",
                                "the model needs more memory per sample than the site allows"))
-    findings = review_model_code(plan.model.source, plan.model.class_name,
-                                 dp.model_code.layers, dp.model_code.functions)
+    findings = [("", f) for f in review_model_code(
+        plan.model.source, plan.model.class_name, dp.model_code.layers,
+        dp.model_code.functions)]
+    if plan.adversarial is not None:  # the discriminator is researcher code as well
+        d = plan.adversarial.discriminator
+        findings += [("discriminator ", f) for f in review_model_code(
+            d.source, d.class_name, dp.model_code.layers, dp.model_code.functions)]
     if findings:
-        for f in findings:
-            lines.append(CheckResult(rule=f.rule, status="fail", seen=f"line {f.line}",
+        for where, f in findings:
+            lines.append(CheckResult(rule=f.rule, status="fail", seen=f"{where}line {f.line}",
                                      limit="policy model_code", message=f.message,
                                      overridable=False))
     else:

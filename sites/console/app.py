@@ -312,10 +312,13 @@ def create_app(site_dir: Path, admin: AdminLink) -> FastAPI:
         detail = pages.request_detail(site_dir, view)
         source_html = (highlight(detail.model_source, PythonLexer(), formatter)
                        if detail.model_source else "")
+        discriminator_html = (highlight(detail.discriminator_source, PythonLexer(), formatter)
+                              if detail.discriminator_source else "")
         gov = Governance(site_dir)
         approval = gov.approval(view.plan.plan_hash) if view.plan else None
         return page(request, session, "request.html", detail, status_code, d=detail,
-                    source_html=source_html, runnable=approval is not None
+                    source_html=source_html, discriminator_html=discriminator_html,
+                    runnable=approval is not None
                     and approval.request_id == view.id,
                     mine_approved=session.email in view.approvers)
 

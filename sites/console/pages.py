@@ -73,6 +73,7 @@ class RequestDetail(BaseModel):
     plan: dict | None
     model_source: str | None
     model_class: str | None
+    discriminator_source: str | None = None  # a GAN plan's: researcher code too
     noise_multiplier: float | None
     cohort_n: int | None
     adjacency: str | None
@@ -145,8 +146,12 @@ def request_detail(site_dir: Path, v: RequestView) -> RequestDetail:
         row=request_row(v), template_error=v.template_error, function=v.function,
         checks=v.checks,
         overridable_failures=[c.rule for c in v.failing if c.overridable],
-        plan=p.model_dump(mode="json", exclude={"model"}) if p else None,
+        plan=p.model_dump(mode="json", exclude={"model": True,
+                                                "adversarial": {"discriminator": {"source"}}})
+        if p else None,
         model_source=p.model.source if p else None,
+        discriminator_source=p.adversarial.discriminator.source
+        if p and p.adversarial else None,
         model_class=f"{p.model.class_name}({p.model.kwargs})" if p else None,
         noise_multiplier=v.noise_multiplier, cohort_n=v.cohort_n, adjacency=v.adjacency,
         accountant=v.accountant,

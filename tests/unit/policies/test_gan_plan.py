@@ -99,3 +99,24 @@ def test_a_gan_round_is_charged_for_both_networks_updates(adjacency, accountant)
     assert generator_only < eps - 0.5
     # the ledger's ε of the plan is the reference's
     assert acc.epsilon(history, gan.dp.delta) == pytest.approx(eps, abs=0.02)
+
+
+def test_the_discriminators_source_is_reviewed_like_the_generators():
+    """The discriminator is researcher code as well: the review's model-code findings
+    cover it (named as the discriminator's lines), never only the generator's."""
+    policy = SitePolicy.model_validate({
+        "version": 1, "reviewers": ["dpo"], "datasets": {"brain-mri-pet": {
+            "access": {"domains": ["*"]},
+            "privacy": {"delta_max": 1e-5, "epsilon_per_plan": 8, "epsilon_total": 50},
+            "training": {"max_rounds": 10}}}})
+    facts = Facts(researcher="a@b.org", today=date.today(), cohort_n=400,
+                  noise_multiplier=2.0, n_parameters=10)
+    example = load_plan(EXAMPLES / "gan.yaml")
+    clean = [c for c in review_plan(policy, example, facts) if c.rule.startswith("model_code")]
+    assert [c.rule for c in clean] == ["model_code"] and not clean[0].failed
+    d = example.adversarial.discriminator
+    hostile = d.model_copy(update={"source": "import os\n" + d.source})
+    plan = example.model_copy(update={"adversarial": example.adversarial.model_copy(
+        update={"discriminator": hostile})})
+    lines = [c for c in review_plan(policy, plan, facts) if c.rule == "model_code.import"]
+    assert lines and lines[0].failed and lines[0].seen == "discriminator line 1"
