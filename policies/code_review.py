@@ -105,11 +105,12 @@ def _int_const(node: ast.AST | None) -> int | None:
 
 class _MethodReview(ast.NodeVisitor):
     def __init__(self, func: ast.FunctionDef, layers: frozenset[str], functions: frozenset[str],
-                 findings: list[Finding]) -> None:
+                 findings: list[Finding], monai_nets: frozenset[str] = frozenset()) -> None:
         self.func = func
         self.in_init = func.name == "__init__"
         self.layers = layers
         self.functions = functions
+        self.monai_nets = monai_nets & MONAI_NETS
         self.out = findings
         self.locals = {a.arg for a in func.args.args + func.args.kwonlyargs}
         for extra in (func.args.vararg, func.args.kwarg):
@@ -231,11 +232,18 @@ class _MethodReview(ast.NodeVisitor):
 
     def _check_module_chain(self, node: ast.Attribute, chain: list[str]) -> None:
         root, rest = chain[0], chain[1:]
-        if root == "monai":  # MONAI's networks only, by their full name
+        if root == "monai":  # MONAI's networks only, by their full name, as the policy allows
             if rest[:2] != ["networks", "nets"] or len(rest) != 3 or rest[2] not in MONAI_NETS:
                 self.add("model_code.module_chain", node,
                          f"{'.'.join(chain)} is not one of MONAI's networks "
                          f"(monai.networks.nets: {', '.join(sorted(MONAI_NETS))})")
+            elif rest[2] not in self.monai_nets:
+                # a MONAI network builds layers the policy's `layers` list never sees, so
+                # the data owner opts in by name (model_code.monai_nets)
+                allowed = ", ".join(sorted(self.monai_nets)) or "none"
+                self.add("model_code.monai", node,
+                         f"{'.'.join(chain)} is not in the policy's MONAI networks "
+                         f"(model_code.monai_nets: {allowed})")
             return
         if root == "torch" and rest[:2] == ["nn", "functional"]:
             root, rest = "F", rest[2:]
@@ -306,8 +314,11 @@ class _MethodReview(ast.NodeVisitor):
 
 
 def review_model_code(source: str, class_name: str, layers: list[str] | frozenset[str],
-                      functions: list[str] | frozenset[str]) -> list[Finding]:
-    """All findings for `source`; an empty list means the code is within the policy."""
+                      functions: list[str] | frozenset[str],
+                      monai_nets: list[str] | frozenset[str] = frozenset()) -> list[Finding]:
+    """All findings for `source`; an empty list means the code is within the policy.
+    `monai_nets`: the MONAI networks the policy allows (none unless it names them: what
+    they build is not reviewed against `layers`, only as a traced graph)."""
     try:
         tree = bounded_parse(source)
     except SyntaxError as exc:
@@ -365,5 +376,6 @@ def review_model_code(source: str, class_name: str, layers: list[str] | frozense
             findings.append(Finding("model_code.structure", cls.lineno,
                                     f"the class needs a {required} method"))
     for method in methods.values():
-        _MethodReview(method, layers_set, functions_set, findings).visit(method)
+        _MethodReview(method, layers_set, functions_set, findings,
+                      frozenset(monai_nets)).visit(method)
     return sorted(set(findings), key=lambda f: (f.line, f.rule))

@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from policies.contract.errors import MedsyftError
+from policies.contract.monai_nets import MONAI_NETS
 
 Identifier = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
 
@@ -143,6 +144,19 @@ class ModelCode(_Strict):
                                      description="torch.nn classes a model may use")
     functions: list[Identifier] = Field(default_factory=lambda: list(DEFAULT_FUNCTIONS),
                                         description="torch / torch.nn.functional functions")
+    monai_nets: list[Identifier] = Field(
+        default_factory=list, description="MONAI networks (monai.networks.nets.NAME) a model "
+        "may build; none unless named: the layers they build are not checked against "
+        "`layers`, only their traced graph against the site's operators")
+
+    @field_validator("monai_nets")
+    @classmethod
+    def _known_monai_nets(cls, v: list[str]) -> list[str]:
+        unknown = sorted(set(v) - MONAI_NETS)
+        if unknown:
+            raise ValueError(f"unknown MONAI network(s) {', '.join(unknown)}; medsyft allows "
+                             f"{', '.join(sorted(MONAI_NETS))}")
+        return v
 
 
 class Release(_Strict):

@@ -150,11 +150,12 @@ def review_plan(policy: SitePolicy, plan: TrainingPlan, facts: Facts) -> list[Ch
                                "the model needs more memory per sample than the site allows"))
     findings = [("", f) for f in review_model_code(
         plan.model.source, plan.model.class_name, dp.model_code.layers,
-        dp.model_code.functions)]
+        dp.model_code.functions, dp.model_code.monai_nets)]
     if plan.adversarial is not None:  # the discriminator is researcher code as well
         d = plan.adversarial.discriminator
         findings += [("discriminator ", f) for f in review_model_code(
-            d.source, d.class_name, dp.model_code.layers, dp.model_code.functions)]
+            d.source, d.class_name, dp.model_code.layers, dp.model_code.functions,
+            dp.model_code.monai_nets)]
     if findings:
         for where, f in findings:
             lines.append(CheckResult(rule=f.rule, status="fail", seen=f"{where}line {f.line}",

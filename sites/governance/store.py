@@ -596,6 +596,14 @@ class Governance:
         return [r.noise for r in self.runs(run.plan_hash)
                 if r.id <= run.id and r.status in RUN_ACTIVE]
 
+    def ledger_through(self, run: RunRecord, researcher: str, dataset: str
+                       ) -> list[tuple[float, float, int]]:
+        """The (σ, q, steps) of every run on the researcher's ledger for the dataset (all
+        their plans) up to and including `run`, whatever its status: a round of another
+        of their plans may be reading the data at the same time."""
+        return [r.noise for r in self.ledger_history(researcher, dataset, RUN_ACTIVE)
+                if r.id <= run.id]
+
     def charged_history(self, plan_hash: str) -> list[tuple[float, float, int]]:
         """The (σ, q, steps) of every finished run of the plan, released or failed: what
         its ε composes."""

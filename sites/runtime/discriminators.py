@@ -15,6 +15,7 @@ training process.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 
 FOLDER = Path("state") / "discriminators"
+log = logging.getLogger("medsyft.site")
 
 
 def _path(site_folder: Path, plan_hash: str) -> Path:
@@ -102,12 +104,16 @@ def sweep(site_folder: Path, gov, at_start: bool = False) -> list[str]:  # noqa:
             tmp.unlink(missing_ok=True)
     deleted = []
     for plan_hash in kept(site_folder):
-        runs = gov.runs(plan_hash)
-        if any(r.status == "running" for r in runs):
-            continue
-        rounds = _plan_rounds(gov, plan_hash)
-        begun = sum(1 for r in runs if r.status in ("released", "failed", "aborted"))
-        if rounds is None or begun >= rounds:
-            forget(site_folder, plan_hash)
-            deleted.append(plan_hash)
+        try:  # one odd entry (a folder where a file belongs, a malformed record) is
+            # logged and left; it never stops the sweep, the steward or the site's start
+            runs = gov.runs(plan_hash)
+            if any(r.status == "running" for r in runs):
+                continue
+            rounds = _plan_rounds(gov, plan_hash)
+            begun = sum(1 for r in runs if r.status in ("released", "failed", "aborted"))
+            if rounds is None or begun >= rounds:
+                forget(site_folder, plan_hash)
+                deleted.append(plan_hash)
+        except Exception:  # noqa: BLE001
+            log.exception("discriminator of plan %s: could not sweep it", plan_hash[:12])
     return deleted

@@ -255,11 +255,13 @@ def _execute(site_dir: Path, plan_json: str, data: Any, weights: Any) -> dict:
              plan.rounds, cohort.n, accounting.n, accounting.adjacency, noise.sample_rate,
              sigma, noise.steps, plan_graph.facts.digest[:12])
     # ε of the plan with this run charged, released or not: the run reaches the data now
-    # (every run of the plan up to this one, finished or not: red team, issue 17)
-    eps = accounting.epsilon(gov.history_through(run), plan.dp.delta)
     released = False
     category = CATEGORIES["internal"][0]
+    eps = None
     try:
+        # (every run of the plan up to this one, finished or not: red team, issue 17);
+        # inside the try, so that no fault leaves the run 'running' (and the plan busy)
+        eps = accounting.epsilon(gov.history_through(run), plan.dp.delta)
         gan = plan_graph.discriminator_facts is not None
         job = Job(plan_json=plan.canonical_json(), graph_json=plan_graph.graph_json,
                   graph_digest=plan_graph.graph.digest(),
@@ -298,9 +300,10 @@ def _execute(site_dir: Path, plan_json: str, data: Any, weights: Any) -> dict:
                  time.perf_counter() - t_start, status.train_seconds, eps)
         steps_so_far = sum(h[2] for h in gov.history_through(run))
         ledger_delta = dataset_policy.privacy.delta_max
+        # every run of the researcher's ledger up to this one, running ones included (a
+        # round of another plan of theirs may be reading the data now: red team, issue 17)
         ledger_eps = accounting.epsilon(
-            [r.noise for r in gov.ledger_history(plan.researcher, plan.dataset)],
-            ledger_delta)
+            gov.ledger_through(run, plan.researcher, plan.dataset), ledger_delta)
         return RoundResult(
             site=cfg.name, round=run.round, rounds=plan.rounds, plan_hash=plan.plan_hash,
             params=params, n_k=dataset_policy.release.count(accounting.n),

@@ -56,3 +56,15 @@ def test_a_half_written_discriminator_is_deleted_at_site_start_only(site_dir):
     assert stray.exists()  # a round may be writing it now
     discriminators.sweep(site_dir, gov, at_start=True)
     assert not stray.exists()
+
+
+def test_one_odd_entry_never_stops_the_sweep(site_dir):
+    """A folder named like a kept file (unlink fails) is logged and left; the other
+    entries are still swept (a raise here once would have stopped every steward turn)."""
+    gov = Governance(site_dir)
+    folder = site_dir / discriminators.FOLDER
+    (folder / ("cd" * 32 + ".npz")).mkdir(parents=True)
+    orphan = make_plan(researcher=RESEARCHER, version=9)
+    _keep(site_dir, orphan)
+    deleted = discriminators.sweep(site_dir, gov, at_start=True)
+    assert orphan.plan_hash in deleted and "cd" * 32 not in deleted

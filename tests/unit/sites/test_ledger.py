@@ -123,3 +123,17 @@ def test_a_plan_runs_one_round_at_a_time_and_each_states_every_run_before_it(tmp
     assert second.round == 2  # the refused trigger took no round
     assert gov.history_through(second) == [(1.0, 0.1, 10), (1.2, 0.1, 20)]
     assert gov.history_through(first) == [(1.0, 0.1, 10)]
+
+
+def test_a_rounds_ledger_covers_the_researchers_other_plans_running_beside_it(tmp_path):
+    """Red team, issue 17: a round's stated ledger ε composed the finished runs only, so a
+    round of another plan of the same researcher, running at the same time, was left out
+    (5.88 stated where both runs reaching the data make 7.90)."""
+    gov = Governance(tmp_path)
+    a = gov.begin_run("plan-a", 5, 1.0, 0.1, 10, "t", budget=budget(100))
+    b = gov.begin_run("plan-b", 5, 0.9, 0.2, 10, "t", budget=budget(100))
+    gov.finish_run(a.id, released=True, actor="t")
+    assert gov.ledger_through(b, "ada@x.org", "brain") == [(1.0, 0.1, 10), (0.9, 0.2, 10)]
+    assert gov.ledger_through(a, "ada@x.org", "brain") == [(1.0, 0.1, 10)]  # b came after
+    later = gov.begin_run("plan-c", 5, 1.0, 0.1, 5, "t", budget=budget(100))  # b still runs
+    assert len(gov.ledger_through(later, "ada@x.org", "brain")) == 3

@@ -16,9 +16,29 @@ from policies.schema import DEFAULT_FUNCTIONS, DEFAULT_LAYERS
 EXAMPLE = Path(__file__).resolve().parents[3] / "researcher" / "examples" / "segment_monai.yaml"
 
 
-def _findings(source: str, class_name: str) -> list[str]:
+def _findings(source: str, class_name: str, monai_nets=("UNet",)) -> list[str]:
     return [f.rule for f in review_model_code(source, class_name, DEFAULT_LAYERS,
-                                              DEFAULT_FUNCTIONS)]
+                                              DEFAULT_FUNCTIONS, frozenset(monai_nets))]
+
+
+def test_a_monai_network_needs_the_policys_opt_in_by_name():
+    """Red team, issue 17: a MONAI network builds layers (ConvTranspose3d, PReLU, ...)
+    that the policy's `layers` list never sees, so a data owner who narrowed it was
+    bypassed. A MONAI network is refused unless the policy names it."""
+    from policies.schema import SitePolicy
+
+    spec = load_plan(EXAMPLE).model
+    assert _findings(spec.source, spec.class_name, ()) == ["model_code.monai"]
+    assert _findings(spec.source, spec.class_name, ("BasicUNet",)) == ["model_code.monai"]
+    assert _findings(spec.source, spec.class_name, ("UNet",)) == []
+    base = {"version": 1, "reviewers": ["dpo"], "datasets": {"d": {
+        "access": {"domains": ["*"]},
+        "privacy": {"delta_max": 1e-5, "epsilon_per_plan": 8, "epsilon_total": 50},
+        "training": {"max_rounds": 3}}}}
+    assert SitePolicy.model_validate(base).datasets["d"].model_code.monai_nets == []
+    base["datasets"]["d"]["model_code"] = {"monai_nets": ["UNet", "TorchHub"]}
+    with pytest.raises(ValueError, match="unknown MONAI network"):
+        SitePolicy.model_validate(base)
 
 
 def test_the_review_accepts_monai_networks_and_nothing_else_of_monai():
