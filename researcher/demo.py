@@ -46,9 +46,12 @@ DATASET = "brain-mri-pet"
 #: the example plan of each task (`researcher/examples/`)
 TASK_PLANS = {"classify": "plan.yaml", "segment": "segment.yaml",
               "synthesize": "synthesize.yaml", "gan": "gan.yaml"}
-#: segmentation and synthesis: lesioned cohorts published from memory on this grid (the
-#: file exports have no masks yet), PET moved slightly against the MRI for synthesis
+#: segmentation and synthesis: lesioned cohorts on this grid. Segmentation goes through the
+#: files and the ingest (each hospital's masks as DICOM SEG or NIfTI label maps); synthesis
+#: is published from memory, PET moved slightly against the MRI (the file writer has no
+#: misregistration)
 TASK_GRID = (16, 16, 16)
+MASK_EXPORTS = {"st-agnes": "dicom-seg", "riverside": "nifti", "northgate": "dicom-seg"}
 TASK_MISALIGN = {"segment": 0.0, "synthesize": 0.3, "gan": 0.3}
 
 
@@ -129,6 +132,21 @@ def run_demo(workdir: Path, report_path: Path, rounds: int | None = None,
         for name, n, seed in HOSPITALS:
             n = max(40, round(n * cohort_scale))
             admin.add_researcher(site_dirs[name], email, full_name, password, institution)
+            if task == "segment":
+                exports = workdir / "imaging" / name
+                fmt = {k: v for k, v in EXPORTS[name].items() if k != "pet_spacing_mm"}
+                manifest = write_synthetic_cohort(
+                    exports, n=n, seed=seed, profile=DEMO_PROFILES[name], shape=TASK_GRID,
+                    spacing_mm=GRID["spacing_mm"][0], mask_format=MASK_EXPORTS[name], **fmt)
+                cohort, ingest, _ = admin.publish_manifest(
+                    site_dirs[name], DATASET, manifest,
+                    Preprocessing(spacing_mm=GRID["spacing_mm"], shape=TASK_GRID),
+                    mask_classes=3)
+                lesioned = int((cohort.masks.reshape(cohort.n, -1).max(1) > 0).sum())
+                con.print(f"  {name}: account {email}; ingested {cohort.n} subjects with "
+                          f"masks ({', '.join(ingest.mask_sources)}) in {ingest.seconds:.0f} s;"
+                          f" {lesioned} with a lesion (mask: core, oedema)")
+                continue
             if task != "classify":
                 cohort = admin.publish_synthetic(site_dirs[name], DATASET, n, seed, name,
                                                  TASK_GRID, lesions=True,
