@@ -47,7 +47,9 @@ def test_demo_trains_across_three_hospitals_and_stops_its_servers(tmp_path, memo
                 count + [(s["noise_multiplier"], s["sample_rate"], s["steps"])], s["delta"],
                 s["adjacency"]) - 1e-9
     sizes = {s["site"]: s["n_k"] for s in report["rounds"][0]["sites"]}
-    assert len(set(sizes.values())) == 3  # non-IID: different cohorts
+    # non-IID: different cohorts (riverside releases a DP-noised, rounded count, which may
+    # meet another site's exact one by chance: compare the exact ones)
+    assert sizes["st-agnes"] != sizes["northgate"]
     for site_yaml in (tmp_path / "work" / "sites").glob("*/site.yaml"):
         assert not lifecycle.status(site_yaml.parent).running
     out = (tmp_path / "out.txt").read_text()
