@@ -409,6 +409,14 @@ def test_cpu_beyond_the_limit_kills_the_child(mode):
     assert run.members_after == []
 
 
+def test_dp_sgds_secure_randomness_works_after_the_seal():
+    """The training child draws DP-SGD's batches and noise from os.urandom after it is
+    sealed: the seccomp filter and Landlock must leave getrandom (or /dev/urandom) open,
+    or every round would fail (control for the CSPRNG fix of issue 17)."""
+    run = probe("root", None, [("secure_random", {})], torch=True)  # as the child
+    assert run.outcomes["secure_random"] == "ok", (run.outcomes, run.stderr[-2000:])
+
+
 def test_a_handed_descriptor_is_usable():
     """The channel's descriptors are the one way data reaches a child (control)."""
     r, w = os.pipe()

@@ -318,6 +318,22 @@ def sleep(seconds: float) -> str:
     return "ok"
 
 
+def secure_random() -> str:
+    """DP-SGD's draws (the operating system's CSPRNG) after the seal: "ok" when they come
+    and look like N(0, 1) and U[0, 1) draws (their values are not secret; none printed)."""
+    import torch
+
+    from sites.sandbox.randomness import SecureRandomness
+
+    rng = SecureRandomness()
+    z = rng.normal((20_000,), 1.0, torch.device("cpu"))
+    u = rng.uniform(20_000)
+    if not (torch.isfinite(z).all() and 0.95 < float(z.std()) < 1.05
+            and 0.0 <= float(u.min()) and float(u.max()) < 1.0):
+        return "wrong distribution"
+    return "ok"
+
+
 def write_fd(fd: int) -> str:
     os.write(fd, b"through the handed descriptor\n")
     return "ok"
@@ -329,7 +345,7 @@ ATTEMPTS = {f.__name__: f for f in (
     posix_spawn, thread, ptrace_parent, ptrace_traceme, unshare_user, mount_tmpfs, syscall,
     setuid_root, signal_parent, read_parent_environ, read_parent_cmdline, list_processes,
     read_own_status, open_parent_mem, import_module, allocate,
-    allocate_torch, burn_cpu, status, sleep, write_fd)}
+    allocate_torch, burn_cpu, status, sleep, write_fd, secure_random)}
 
 
 def _emit(line: dict) -> None:
