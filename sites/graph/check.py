@@ -212,8 +212,10 @@ def combine(generator: GraphFacts, discriminator: GraphFacts) -> GraphFacts:
     return GraphFacts(digest=digest.hexdigest(),
                       parameters=generator.parameters + discriminator.parameters,
                       operators=dict(ops),
+                      # the discriminator's update runs it twice per sample (on the
+                      # real and on the generated target), both kept for the gradient
                       activation_bytes=generator.activation_bytes
-                      + discriminator.activation_bytes,
+                      + 2 * discriminator.activation_bytes,
                       output_shape=generator.output_shape)
 
 

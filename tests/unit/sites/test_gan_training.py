@@ -88,3 +88,17 @@ def test_the_generator_update_is_the_plain_update_plus_the_adversarial_term():
     g_adv, _ = dp_sgd.train_gan(g, d, g0, d0, x, y, cfg, 5.0, torch.device("cpu"),
                                 SeededRandomness(11), d_rng=SeededRandomness(13))
     assert _moved(g_adv, plain) > 1e-4
+
+
+def test_a_gans_memory_counts_the_discriminators_two_passes():
+    """Red team, issue 17: the discriminator's update runs it on the real and on the
+    generated target, both kept for the gradient; an estimate of one pass let a large
+    discriminator pass review and run out of memory after the round was charged."""
+    g_graph, g_facts = check.validate(trace(_G(), [1, 1, *GRID]).canonical_json(), loss="l2",
+                                      max_parameters=10_000)
+    d_graph, d_facts = check.validate(trace(_D(), [1, 2, *GRID]).canonical_json(),
+                                      loss=check.DISCRIMINATOR, max_parameters=10_000)
+    both = check.combine(g_facts, d_facts)
+    assert d_facts.activation_bytes > 0
+    assert both.activation_bytes == g_facts.activation_bytes + 2 * d_facts.activation_bytes
+    assert both.parameters == g_facts.parameters + d_facts.parameters
