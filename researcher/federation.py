@@ -16,7 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -24,12 +24,15 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from datasets.cohort import Cohort
+from policies.contract import transfer as contract_transfer
 from policies.contract.errors import MedsyftError, format_errors
 from policies.contract.model_code import build_model, trainable_parameters
 from policies.contract.plan import DISCRIMINATOR_PREFIX, TrainingPlan
 from policies.contract.public import ENDPOINT_PATH as POLICY_ENDPOINT
 from policies.contract.template import build_function
-from policies.contract.wire import RoundResult, SiteFailed, parse_round
+from policies.contract.transfer import WeightsRef
+from policies.contract.wire import RoundResult, SiteFailed, attach_released, parse_round
+from researcher import transfer
 from researcher.aggregate import FedAvg, Strategy
 from researcher.checkpoint import Checkpoints
 from researcher.evaluate import evaluate_task, load_params
@@ -120,10 +123,19 @@ def initial_discriminator(plan: TrainingPlan, seed: int = 0) -> dict[str, np.nda
             for k, v in trainable_parameters(model).items()}
 
 
+#: How a round's weights travel: "stream" over each site's weights endpoint (syft carries
+#: only their digests), or "syft" inside the syft call itself (the slower path of old).
+Transport = Literal["stream", "syft"]
+
+
 class Federation:
-    def __init__(self, config: FederationConfig, strategy: Strategy | None = None) -> None:
+    def __init__(self, config: FederationConfig, strategy: Strategy | None = None,
+                 transport: Transport = "stream") -> None:
         self.config = config
         self.strategy = strategy or FedAvg()
+        self.transport: Transport = transport
+        #: bytes and MB/s of the round in progress, summed over sites (for progress bars)
+        self.meter = transfer.Meter()
         self._clients: dict[str, Any] = {}
         self._assets: dict[tuple[str, str], Any] = {}  # syft looks them up through a full
         # API refresh (~1.3 s a site); kept per connection, dropped when a call fails
@@ -296,12 +308,16 @@ class Federation:
     # -- rounds --------------------------------------------------------------
     def run_site_round(self, site: str, plan: TrainingPlan,
                        weights: dict[str, np.ndarray],
-                       extra: dict[str, np.ndarray] | None = None) -> RoundResult:
+                       extra: dict[str, np.ndarray] | None = None, round_no: int = 1,
+                       blob: bytes | None = None) -> RoundResult:
         """One round of `plan` at one site from `weights`: no retry, no quorum.
 
         `extra` goes to the site beside the weights and is never part of the result: by
         default a GAN plan's initial discriminator (`initial_discriminator`), which a site
-        uses only until it keeps its own.
+        uses only until it keeps its own. With the stream transport the weights (and
+        `extra`) go to the site's weights endpoint as one safetensors file (`blob`, when
+        the caller encoded them already for several sites), syft carries their digest and
+        `round_no`, and the released weights are fetched by the digest the site names.
 
         Raises:
             FederationError: the site is unreachable, refused the round or answered with
@@ -324,10 +340,21 @@ class Federation:
             raise FederationError(f"{site}: plan {plan.function_name} is not available "
                                   "(not submitted or not approved)", retry=True)
         asset = self._asset(site, plan.dataset)
+        sent = {**weights, **(initial_discriminator(plan) if extra is None else extra)}
+        endpoint = signer = None
+        if self.transport == "stream":
+            endpoint, signer = self._endpoint(site), transfer.Signer.of(client)
+            if blob is None:
+                blob = contract_transfer.encode(sent)
+            try:
+                digest = transfer.upload(endpoint, signer, plan.plan_hash, round_no, blob,
+                                         self.meter.track(site))
+            except transfer.TransferFailed as exc:
+                raise FederationError(f"{site}: weights upload: {exc}", retry=exc.retry
+                                      ) from None
+            sent = WeightsRef(sha256=digest, size=len(blob), round=round_no).to_wire()
         with quiet():
             try:
-                sent = {**weights, **(initial_discriminator(plan) if extra is None
-                                      else extra)}
                 ptr = fn(data=asset, weights=sent)
                 payload = ptr.get() if hasattr(ptr, "get") else ptr
             except Exception as exc:
@@ -335,21 +362,45 @@ class Federation:
                 msg = getattr(exc, "public_message", None) or str(exc) or type(exc).__name__
                 raise FederationError(f"{site}: {msg.strip()[:300]}", retry=True) from None
         try:
-            return parse_round(payload, weights, site=site, plan_hash=plan.plan_hash)
+            result = parse_round(payload, weights, site=site, plan_hash=plan.plan_hash)
+            if result.params is None:
+                if endpoint is None or signer is None or result.weights_bytes is None:
+                    raise SiteFailed("the site kept the weights at its endpoint, but this "
+                                     "round did not use it")
+                try:
+                    released = transfer.download(
+                        endpoint, signer, plan.plan_hash, result.round,
+                        result.weights_sha256, result.weights_bytes,
+                        self.meter.track(site + "/released"))
+                except transfer.TransferFailed as exc:
+                    raise FederationError(f"{site}: fetching the released weights: {exc}",
+                                          retry=exc.retry) from None
+                result = attach_released(result, released, weights)
+            return result
         except SiteFailed as exc:
             raise FederationError(f"{site}: {exc.message}", retry=exc.retry) from None
 
+    def _endpoint(self, site: str) -> transfer.Endpoint:
+        entry = self._entry(site)
+        return transfer.Endpoint(entry.host, entry.port)
+
     def run_round(self, plan: TrainingPlan, weights: dict[str, np.ndarray],
-                  retries: int = 1) -> tuple[dict[str, RoundResult], dict[str, str]]:
-        """One round at every site concurrently, each retried `retries` times on failure."""
+                  retries: int = 1, round_no: int = 1
+                  ) -> tuple[dict[str, RoundResult], dict[str, str]]:
+        """One round at every site concurrently, each retried `retries` times on failure
+        (the weights are uploaded again with each try)."""
         results: dict[str, RoundResult] = {}
         errors: dict[str, str] = {}
         pending = list(self.site_names)
+        blob = (contract_transfer.encode({**weights, **initial_discriminator(plan)})
+                if self.transport == "stream" else None)
+        self.meter = transfer.Meter()
         for _attempt in range(retries + 1):
             if not pending:
                 break
             with ThreadPoolExecutor(max_workers=len(pending)) as pool:
-                futures = {s: pool.submit(self.run_site_round, s, plan, weights) for s in pending}
+                futures = {s: pool.submit(self.run_site_round, s, plan, weights, None,
+                                          round_no, blob) for s in pending}
             pending = []
             for site, fut in futures.items():
                 try:
@@ -381,7 +432,7 @@ class Federation:
         quorum = self.config.effective_quorum
         for rnd in range(done + 1, plan.rounds + 1):
             t0 = time.perf_counter()
-            results, errors = self.run_round(plan, weights)
+            results, errors = self.run_round(plan, weights, round_no=rnd)
             if len(results) < quorum:
                 detail = "; ".join(f"{s}: {e}" for s, e in errors.items())
                 raise FederationError(

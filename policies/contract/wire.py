@@ -15,18 +15,18 @@ only their own clock, which the site's policy may pad (`release.pad_seconds`).
 
 from __future__ import annotations
 
-import hashlib
 from enum import Enum
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from policies.contract import transfer
 from policies.contract.claims import guarantee
 from policies.contract.errors import MedsyftError, format_errors, printable
 
 #: Version of the wire layout; a site and a client agree on it or refuse each other.
-WIRE_VERSION = 2
+WIRE_VERSION = 3
 #: More subjects than any cohort has: a larger count would let one site outweigh the rest.
 MAX_COHORT = 10_000_000
 
@@ -92,7 +92,7 @@ class RoundResult(BaseModel):
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
-    medsyft: Literal[2] = WIRE_VERSION
+    medsyft: Literal[3] = WIRE_VERSION
     ok: Literal[True] = True
     site: str = Field(pattern=r"^[a-z][a-z0-9-]{1,39}$")
     round: int = Field(ge=1)
@@ -101,9 +101,13 @@ class RoundResult(BaseModel):
     n_k: int | None = Field(None, ge=1, le=MAX_COHORT,
                             description="None when the site's policy hides it")
     device: Literal["cpu", "cuda"]
-    weights_sha256: str
+    weights_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     accounting: RoundAccounting
-    params: dict[str, Any] = Field(repr=False)
+    params: dict[str, Any] | None = Field(
+        None, repr=False, description="the released parameters; None when they wait at the "
+                                      "site's weights endpoint (fetched by their digest)")
+    weights_bytes: int | None = Field(None, gt=8, description="size of the released "
+                                                              "safetensors file")
 
     def to_wire(self) -> dict[str, Any]:
         """The plain dict syft carries (numpy arrays stay arrays)."""
@@ -115,7 +119,7 @@ class RoundFailure(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    medsyft: Literal[2] = WIRE_VERSION
+    medsyft: Literal[3] = WIRE_VERSION
     ok: Literal[False] = False
     code: FailureCode
     error: str = Field(max_length=2000)
@@ -140,12 +144,10 @@ class SiteFailed(MedsyftError):
 
 
 def weights_digest(params: dict[str, np.ndarray]) -> str:
-    """SHA-256 over the parameters' names, shapes and float32 bytes, in name order."""
-    h = hashlib.sha256()
-    for name in sorted(params):
-        h.update(name.encode() + b"\0" + str(params[name].shape).encode() + b"\0")
-        h.update(np.ascontiguousarray(params[name]).tobytes())
-    return h.hexdigest()
+    """SHA-256 of the parameters' canonical safetensors bytes (`transfer.encode`): the
+    digest of the very file the side channel moves, the audit records and a researcher
+    can hash."""
+    return transfer.digest(transfer.encode(params))
 
 
 def parse_round(payload: Any, expected: dict[str, np.ndarray], site: str | None = None,
@@ -175,6 +177,26 @@ def parse_round(payload: Any, expected: dict[str, np.ndarray], site: str | None 
             raise SiteFailed(str(payload.get("error", "site reported a failure"))) from None
         raise SiteFailed(failure.error, failure.code)
     params = payload.get("params")
+    if params is not None:
+        check_params(params, expected)
+    elif not isinstance(payload.get("weights_bytes"), int):
+        raise SiteFailed("the answer carries neither parameters nor their size")
+    try:
+        result = RoundResult.model_validate(payload)
+    except ValidationError as exc:
+        raise SiteFailed(f"invalid result: {format_errors(exc)}") from None
+    if result.params is not None and weights_digest(result.params) != result.weights_sha256:
+        raise SiteFailed("returned parameters do not match their digest")
+    if site is not None and result.site != site:
+        raise SiteFailed("the answer names another site")
+    if plan_hash is not None and result.plan_hash != plan_hash:
+        raise SiteFailed("the answer is for another plan")
+    return result
+
+
+def check_params(params: Any, expected: dict[str, np.ndarray]) -> None:
+    """Raise `SiteFailed` unless `params` are finite float32 arrays of exactly the names
+    and shapes of `expected`."""
     if not isinstance(params, dict) or set(params) != set(expected):
         raise SiteFailed("returned parameters do not match the model")
     for name, ref in expected.items():
@@ -185,15 +207,22 @@ def parse_round(payload: Any, expected: dict[str, np.ndarray], site: str | None 
             raise SiteFailed(f"returned parameter {name} is not float32")
         if not np.isfinite(arr).all():
             raise SiteFailed(f"returned parameter {name} is not finite")
+
+
+def attach_released(result: RoundResult, blob: bytes,
+                    expected: dict[str, np.ndarray]) -> RoundResult:
+    """`result` with the parameters fetched from the site's endpoint, checked: the bytes'
+    SHA-256 must be the one the site's answer named, the arrays the model's.
+
+    Raises:
+        SiteFailed: another file than the one released, or one that is not the model's.
+    """
+    if len(blob) != result.weights_bytes or transfer.digest(blob) != result.weights_sha256:
+        raise SiteFailed("the fetched weights are not the ones the site released (digest)")
     try:
-        result = RoundResult.model_validate(payload)
-    except ValidationError as exc:
-        raise SiteFailed(f"invalid result: {format_errors(exc)}") from None
-    if weights_digest(result.params) != result.weights_sha256:
-        raise SiteFailed("returned parameters do not match their digest")
-    if site is not None and result.site != site:
-        raise SiteFailed("the answer names another site")
-    if plan_hash is not None and result.plan_hash != plan_hash:
-        raise SiteFailed("the answer is for another plan")
-    return result
+        params = transfer.decode(blob)
+    except transfer.TransferRefused as exc:
+        raise SiteFailed(f"fetched weights: {exc}") from None
+    check_params(params, expected)
+    return result.model_copy(update={"params": params})
 

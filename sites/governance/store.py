@@ -66,6 +66,8 @@ CREATE TABLE IF NOT EXISTS reviewers (
 CREATE TABLE IF NOT EXISTS count_draws (
     dataset TEXT NOT NULL, cohort_id TEXT NOT NULL, value INTEGER NOT NULL,
     noise REAL NOT NULL, drawn_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS transfer_nonces (
+    nonce TEXT PRIMARY KEY, seen_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS audit (
     seq INTEGER PRIMARY KEY, at REAL NOT NULL, actor TEXT NOT NULL,
     event TEXT NOT NULL, subject TEXT NOT NULL, details TEXT NOT NULL,
@@ -168,6 +170,8 @@ class Governance:
                            "DEFAULT 'replace_one'")
             if "accountant" not in ran:
                 db.execute("ALTER TABLE runs ADD COLUMN accountant TEXT")
+            if "weights_sha256" not in ran:  # releases from before the weights endpoint
+                db.execute("ALTER TABLE runs ADD COLUMN weights_sha256 TEXT")
         finally:
             db.close()
 
@@ -554,8 +558,10 @@ class Governance:
             row = db.execute("SELECT plan_hash, round FROM runs WHERE id = ?",
                              (run_id,)).fetchone()
             db.execute(
-                "UPDATE runs SET status = ?, ended_at = ?, n_k = ?, epsilon = ?, category = ?"
-                " WHERE id = ?", (status, time.time(), n_k, epsilon, category, run_id))
+                "UPDATE runs SET status = ?, ended_at = ?, n_k = ?, epsilon = ?, category = ?,"
+                " weights_sha256 = ? WHERE id = ?",
+                (status, time.time(), n_k, epsilon, category,
+                 weights_sha256 if released else None, run_id))
             self._audit(db, actor, "budget.committed", row["plan_hash"], run=run_id,
                         released=released)
             self._audit(db, actor, f"run.{status}", row["plan_hash"], round=row["round"],
@@ -589,6 +595,29 @@ class Governance:
         return RunRecord(r["id"], r["plan_hash"], r["round"], r["status"], r["noise_multiplier"],
                          r["sample_rate"], r["steps"], r["n_k"], r["epsilon"], r["started_at"],
                          r["ended_at"], r["adjacency"], r["category"])
+
+    def released_weights(self, plan_hash: str, round_no: int) -> tuple[str, str] | None:
+        """(researcher, SHA-256) of the weights the plan's round `round_no` released here,
+        or None if that round released nothing (or has not ended)."""
+        with self._connect(immediate=False) as db:
+            row = db.execute("SELECT researcher, weights_sha256 FROM runs WHERE plan_hash = ?"
+                             " AND round = ? AND status = 'released' AND weights_sha256 IS NOT"
+                             " NULL ORDER BY id DESC LIMIT 1",
+                             (plan_hash, int(round_no))).fetchone()
+        return (row["researcher"], row["weights_sha256"]) if row else None
+
+    def use_nonce(self, nonce: str, window_s: float) -> bool:
+        """Record a signed request's nonce; False if it was seen within `window_s` (a
+        replay). Nonces older than that are forgotten: a request that old is refused as
+        stale before its nonce is looked at."""
+        now = time.time()
+        with self._connect() as db:
+            db.execute("DELETE FROM transfer_nonces WHERE seen_at < ?", (now - window_s,))
+            try:
+                db.execute("INSERT INTO transfer_nonces VALUES (?, ?)", (nonce, now))
+            except sqlite3.IntegrityError:
+                return False
+        return True
 
     def history_through(self, run: RunRecord) -> list[tuple[float, float, int]]:
         """The (σ, q, steps) of every run of `run`'s plan up to and including it, whatever

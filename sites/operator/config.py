@@ -57,6 +57,19 @@ class ConsoleConfig(BaseModel):
         return self.tls_cert is not None
 
 
+class TransferConfig(BaseModel):
+    """The weights endpoint on the site's port (`sites.runtime.weights_api`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    idle_timeout_s: float = Field(30.0, gt=0, le=3600,
+                                  description="an upload that sends nothing this long is cut off")
+    min_rate_mib_s: float = Field(
+        1.0, gt=0, description="an upload must average at least this rate (after the idle "
+                               "allowance), or it is cut off: a slow client cannot hold a "
+                               "connection open for ever")
+
+
 class SiteConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -83,6 +96,7 @@ class SiteConfig(BaseModel):
     training_memory_mib: int = Field(
         32768, ge=2048, description="address-space cap of a training process (CPU runs)")
     console: ConsoleConfig = Field(default_factory=ConsoleConfig)
+    transfer: TransferConfig = Field(default_factory=TransferConfig)
     warm_training_process: bool = Field(
         True, description="keep the next run's training process started and waiting "
                           "(saves its start-up, ~2 s a round; costs ~300 MB of RAM)")

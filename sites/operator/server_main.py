@@ -77,7 +77,9 @@ def app_factory():  # called by uvicorn
     import syft.server.server as syft_server
 
     syft_server.default_root_password = None
-    return app
+    from sites.runtime.weights_api import mount
+
+    return mount(app, site_dir)  # the weights endpoint in front of syft, on its port
 
 
 def main() -> int:
@@ -96,8 +98,9 @@ def main() -> int:
     if aborted:
         logging.getLogger("medsyft.site").warning("%d run(s) left by a crash marked aborted",
                                                   aborted)
-    from sites.runtime import discriminators
+    from sites.runtime import discriminators, uploads
 
+    uploads.sweep(site_dir, at_start=True)  # what a crash left half-written, or unclaimed
     swept = discriminators.sweep(site_dir, Governance(site_dir), at_start=True)
     if swept:
         logging.getLogger("medsyft.site").info(

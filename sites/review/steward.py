@@ -31,7 +31,7 @@ from sites.operator.config import load_site
 from sites.operator.site import Site
 from sites.review import console, notify
 from sites.review import public_endpoint as public_policy
-from sites.runtime import discriminators
+from sites.runtime import discriminators, uploads
 
 log = logging.getLogger("medsyft.steward")
 
@@ -87,6 +87,7 @@ class Steward(threading.Thread):
             log.error("policy file is invalid; requests wait for a valid policy")
             return
         gov = Governance(site_dir)
+        uploads.sweep(site_dir)  # uploads no round claimed within their time
         for plan_hash in discriminators.sweep(site_dir, gov):
             gov.audit("steward", "discriminator.deleted", plan_hash,
                       reason="the plan cannot run another round here")

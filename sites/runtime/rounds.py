@@ -32,19 +32,19 @@ from datasets.cohort import ASSET_FORMAT, Cohort
 from policies.contract import privacy
 from policies.contract.errors import Refused
 from policies.contract.plan import DISCRIMINATOR_PREFIX, TrainingPlan
+from policies.contract.transfer import WeightsRef
 from policies.contract.wire import (
     FailureCode,
     RoundAccounting,
     RoundFailure,
     RoundResult,
-    weights_digest,
 )
 from policies.schema import DatasetPolicy, PolicyError
 from policies.verdict import Facts, review_plan
 from sites.governance.registry import Registry, Researcher
 from sites.governance.store import Approval, Budget, Governance
 from sites.operator.site import Site
-from sites.runtime import discriminators, graphs, holdout, releases
+from sites.runtime import discriminators, graphs, holdout, releases, uploads
 from sites.runtime.accounting import accounting_for
 from sites.runtime.release import refused, release_filter, validate_weights
 from sites.sandbox import confine, launcher, tracing
@@ -209,6 +209,13 @@ def _execute(site_dir: Path, plan_json: str, data: Any, weights: Any) -> dict:
         raise Refused("plan is not approved at this site", code=FailureCode.NOT_APPROVED)
     dataset_policy, accounting = _recheck_policy(site, gov, plan, approval, record, dataset)
 
+    ref = _weights_ref(weights)
+    if ref is not None:  # the weights came over the weights endpoint; syft carried their digest
+        weights = uploads.load(site.folder, plan.plan_hash, ref.sha256)
+        if weights is None:
+            raise Refused("no upload of these weights is waiting at the site (each round "
+                          "uses its upload once): upload them to the weights endpoint again",
+                          code=FailureCode.INVALID)
     start = validate_weights(weights, dataset_policy.training.max_parameters)
     d_offered = {k[len(DISCRIMINATOR_PREFIX):]: start.pop(k) for k in list(start)
                  if k.startswith(DISCRIMINATOR_PREFIX)}
@@ -291,8 +298,7 @@ def _execute(site_dir: Path, plan_json: str, data: Any, weights: Any) -> dict:
             discriminators.save(site.folder, plan.plan_hash,
                                 {k: torch.from_numpy(v) for k, v in d_trained.items()})
         params = release_filter(output, start)
-        digest = weights_digest(params)
-        releases.keep(site.folder, plan.plan_hash, run.round, params)
+        _, digest, size = releases.keep(site.folder, plan.plan_hash, run.round, params)
         gov.finish_run(run.id, released=True, actor=ACTOR, n_k=cohort.n, epsilon=eps,
                        weights_sha256=digest)
         released = True
@@ -306,7 +312,9 @@ def _execute(site_dir: Path, plan_json: str, data: Any, weights: Any) -> dict:
             gov.ledger_through(run, plan.researcher, plan.dataset), ledger_delta)
         return RoundResult(
             site=cfg.name, round=run.round, rounds=plan.rounds, plan_hash=plan.plan_hash,
-            params=params, n_k=dataset_policy.release.count(accounting.n),
+            params=None if ref is not None else params,
+            weights_bytes=size if ref is not None else None,
+            n_k=dataset_policy.release.count(accounting.n),
             device="cuda" if status.device == "cuda" else "cpu", weights_sha256=digest,
             accounting=RoundAccounting(
                 sample_rate=noise.sample_rate, noise_multiplier=sigma,
@@ -328,12 +336,26 @@ def _execute(site_dir: Path, plan_json: str, data: Any, weights: Any) -> dict:
         if not released:
             gov.finish_run(run.id, released=False, actor=ACTOR, category=category,
                            epsilon=eps)
+        if ref is not None:  # the upload has served its round
+            uploads.forget(site.folder, plan.plan_hash, ref.sha256)
         if plan.adversarial is not None and (run.round >= plan.rounds
                                              or gov.approval(plan.plan_hash) is None):
             # the plan has ended here, or was revoked while this round ran (the revocation
             # deletes what is kept, then this round may have saved again)
             discriminators.forget(site.folder, plan.plan_hash)
         _pad(t_start, dataset_policy.release.pad_seconds)
+
+
+def _weights_ref(weights: Any) -> WeightsRef | None:
+    """The `WeightsRef` syft carried instead of the weights, or None for weights sent
+    inline (the syft-only path)."""
+    if not WeightsRef.is_ref(weights):
+        return None
+    try:
+        return WeightsRef.model_validate(weights)
+    except ValidationError:
+        raise Refused("invalid reference to uploaded weights", code=FailureCode.INVALID
+                      ) from None
 
 
 def _discriminator_start(site: Site, plan: TrainingPlan, plan_graph: graphs.PlanGraph,

@@ -1,0 +1,348 @@
+"""The site's weights endpoint: a round's weights stream here beside syft, not through it.
+
+Two routes on the site's own port (in front of syft's app, `sites.operator.server_main`):
+
+* `PUT /medsyft/v1/weights/<plan>/<round>/<sha256>`: the global weights a researcher
+  will train from, as one safetensors file. Stored (`sites.runtime.uploads`) only once
+  its bytes are the signed digest; the layout is checked against the approved plan's
+  graph from the safetensors header, before any tensor byte is written.
+* `GET /medsyft/v1/releases/<plan>/<round>/<sha256>`: the weights a round released
+  (`sites.runtime.releases`), byte for byte, to the researcher whose round it was.
+
+Every request carries an Ed25519 signature by the researcher's syft signing key over
+`policies.contract.transfer.signed_message`; the site checks it with the verify key it
+recorded for the account (`Registry`, never syft's editable profile), refuses a time
+more than `MAX_SKEW_S` away and any nonce it has seen (kept in the governance store, so
+a restart does not reopen a replay). A refusal is JSON `{"error": code, "message": ...}`
+with an HTTP status; every reason is one of the fixed codes below.
+
+Must never serve a file but a released one to its own researcher, never store an
+upload it has not checked, and never read, name or write anything private.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from policies.contract import transfer
+from policies.contract.errors import Refused
+from policies.contract.plan import DISCRIMINATOR_PREFIX, TrainingPlan
+from policies.contract.transfer import TransferRefused
+from policies.schema import PolicyError
+from sites.governance.registry import Registry
+from sites.operator.site import Site
+from sites.runtime import graphs, releases, uploads
+
+log = logging.getLogger("medsyft.transfer")
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict]]
+Send = Callable[[dict], Awaitable[None]]
+
+#: HTTP status of each refusal.
+STATUS = {
+    "unsigned": 401, "bad_signature": 401, "unknown_account": 401, "stale": 401,
+    "replayed": 401, "not_found": 404, "not_yours": 404, "not_approved": 403,
+    "bad_round": 400, "length_required": 411, "too_large": 413, "truncated": 400,
+    "malformed": 400, "wrong_names": 422, "wrong_shape": 422, "wrong_dtype": 422,
+    "digest_mismatch": 400, "timeout": 408, "busy": 503, "method": 405,
+}
+_HEX = r"[0-9a-f]{64}"
+UPLOAD = re.compile(rf"^{re.escape(transfer.PREFIX)}/weights/({_HEX})/([0-9]{{1,6}})/({_HEX})$")
+RELEASE = re.compile(rf"^{re.escape(transfer.PREFIX)}/releases/({_HEX})/([0-9]{{1,6}})/"
+                     rf"({_HEX})$")
+CHUNK = 4 << 20
+
+
+@dataclass(frozen=True)
+class Caller:
+    email: str
+    verify_key: str
+    nonce: str
+
+
+def _layouts(site: Site, plan: TrainingPlan) -> list[dict[str, tuple[int, ...]]]:
+    """The name → shape maps an upload for `plan` may have: its model's parameters, and for
+    a GAN plan also those with the discriminator's initial parameters beside them."""
+    gov = site.governance()
+    try:
+        policy, _ = site.policy()
+    except PolicyError:
+        raise TransferRefused("not_approved", "the site's policy file is invalid") from None
+    rules = policy.for_dataset(plan.dataset)
+    dataset = gov.dataset(plan.dataset)
+    if rules is None or dataset is None or not dataset.get("volume_shape"):
+        raise TransferRefused("not_approved", "the plan's dataset is not published here")
+    shape = graphs.input_shape(plan, [int(s) for s in dataset["volume_shape"].split(",")])
+    try:
+        pg = graphs.plan_graph(gov, site.config, plan, shape, rules.training.max_parameters,
+                               int(dataset.get("mask_classes") or 0))
+    except Refused as exc:
+        raise TransferRefused("not_approved", f"the plan's model: {exc}") from None
+    model = {p.name: tuple(p.shape) for p in pg.graph.params}
+    if pg.discriminator is None:
+        return [model]
+    disc = {DISCRIMINATOR_PREFIX + p.name: tuple(p.shape) for p in pg.discriminator.params}
+    return [model, {**model, **disc}]
+
+
+class WeightsAPI:
+    """The ASGI app of the two routes (any other path is not ours: 404)."""
+
+    def __init__(self, site_dir: Path) -> None:
+        self.site_dir = Path(site_dir)
+        self._layouts: dict[tuple[str, str], list[dict[str, tuple[int, ...]]]] = {}
+
+    def site(self) -> Site:
+        return Site.open(self.site_dir)
+
+    # -- authentication -------------------------------------------------------
+    def authenticate(self, method: str, path: str, digest: str, plan_hash: str,
+                     round_no: int, headers: dict[str, str]) -> Caller:
+        """The registered researcher who signed this request, or `TransferRefused`."""
+        key, at, nonce, sig = (headers.get(h.lower(), "") for h in transfer.HEADERS)
+        if not (key and at and nonce and sig):
+            raise TransferRefused("unsigned", "the request is not signed (X-Medsyft-* headers)")
+        if not (transfer.HEX64.fullmatch(key) and transfer.NONCE.fullmatch(nonce)
+                and re.fullmatch(r"[0-9]{1,12}", at) and re.fullmatch(r"[0-9a-f]{128}", sig)):
+            raise TransferRefused("bad_signature", "malformed signature headers")
+        message = transfer.signed_message(method, path, digest, plan_hash, round_no,
+                                          int(at), nonce)
+        if not transfer.verify_signature(key, sig, message):
+            raise TransferRefused("bad_signature", "the signature does not verify")
+        skew = int(at) - time.time()
+        if abs(skew) > transfer.MAX_SKEW_S:
+            raise TransferRefused("stale", f"the request's time is {skew:+.0f} s from the "
+                                           f"site's clock (at most ±{transfer.MAX_SKEW_S} s)")
+        gov = self.site().governance()
+        record = Registry(gov).by_verify_key(key)
+        if record is None:
+            raise TransferRefused("unknown_account", "no researcher of this site signs with "
+                                                     "this key")
+        if not gov.use_nonce(nonce, 4 * transfer.MAX_SKEW_S):
+            raise TransferRefused("replayed", "this request was seen before (nonce reused)")
+        return Caller(record.email, key, nonce)
+
+    def upload_target(self, caller: Caller, plan_hash: str, round_no: int
+                      ) -> list[dict[str, tuple[int, ...]]]:
+        """What an upload of `caller` for that plan and round may hold, or refused."""
+        site = self.site()
+        gov = site.governance()
+        approval = gov.approval(plan_hash)
+        plan_doc = gov.decided_plan(plan_hash) if approval is not None else None
+        if approval is None or plan_doc is None or approval.researcher != caller.email:
+            raise TransferRefused("not_approved", "no plan of yours with this hash has an "
+                                                  "approval at this site (pending, denied "
+                                                  "or unknown)")
+        try:
+            plan = TrainingPlan.model_validate(plan_doc)
+        except ValidationError:
+            raise TransferRefused("not_approved", "the plan's record is invalid") from None
+        if not 1 <= round_no <= plan.rounds:
+            raise TransferRefused("bad_round", f"round {round_no} is not one of the plan's "
+                                               f"{plan.rounds}")
+        _, policy_hash = site.policy()
+        key = (plan_hash, policy_hash)
+        if key not in self._layouts:
+            self._layouts[key] = _layouts(site, plan)
+        return self._layouts[key]
+
+    def release_file(self, caller: Caller, plan_hash: str, round_no: int, digest: str
+                     ) -> Path:
+        """The released file the caller may fetch, or refused as not found (the same answer
+        for another's plan and for no release: nothing is learnt about other plans)."""
+        site = self.site()
+        released = site.governance().released_weights(plan_hash, round_no)
+        path = releases.path_of(site.folder, plan_hash, round_no)
+        if (released is None or released[0] != caller.email or released[1] != digest
+                or path is None):
+            raise TransferRefused("not_yours", "no released weights of yours at this path")
+        return path
+
+    # -- ASGI -----------------------------------------------------------------
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        path, method = scope["path"], scope["method"]
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1")
+                   for k, v in scope.get("headers", [])}
+        t0 = time.perf_counter()
+        try:
+            if (m := UPLOAD.fullmatch(path)) is not None:
+                if method != "PUT":
+                    raise TransferRefused("method", "use PUT to upload weights")
+                size = await self._upload(m.group(1), int(m.group(2)), m.group(3), path,
+                                          headers, receive)
+                await _json(send, 201, {"sha256": m.group(3), "bytes": size})
+                log.info("upload for plan %s round %s: %d bytes in %.3f s", m.group(1)[:12],
+                         m.group(2), size, time.perf_counter() - t0)
+            elif (m := RELEASE.fullmatch(path)) is not None:
+                if method != "GET":
+                    raise TransferRefused("method", "use GET to fetch released weights")
+                caller = await _thread(self.authenticate, "GET", path, m.group(3), m.group(1),
+                                       int(m.group(2)), headers)
+                file = await _thread(self.release_file, caller, m.group(1), int(m.group(2)),
+                                     m.group(3))
+                size = await _send_file(send, file, m.group(3))
+                log.info("release of plan %s round %s fetched: %d bytes in %.3f s",
+                         m.group(1)[:12], m.group(2), size, time.perf_counter() - t0)
+            else:
+                raise TransferRefused("not_found", "no such medsyft endpoint")
+        except TransferRefused as exc:
+            log.warning("%s %s refused: %s", method, path[:120], exc)
+            await _json(send, STATUS.get(exc.code, 400),
+                        {"error": exc.code, "message": str(exc)})
+        except Exception:
+            log.exception("weights endpoint: internal error on %s", path[:120])
+            await _json(send, 500, {"error": "internal", "message": "internal error at the "
+                                                                     "site; see its log"})
+
+    async def _upload(self, plan_hash: str, round_no: int, digest: str, path: str,
+                      headers: dict[str, str], receive: Receive) -> int:
+        caller = await _thread(self.authenticate, "PUT", path, digest, plan_hash, round_no,
+                               headers)
+        layouts = await _thread(self.upload_target, caller, plan_hash, round_no)
+        length = headers.get("content-length", "")
+        if not length.isdigit():
+            raise TransferRefused("length_required", "an upload states its Content-Length")
+        declared = int(length)
+        largest = max(sum(4 * _numel(s) for s in lay.values()) for lay in layouts)
+        if declared > 8 + transfer.MAX_HEADER_BYTES + largest:
+            raise TransferRefused("too_large", f"{declared} bytes is more than the plan's "
+                                               "weights can be")
+        cfg = self.site().config.transfer
+        deadline = time.monotonic() + cfg.idle_timeout_s + declared / (cfg.min_rate_mib_s
+                                                                       * 2**20)
+        body = _Body(receive, cfg.idle_timeout_s, deadline, declared)
+        head = await body.read_exactly(8)
+        n = transfer.header_length(head)
+        header = await body.read_exactly(n)
+        data = transfer.check_header(header, layouts)
+        if declared != 8 + n + data:
+            raise TransferRefused("too_large" if declared > 8 + n + data else "truncated",
+                                  f"Content-Length {declared} is not the {8 + n + data} bytes "
+                                  "the header describes")
+        upload = uploads.Upload(self.site_dir, plan_hash, digest, caller.nonce)
+        try:
+            upload.write(head + header)
+            async for chunk in body.rest():
+                upload.write(chunk)
+            await _thread(upload.finish)
+        except BaseException:
+            upload.abort()
+            raise
+        return declared
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for s in shape:
+        n *= int(s)
+    return n
+
+
+class _Body:
+    """The request body as it streams, under an idle timeout and an overall deadline."""
+
+    def __init__(self, receive: Receive, idle_s: float, deadline: float, length: int) -> None:
+        self.receive, self.idle_s, self.deadline = receive, idle_s, deadline
+        self.left = length
+        self.buf = b""
+        self.done = False
+
+    async def _next(self) -> bytes:
+        if self.done:
+            return b""
+        wait = min(self.idle_s, self.deadline - time.monotonic())
+        if wait <= 0:
+            raise TransferRefused("timeout", "the upload took longer than the site allows")
+        try:
+            msg = await asyncio.wait_for(self.receive(), wait)
+        except asyncio.TimeoutError:
+            raise TransferRefused("timeout", "the upload stalled; cut off") from None
+        if msg["type"] == "http.disconnect":
+            raise TransferRefused("truncated", "the client went away during the upload")
+        chunk = msg.get("body", b"")
+        self.done = not msg.get("more_body", False)
+        if len(chunk) > self.left:
+            raise TransferRefused("too_large", "the body is longer than its Content-Length")
+        self.left -= len(chunk)
+        if self.done and self.left:
+            raise TransferRefused("truncated", "the body ended before its Content-Length")
+        return chunk
+
+    async def read_exactly(self, n: int) -> bytes:
+        parts = [self.buf]
+        have = len(self.buf)
+        while have < n:
+            chunk = await self._next()
+            if not chunk and self.done:
+                raise TransferRefused("truncated", "the body ended inside the header")
+            parts.append(chunk)
+            have += len(chunk)
+        joined = b"".join(parts)
+        self.buf = joined[n:]
+        return joined[:n]
+
+    async def rest(self):  # noqa: ANN201 - an async iterator of bytes
+        if self.buf:
+            yield self.buf
+            self.buf = b""
+        while not self.done:
+            chunk = await self._next()
+            if chunk:
+                yield chunk
+
+
+async def _thread(fn: Callable[..., Any], *args: Any) -> Any:
+    return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+
+async def _json(send: Send, status: int, doc: dict) -> None:
+    body = json.dumps(doc).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close" if status >= 400 else b"keep-alive")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _send_file(send: Send, path: Path, digest: str) -> int:
+    size = path.stat().st_size
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/octet-stream"),
+                            (b"content-length", str(size).encode()),
+                            (b"x-medsyft-sha256", digest.encode())]})
+    with path.open("rb") as f:
+        while True:
+            chunk = f.read(CHUNK)
+            more = len(chunk) == CHUNK
+            await send({"type": "http.response.body", "body": chunk, "more_body": more})
+            if not more:
+                break
+    return size
+
+
+def mount(app: Any, site_dir: Path) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+    """`app` (syft's) with the weights endpoint in front of it: paths under
+    `transfer.PREFIX` go to the endpoint, everything else to syft."""
+    api = WeightsAPI(site_dir)
+    prefix = transfer.PREFIX + "/"
+
+    async def medsyft_site(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(prefix):
+            await api(scope, receive, send)
+        else:
+            await app(scope, receive, send)
+
+    return medsyft_site
