@@ -69,3 +69,28 @@ def test_a_waiting_process_that_died_is_replaced(procs):
     procs._spare.proc.kill()
     procs._spare.proc.wait()
     assert _run(procs, make_job(make_plan(researcher=RESEARCHER), cohort), cohort).ok
+
+
+def _nice(pid: int) -> set[int]:
+    """The nice value of every thread of `pid` (field 19 of /proc/PID/task/TID/stat)."""
+    out = set()
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
+            out.add(int(f.read().rpartition(b")")[2].split()[16]))
+    return out
+
+
+def test_a_waiting_process_yields_the_cores_and_its_run_gets_them_back(procs, tmp_path):
+    cohort = generate_cohort(16, seed=4, shape=SHAPE)
+    job = make_job(make_plan(researcher=RESEARCHER), cohort)
+    procs.prestart()
+    waiting = procs._spare.proc.pid
+    time.sleep(1.0)  # torch's threads start during the warm-up: they must yield too
+    assert _nice(waiting) == {19}
+    taken = procs._take()
+    try:
+        assert taken.proc.pid == waiting and _nice(waiting) == {0}
+        assert _nice(procs._spare.proc.pid) == {19}  # the next one, started at once
+    finally:
+        procs._discard(taken)
+    assert _run(procs, job, cohort).ok
