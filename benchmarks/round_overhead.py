@@ -1,39 +1,42 @@
-"""Governance overhead of one federated round on real datasites, and weights throughput.
+"""Fixed cost of one federated round on real datasites, side by side with Flower and the
+stdlib HTTP floor, and the weights' throughput.
 
-Starts real syft 0.9.5 datasites on loopback (the product's own `lifecycle.up`),
-each with a researcher account, a small synthetic cohort and the plan approved
-in the console, then runs rounds through the researcher's `Federation` exactly
-as `medsyft researcher run` does. Per round:
+Three systems, alternated configuration by configuration in one run, on the same
+loopback and the same cores:
 
-* round     - wall time of `Federation.run_round` + FedAvg at the researcher;
-* training  - DP-SGD alone at the slowest site (reported by its training child);
-* overhead  - round − training: syft transport and execution (weights out,
-              result back, signing, blob storage) plus the runtime's isolation
-              (policy re-check, child process start, tensors through files);
-* MB/s      - weights moved per site (out and back) over the overhead time.
+* **medsyft**: real syft 0.9.5 datasites (the product's own `lifecycle.up`), each with a
+  researcher account, a small synthetic cohort and the plan approved in the console;
+  rounds through the researcher's `Federation` exactly as `medsyft researcher run` does
+  (the weights over each site's signed endpoint, syft carrying their digests). A round
+  trains (DP-SGD at every site), so its fixed cost is `overhead` = round − training at
+  the slowest site (read from the site's log, as its operator would);
+* **Flower 1.42** (`start_server` / `start_client`, gRPC, FedAvg), in a virtual
+  environment of its own that this benchmark creates (`benchmarks/.flower-venv`: its pins
+  never touch the product's); its clients send the weights straight back, so a round is
+  all overhead;
+* **stdlib HTTP**: each site a `ThreadingHTTPServer` process that keeps a PUT body and
+  GETs it back; the floor of moving the bytes in Python.
 
-Two sweeps, the same light workload at every site (n = 32 subjects on a 16³
-grid, expected batch 8, one local epoch = 4 DP-SGD steps), so the overhead is
-measured against a short training round:
+MB/s per site = the weights moved per site (out and back) over the fixed cost. Sizes of
+about 1, 40 and 200 MB (the example CNN with a wide dense head) at 2 sites, and a tiny
+model at 2 and 8 sites. The first round of each configuration warms caches and is not
+counted; figures are medians over the rounds that follow, each with the 1-minute load
+average when it was measured. Prints a table and writes JSON.
 
-* weights of about 1 and 40 MB (and 200 MB with --full): the example CNN with a
-  wide dense layer added to its head, at 2 sites;
-* 2 and 4 sites (and 8 with --full) with a tiny model (a few thousand weights).
-
-The first round of each configuration warms caches and is not counted; figures
-are medians over the rounds that follow. Prints a table and writes JSON.
-
-    python benchmarks/round_overhead.py            # 1 and 40 MB; 2 and 4 sites
-    python benchmarks/round_overhead.py --full     # 1, 40, 200 MB; 2, 4, 8 sites
+    python benchmarks/round_overhead.py            # 1 and 40 MB; 2 sites
+    python benchmarks/round_overhead.py --full     # 1, 40, 200 MB; 2 and 8 sites
+    python benchmarks/round_overhead.py --systems medsyft,http   # without Flower
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -242,6 +245,74 @@ def measure(fed: Federation, plan: TrainingPlan, rounds: int, log,
     }
 
 
+FLOWER_VENV = Path(__file__).resolve().parent / ".flower-venv"
+FLOWER_PIN = "flwr==1.42.0"
+SYSTEMS = ("medsyft", "flower", "http")
+
+
+def flower_python(log) -> Path:
+    """Flower's interpreter, in a virtual environment of its own (made on first use)."""
+    py = FLOWER_VENV / "bin" / "python"
+    if not py.exists():
+        log(f"creating Flower's virtual environment in {FLOWER_VENV} ({FLOWER_PIN}) ...")
+        subprocess.run([sys.executable, "-m", "venv", str(FLOWER_VENV)], check=True)
+        subprocess.run([str(py), "-m", "pip", "install", "-q", FLOWER_PIN], check=True)
+    return py
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def measure_flower(py: Path, sites: int, mb: float, rounds: int) -> dict:
+    out = subprocess.run([str(py), str(Path(__file__).parent / "_flower_round.py"),
+                          "--sites", str(sites), "--mb", str(mb), "--rounds", str(rounds),
+                          "--port", str(_free_port())], capture_output=True, text=True,
+                         timeout=1800, check=True)
+    doc = json.loads(out.stdout.strip().splitlines()[-1])
+    med = statistics.median(doc["rounds_s"])
+    return {"system": "flower", "version": doc["version"], "sites": sites, "weights_mb": mb,
+            "rounds_s": doc["rounds_s"], "round_s": round(med, 4), "overhead_s": round(med, 4),
+            "per_site_mb_per_s": round(2 * mb / med, 2), "load_1m": os.getloadavg()[0]}
+
+
+def measure_http(sites: int, mb: float, rounds: int) -> dict:
+    from benchmarks._http_floor import http_round
+
+    ports = [_free_port() for _ in range(sites)]
+    procs = [subprocess.Popen([sys.executable, str(Path(__file__).parent / "_http_floor.py"),
+                               str(p)]) for p in ports]
+    try:
+        blob = b"\x01" * int(mb * 2**20)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                http_round(ports, b"x")
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        times = []
+        for _ in range(rounds + 1):
+            t0 = time.perf_counter()
+            http_round(ports, blob)
+            times.append(time.perf_counter() - t0)
+        med = statistics.median(times[1:])
+        return {"system": "http", "sites": sites, "weights_mb": mb,
+                "rounds_s": [round(t, 4) for t in times[1:]], "round_s": round(med, 4),
+                "overhead_s": round(med, 4), "per_site_mb_per_s": round(2 * mb / med, 2),
+                "load_1m": os.getloadavg()[0]}
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--full", action="store_true", help="add 200 MB weights and 8 sites")
@@ -250,13 +321,18 @@ def main(argv: list[str] | None = None) -> int:
                     help="comma-separated weight sizes to measure at 2 sites (overrides the "
                          "default 1,40 and --full's 1,40,200; empty string for none)")
     ap.add_argument("--site-counts", type=int_list,
-                    help="comma-separated site counts for the tiny model (overrides 2,4 and "
-                         "--full's 2,4,8)")
+                    help="comma-separated site counts for the tiny model (overrides 2 and "
+                         "--full's 2,8)")
+    ap.add_argument("--systems", default=",".join(SYSTEMS),
+                    help=f"comma-separated, of {', '.join(SYSTEMS)}")
     ap.add_argument("--out", type=Path,
                     default=Path(__file__).parent / "results" / "round_overhead.json")
     args = ap.parse_args(argv)
+    systems = [x for x in args.systems.split(",") if x]
+    if not set(systems) <= set(SYSTEMS) or "medsyft" not in systems:
+        ap.error(f"--systems: medsyft and any of {', '.join(SYSTEMS[1:])}")
     sizes = [1.0, 40.0, 200.0] if args.full else [1.0, 40.0]
-    counts = [2, 4, 8] if args.full else [2, 4]
+    counts = [2, 8] if args.full else [2]
     if args.weights_mb is not None:
         sizes = args.weights_mb
     if args.site_counts is not None:
@@ -269,8 +345,21 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(msg, flush=True)
 
-    size_rows, count_rows = [], []
+    py = flower_python(log) if "flower" in systems else None
+    rows: list[dict] = []
     sites = None
+
+    def others(n_sites: int, mb: float) -> None:
+        if "flower" in systems:
+            assert py is not None
+            row = measure_flower(py, n_sites, mb, args.rounds)
+            log(f"    flower: {row['round_s']:.3f} s a round (load {row['load_1m']:.2f})")
+            rows.append(row)
+        if "http" in systems:
+            row = measure_http(n_sites, mb, args.rounds)
+            log(f"    stdlib http: {row['round_s']:.3f} s a round (load {row['load_1m']:.2f})")
+            rows.append(row)
+
     try:
         n_sites = max([*counts, 2 if sizes else 1])
         log(f"starting {n_sites} datasites on loopback in {root} ...")
@@ -280,33 +369,35 @@ def main(argv: list[str] | None = None) -> int:
         for mb in sizes:
             plan = plan_for(f"size_{int(mb)}mb", args.rounds + 1, 8, wide_for(mb))
             sites.approve(fed, plan)
-            log(f"  weights {weights_mb(plan):.1f} MB at 2 sites:")
-            size_rows.append(measure(fed, plan, args.rounds, log, sites.dirs))
+            real_mb = weights_mb(plan)
+            log(f"  weights {real_mb:.1f} MB at 2 sites:")
+            row = measure(fed, plan, args.rounds, log, sites.dirs)
+            rows.append({"system": "medsyft", **row, "load_1m": os.getloadavg()[0]})
+            others(2, real_mb)
         if counts:
             tiny = plan_for("tiny", (args.rounds + 1) * len(counts), 4, 0)
             sites.approve(sites.federation(max(counts)), tiny)
         for count in counts:
             log(f"  {count} sites, tiny model ({weights_mb(tiny) * 2**20 / 4:,.0f} weights):")
-            count_rows.append(measure(sites.federation(count), tiny, args.rounds, log,
-                                      sites.dirs))
+            row = measure(sites.federation(count), tiny, args.rounds, log, sites.dirs)
+            rows.append({"system": "medsyft", **row, "load_1m": os.getloadavg()[0]})
+            others(count, weights_mb(tiny))
     finally:
         if sites is not None:
             sites.close()
         shutil.rmtree(root, ignore_errors=True)
 
-    print(f"\n{'configuration':22} {'round s':>8} {'train s':>8} {'overhead s':>11} "
-          f"{'share':>6} {'syft s':>7} {'MB/s/site':>10}")
-    for label, row in ([(f"{r['weights_mb']:.0f} MB, 2 sites", r) for r in size_rows]
-                       + [(f"{r['sites']} sites, tiny", r) for r in count_rows]):
-        print(f"{label:22} {row['round_s']:>8.2f} {row['train_s']:>8.2f} "
-              f"{row['overhead_s']:>11.2f} {row['overhead_fraction']:>6.1%} "
-              f"{row['transport_s']:>7.2f} {row['per_site_mb_per_s']:>10.1f}")
+    print(f"\n{'configuration':20} {'system':8} {'round s':>8} {'fixed s':>8} {'MB/s/site':>10} "
+          f"{'load':>5}")
+    for r in rows:
+        label = f"{r['weights_mb']:.3g} MB, {r['sites']} sites"
+        print(f"{label:20} {r['system']:8} {r['round_s']:>8.3f} {r['overhead_s']:>8.3f} "
+              f"{r['per_site_mb_per_s']:>10.1f} {r['load_1m']:>5.2f}")
     doc = write_result("round_overhead", {
         "workload": {"n": N, "grid": list(GRID), "batch_size": BATCH, "local_epochs": 1,
                      "train_threads": 1},
-        "goals": {"overhead_fraction": 0.05, "mb_per_s": 200},
-        "by_weights": size_rows, "by_sites": count_rows,
-        "seconds": round(time.perf_counter() - t_start, 1)}, args.out)
+        "goals": {"mb_per_s_per_site": 200, "fixed_overhead_s_at_1mb": 0.5},
+        "rows": rows, "seconds": round(time.perf_counter() - t_start, 1)}, args.out)
     print(f"wrote {args.out} ({doc['seconds']:.0f} s)")
     return 0
 

@@ -164,13 +164,25 @@ def run_cmd(plan_file: Path = typer.Argument(...), federation: Path = FedOpt,
 
 def run_with_progress(fed, plan, validation, resume: bool = True, quiet: bool = False,
                       console=None):
-    """Run all rounds with a progress bar and a table per round on `console`."""
+    """Run all rounds with a progress bar (rounds, and the weights moved in this round:
+    MB and MB/s over every site's endpoint) and a table per round on `console`."""
+    import threading
+
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                  TextColumn("{task.completed}/{task.total} rounds"), TimeElapsedColumn(),
+                  TextColumn("{task.completed}/{task.total} rounds"),
+                  TextColumn("{task.fields[wire]}"), TimeElapsedColumn(),
                   console=console or out, transient=True, disable=quiet) as progress:
-        task = progress.add_task(f"training {plan.name}", total=plan.rounds)
+        task = progress.add_task(f"training {plan.name}", total=plan.rounds, wire="")
+        stop = threading.Event()
+
+        def watch_wire() -> None:  # the meter is filled by the round's upload threads
+            while not stop.wait(0.25):
+                meter = fed.meter
+                if meter.total:
+                    progress.update(task, wire=f"{meter.total / 2**20:,.1f} MB moved, "
+                                               f"{meter.mb_per_s:,.0f} MB/s per transfer")
 
         def on_start(done: int, total: int) -> None:
             progress.update(task, completed=done)
@@ -182,5 +194,11 @@ def run_with_progress(fed, plan, validation, resume: bool = True, quiet: bool = 
                 progress.console.print(round_table(rr))
             progress.update(task, completed=rr.round)
 
-        return fed.run(plan, validation=validation, on_round=on_round, on_start=on_start,
-                       resume=resume)
+        watcher = threading.Thread(target=watch_wire, daemon=True, name="medsyft-wire-meter")
+        if not quiet:
+            watcher.start()
+        try:
+            return fed.run(plan, validation=validation, on_round=on_round,
+                           on_start=on_start, resume=resume)
+        finally:
+            stop.set()

@@ -48,6 +48,12 @@ class SiteEntry(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(ge=1, le=65535)
     email: str
+    weights_url: str | None = Field(
+        None, pattern=r"^https://[^\s/]+:[0-9]{1,5}$",
+        description="the site's TLS weights endpoint (https://HOST:PORT), when it has one; "
+                    "by default the weights go to the syft port")
+    ca_file: str | None = Field(None, description="CA bundle (PEM) that signed the endpoint's "
+                                                  "certificate, if not a system one")
 
 
 class FederationConfig(BaseModel):
@@ -348,7 +354,7 @@ class Federation:
                 blob = contract_transfer.encode(sent)
             try:
                 digest = transfer.upload(endpoint, signer, plan.plan_hash, round_no, blob,
-                                         self.meter.track(site))
+                                         self.meter.track(site + "/upload"))
             except transfer.TransferFailed as exc:
                 raise FederationError(f"{site}: weights upload: {exc}", retry=exc.retry
                                       ) from None
@@ -371,7 +377,7 @@ class Federation:
                     released = transfer.download(
                         endpoint, signer, plan.plan_hash, result.round,
                         result.weights_sha256, result.weights_bytes,
-                        self.meter.track(site + "/released"))
+                        self.meter.track(site + "/release"))
                 except transfer.TransferFailed as exc:
                     raise FederationError(f"{site}: fetching the released weights: {exc}",
                                           retry=exc.retry) from None
@@ -382,7 +388,10 @@ class Federation:
 
     def _endpoint(self, site: str) -> transfer.Endpoint:
         entry = self._entry(site)
-        return transfer.Endpoint(entry.host, entry.port)
+        if entry.weights_url is None:
+            return transfer.Endpoint(entry.host, entry.port)
+        host, _, port = entry.weights_url.removeprefix("https://").rpartition(":")
+        return transfer.Endpoint(host.strip("[]"), int(port), tls=True, ca_file=entry.ca_file)
 
     def run_round(self, plan: TrainingPlan, weights: dict[str, np.ndarray],
                   retries: int = 1, round_no: int = 1
@@ -452,7 +461,9 @@ class Federation:
                      else SiteRoundReport(site=s, ok=False, error=errors.get(s))
                      for s in self.site_names]
             rr = RoundReport(round=rnd, sites=sites, auc=auc, loss=loss, metrics=metrics,
-                             seconds=round(time.perf_counter() - t0, 3))
+                             seconds=round(time.perf_counter() - t0, 3),
+                             transfer_mb=round(self.meter.total / 2**20, 3),
+                             transfer_mb_per_s=round(self.meter.mb_per_s, 1))
             report.rounds.append(rr)
             ckpt.save(rnd, weights, report)
             if on_round:

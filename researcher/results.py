@@ -48,6 +48,10 @@ class RoundReport(BaseModel):
     #: the task's metrics on the researcher's validation data (`researcher.evaluate`)
     metrics: dict[str, float] = Field(default_factory=dict)
     seconds: float
+    #: weights moved over the sites' endpoints in this round (uploads and downloads)
+    transfer_mb: float = 0.0
+    #: their mean rate per transfer, MB/s (MB = 2**20 bytes)
+    transfer_mb_per_s: float = 0.0
 
 
 class RunReport(BaseModel):

@@ -215,22 +215,29 @@ def download(endpoint: Endpoint, signer: Signer, plan_hash: str, round_no: int, 
 
 
 class Meter:
-    """Bytes moved and the rate, summed over the sites of a round (thread-safe enough for
-    a progress bar: each site adds its own counter)."""
+    """Bytes moved over the weights endpoints in one round, per transfer (an upload or a
+    download at one site), and the rate while they moved: for progress bars and reports.
+    Each transfer writes only its own entry, so the round's threads need no lock."""
 
     def __init__(self) -> None:
-        self.t0 = time.perf_counter()
-        self.by_site: dict[str, int] = {}
+        self._moves: dict[str, list[float]] = {}  # key -> [start, last, bytes]
 
-    def track(self, site: str, base: int = 0) -> Progress:
+    def track(self, key: str) -> Progress:
+        """The progress callback of one transfer; its clock starts now."""
+        move = self._moves[key] = [time.perf_counter(), time.perf_counter(), 0.0]
+
         def progress(done: int, _total: int) -> None:
-            self.by_site[site] = base + done
+            move[1], move[2] = time.perf_counter(), float(done)
         return progress
 
     @property
     def total(self) -> int:
-        return sum(self.by_site.values())
+        """Bytes moved so far, every transfer of the round together."""
+        return int(sum(m[2] for m in list(self._moves.values())))
 
     @property
     def mb_per_s(self) -> float:
-        return self.total / 2**20 / max(1e-9, time.perf_counter() - self.t0)
+        """Mean rate of a transfer (MB/s, MB = 2**20 bytes) over the time it took."""
+        rates = [m[2] / 2**20 / (m[1] - m[0]) for m in list(self._moves.values())
+                 if m[2] and m[1] > m[0]]
+        return sum(rates) / len(rates) if rates else 0.0

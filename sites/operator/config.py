@@ -58,9 +58,16 @@ class ConsoleConfig(BaseModel):
 
 
 class TransferConfig(BaseModel):
-    """The weights endpoint on the site's port (`sites.runtime.weights_api`)."""
+    """The weights endpoint (`sites.runtime.weights_api`): on the site's syft port, or with
+    a certificate on a TLS port of its own (and then only there)."""
 
     model_config = ConfigDict(extra="forbid")
+
+    tls_cert: str | None = Field(None, description="PEM certificate (path, site-relative): "
+                                                   "serve the endpoint over TLS on `port`")
+    tls_key: str | None = Field(None, description="PEM private key (path, site-relative)")
+    host: str = Field("127.0.0.1", description="address the TLS endpoint binds")
+    port: int | None = Field(None, ge=1, le=65535, description="port of the TLS endpoint")
 
     idle_timeout_s: float = Field(30.0, gt=0, le=3600,
                                   description="an upload that sends nothing this long is cut off")
@@ -68,6 +75,18 @@ class TransferConfig(BaseModel):
         1.0, gt=0, description="an upload must average at least this rate (after the idle "
                                "allowance), or it is cut off: a slow client cannot hold a "
                                "connection open for ever")
+
+    @model_validator(mode="after")
+    def _tls_complete(self) -> TransferConfig:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("transfer: give both tls_cert and tls_key, or neither")
+        if self.tls_cert is not None and self.port is None:
+            raise ValueError("transfer: a TLS endpoint needs its own port (transfer.port)")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
 
 
 class SiteConfig(BaseModel):

@@ -77,8 +77,9 @@ def app_factory():  # called by uvicorn
     import syft.server.server as syft_server
 
     syft_server.default_root_password = None
-    from sites.runtime.weights_api import mount
+    from sites.runtime.weights_api import mount, start_tls
 
+    start_tls(site_dir)  # with a certificate, the weights endpoint on its own TLS port
     return mount(app, site_dir)  # the weights endpoint in front of syft, on its port
 
 

@@ -55,7 +55,7 @@ STATUS = {
     "replayed": 401, "not_found": 404, "not_yours": 404, "not_approved": 403,
     "bad_round": 400, "length_required": 411, "too_large": 413, "truncated": 400,
     "malformed": 400, "wrong_names": 422, "wrong_shape": 422, "wrong_dtype": 422,
-    "digest_mismatch": 400, "timeout": 408, "busy": 503, "method": 405,
+    "digest_mismatch": 400, "timeout": 408, "busy": 503, "method": 405, "use_tls": 421,
 }
 _HEX = r"[0-9a-f]{64}"
 UPLOAD = re.compile(rf"^{re.escape(transfer.PREFIX)}/weights/({_HEX})/([0-9]{{1,6}})/({_HEX})$")
@@ -99,8 +99,11 @@ def _layouts(site: Site, plan: TrainingPlan) -> list[dict[str, tuple[int, ...]]]
 class WeightsAPI:
     """The ASGI app of the two routes (any other path is not ours: 404)."""
 
-    def __init__(self, site_dir: Path) -> None:
+    def __init__(self, site_dir: Path, moved_to: str | None = None) -> None:
+        """`moved_to`: the TLS endpoint's URL, where this one (on the syft port) only says
+        to go there: with a certificate, weights never travel in clear."""
         self.site_dir = Path(site_dir)
+        self.moved_to = moved_to
         self._layouts: dict[tuple[str, str], list[dict[str, tuple[int, ...]]]] = {}
 
     def site(self) -> Site:
@@ -178,6 +181,9 @@ class WeightsAPI:
                    for k, v in scope.get("headers", [])}
         t0 = time.perf_counter()
         try:
+            if self.moved_to is not None:
+                raise TransferRefused("use_tls", f"this site takes weights over TLS only, at "
+                                                 f"{self.moved_to}")
             if (m := UPLOAD.fullmatch(path)) is not None:
                 if method != "PUT":
                     raise TransferRefused("method", "use PUT to upload weights")
@@ -333,10 +339,43 @@ async def _send_file(send: Send, path: Path, digest: str) -> int:
     return size
 
 
+def tls_url(site: Site) -> str | None:
+    """The TLS endpoint's URL when site.yaml gives the endpoint a certificate, else None."""
+    cfg = site.config.transfer
+    if not cfg.tls:
+        return None
+    host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
+    return f"https://{host}:{cfg.port}"
+
+
+def start_tls(site_dir: Path) -> Any:
+    """Serve the endpoint alone on its TLS port, in a thread of its own (when site.yaml
+    gives it a certificate); returns the thread, or None."""
+    import threading
+
+    import uvicorn
+
+    site = Site.open(site_dir)
+    cfg = site.config.transfer
+    if not cfg.tls:
+        return None
+    assert cfg.tls_cert is not None and cfg.tls_key is not None and cfg.port is not None
+    server = uvicorn.Server(uvicorn.Config(
+        WeightsAPI(site.folder), host=cfg.host, port=cfg.port, log_level="warning",
+        access_log=False, server_header=False, proxy_headers=False, forwarded_allow_ips="",
+        lifespan="off", ssl_certfile=str(site.path(cfg.tls_cert)),
+        ssl_keyfile=str(site.path(cfg.tls_key))))
+    thread = threading.Thread(target=server.run, name="medsyft-weights-tls", daemon=True)
+    thread.start()
+    log.info("weights endpoint: %s (TLS)", tls_url(site))
+    return thread
+
+
 def mount(app: Any, site_dir: Path) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
     """`app` (syft's) with the weights endpoint in front of it: paths under
-    `transfer.PREFIX` go to the endpoint, everything else to syft."""
-    api = WeightsAPI(site_dir)
+    `transfer.PREFIX` go to the endpoint, everything else to syft. With a certificate
+    the endpoint is on its TLS port instead, and the path here only says where."""
+    api = WeightsAPI(site_dir, moved_to=tls_url(Site.open(site_dir)))
     prefix = transfer.PREFIX + "/"
 
     async def medsyft_site(scope: Scope, receive: Receive, send: Send) -> None:

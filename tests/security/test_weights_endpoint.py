@@ -125,6 +125,7 @@ def test_a_streamed_round_and_a_syft_round_release_the_same_exact_weights(env):
     audit = [e for e in Governance(env["dir"]).audit_entries() if e["event"] == "run.released"]
     assert audit[-1]["details"]["weights_sha256"] == streamed.weights_sha256
     assert _stored(env) == []  # the upload served its round and is gone
+    assert fed.meter.total == 2 * streamed.weights_bytes  # out and back, as the bar shows
     old = Federation(fed.config, transport="syft")
     old._clients = fed._clients
     inline = old.run_site_round("juliet", plan, start, round_no=2)
@@ -312,3 +313,60 @@ def test_a_forged_reference_cannot_point_a_round_at_an_upload_that_is_not_there(
         payload = fn(data=fed._asset("juliet", plan.dataset), weights=ref).get()
     assert payload["ok"] is False and "upload" in payload["error"]
     assert Governance(env["dir"]).runs(plan.plan_hash) == before  # nothing ran, no charge
+
+
+def _self_signed(folder) -> tuple:  # noqa: ANN001
+    """A certificate for 127.0.0.1 and its key, as a hospital's own CA would issue one."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "juliet.test")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = folder / "tls-cert.pem", folder / "tls-key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    key_file.chmod(0o600)
+    return cert_file, key_file
+
+
+def test_with_a_certificate_the_weights_travel_over_tls_and_never_in_clear(env):
+    fed, plan, d = env["fed"], env["plan"], env["dir"]
+    cert, key = _self_signed(d)
+    tls_port = lifecycle.free_port()
+    lifecycle.down(d)
+    _, cfg = load_site(d)
+    save_site(d, cfg.model_copy(update={"transfer": cfg.transfer.model_copy(update={
+        "tls_cert": cert.name, "tls_key": key.name, "port": tls_port})}))
+    lifecycle.up(d)
+    start = _weights(plan, 7)
+    # the syft port no longer takes weights: a client that sends them there is told where
+    status, doc = _put(env, transfer.encode(start))
+    assert (status, doc["error"]) == (421, "use_tls") and str(tls_port) in doc["message"]
+    entry = fed.config.sites[0].model_copy(update={
+        "weights_url": f"https://127.0.0.1:{tls_port}", "ca_file": str(cert)})
+    tls = Federation(fed.config.model_copy(update={"sites": [entry]}))
+    tls.connect()
+    result = tls.run_site_round("juliet", plan, start, round_no=5)
+    for k in start:
+        assert result.params[k].tobytes() == start[k].tobytes()
+    # a client that does not trust the certificate does not talk to it
+    untrusted = client_transfer.Endpoint("127.0.0.1", tls_port, tls=True)
+    with pytest.raises(client_transfer.TransferFailed):
+        client_transfer.upload(untrusted, env["ada"], plan.plan_hash, 6,
+                               transfer.encode(start))
