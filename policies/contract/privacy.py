@@ -171,9 +171,24 @@ def epsilon_spent(history: list[Entry] | tuple[Entry, ...], delta: float,
     """
     if accountant not in ACCOUNTANTS_FOR.get(adjacency, ()):
         raise ValueError(f"accountant {accountant!r} cannot state ε under {adjacency!r}")
-    history = [(float(s), float(q), int(k)) for s, q, k in history if k > 0 and q > 0]
-    if not history:
+    entries = [(float(s), float(q), int(k)) for s, q, k in history if k > 0 and q > 0]
+    if not entries:
         return 0.0
+    if accountant != "prv":
+        # the same mechanism k₁ then k₂ times is that mechanism k₁ + k₂ times: RDP adds
+        # linearly, and PLD composes one self-composition instead of one per round
+        steps: dict[tuple[float, float], int] = {}
+        for s, q, k in entries:
+            steps[(s, q)] = steps.get((s, q), 0) + k
+        entries = [(s, q, k) for (s, q), k in sorted(steps.items())]
+    return _epsilon_of(tuple(entries), float(delta), accountant, adjacency)
+
+
+@functools.lru_cache(maxsize=1024)
+def _epsilon_of(history: tuple[Entry, ...], delta: float, accountant: str,
+                adjacency: str) -> float:
+    """`epsilon_spent` of a normalised history (cached: a round asks for the same ledger's
+    ε up to three times: the budget check, the plan's ε and the ledger's)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if accountant == "rdp":
@@ -182,7 +197,7 @@ def epsilon_spent(history: list[Entry] | tuple[Entry, ...], delta: float,
                 orders=RDPAccountant.DEFAULT_ALPHAS, rdp=rdp, delta=delta)[0])
         elif accountant == "prv":
             acc = create_accountant(mechanism="prv")
-            acc.history = history
+            acc.history = list(history)
             eps = float(acc.get_epsilon(delta=delta))
         else:
             composed = functools.reduce(lambda a, b: a.compose(b),

@@ -128,3 +128,17 @@ def test_mixed_history_matches_opacus_accountant_object_with_the_cache_warm():
             acc.get_epsilon(delta=1e-5), rel=1e-12)
     assert privacy.epsilon_spent(history[:2], 1e-6) == pytest.approx(
         reference_epsilon(history[:2], 1e-6), rel=1e-12)
+
+
+@pytest.mark.parametrize("adjacency", ["add_remove", "replace_one"])
+def test_rounds_of_the_same_mechanism_compose_as_one_longer_run_and_match_the_references(
+        adjacency):
+    rounds = [(1.1, 0.05, 20)] * 5 + [(0.9, 0.1, 7)]
+    merged = [(1.1, 0.05, 100), (0.9, 0.1, 7)]
+    eps = privacy.epsilon_spent(rounds, 1e-5, "pld", adjacency)
+    assert eps == privacy.epsilon_spent(merged, 1e-5, "pld", adjacency)
+    assert eps >= pld_epsilon(rounds, 1e-5, adjacency) - 1e-6  # never below the reference
+    assert eps == pytest.approx(pld_epsilon(rounds, 1e-5, adjacency), rel=0.02)
+    if adjacency == "add_remove":
+        rdp = privacy.epsilon_spent(rounds, 1e-5, "rdp", adjacency)
+        assert rdp == pytest.approx(reference_epsilon(rounds, 1e-5), rel=1e-12)
