@@ -315,7 +315,7 @@ class Federation:
     def run_site_round(self, site: str, plan: TrainingPlan,
                        weights: dict[str, np.ndarray],
                        extra: dict[str, np.ndarray] | None = None, round_no: int = 1,
-                       blob: bytes | None = None) -> RoundResult:
+                       blob: bytes | None = None, digest: str | None = None) -> RoundResult:
         """One round of `plan` at one site from `weights`: no retry, no quorum.
 
         `extra` goes to the site beside the weights and is never part of the result: by
@@ -354,7 +354,7 @@ class Federation:
                 blob = contract_transfer.encode(sent)
             try:
                 digest = transfer.upload(endpoint, signer, plan.plan_hash, round_no, blob,
-                                         self.meter.track(site + "/upload"))
+                                         self.meter.track(site + "/upload"), digest)
             except transfer.TransferFailed as exc:
                 raise FederationError(f"{site}: weights upload: {exc}", retry=exc.retry
                                       ) from None
@@ -403,13 +403,14 @@ class Federation:
         pending = list(self.site_names)
         blob = (contract_transfer.encode({**weights, **initial_discriminator(plan)})
                 if self.transport == "stream" else None)
+        digest = contract_transfer.digest(blob) if blob is not None else None
         self.meter = transfer.Meter()
         for _attempt in range(retries + 1):
             if not pending:
                 break
             with ThreadPoolExecutor(max_workers=len(pending)) as pool:
                 futures = {s: pool.submit(self.run_site_round, s, plan, weights, None,
-                                          round_no, blob) for s in pending}
+                                          round_no, blob, digest) for s in pending}
             pending = []
             for site, fut in futures.items():
                 try:

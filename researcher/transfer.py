@@ -15,7 +15,6 @@ raises `TransferFailed` (with the site's reason code when it gave one).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import select
 import socket
@@ -124,14 +123,15 @@ def _refusal(status: int, body: bytes | None) -> TransferFailed:
 
 
 def upload(endpoint: Endpoint, signer: Signer, plan_hash: str, round_no: int, blob: bytes,
-           progress: Progress | None = None) -> str:
-    """Send a round's global weights (safetensors bytes) to a site; returns their digest.
+           progress: Progress | None = None, digest: str | None = None) -> str:
+    """Send a round's global weights (safetensors bytes) to a site; returns their digest
+    (`digest`, when the caller hashed them already for several sites; the site checks it).
 
     Raises:
         TransferFailed: the site refused the upload (its reason code in `code`) or the
             connection failed.
     """
-    digest = transfer.digest(blob)
+    digest = digest or transfer.digest(blob)
     path = transfer.upload_path(plan_hash, round_no, digest)
     headers = {**signer.headers("PUT", path, digest, plan_hash, round_no),
                "Content-Type": "application/octet-stream",
@@ -172,11 +172,13 @@ def upload(endpoint: Endpoint, signer: Signer, plan_hash: str, round_no: int, bl
 
 
 def download(endpoint: Endpoint, signer: Signer, plan_hash: str, round_no: int, digest: str,
-             size: int, progress: Progress | None = None) -> bytes:
-    """The weights a site released in that round, verified against `digest` and `size`.
+             size: int, progress: Progress | None = None) -> bytearray:
+    """The bytes of the weights a site released in that round: exactly `size` of them,
+    from the path that names `digest`. Their SHA-256 is checked once, by the caller that
+    decodes them (`policies.contract.wire.attach_released`).
 
     Raises:
-        TransferFailed: refused, cut short, or not the bytes the site's result named.
+        TransferFailed: refused, or cut short.
     """
     path = transfer.release_path(plan_hash, round_no, digest)
     headers = signer.headers("GET", path, digest, plan_hash, round_no)
@@ -197,21 +199,16 @@ def download(endpoint: Endpoint, signer: Signer, plan_hash: str, round_no: int, 
             out = bytearray(size)
             view = memoryview(out)
             got = 0
-            sha = hashlib.sha256()
             while got < size:
                 n = reader.readinto(view[got:got + CHUNK])
                 if not n:
                     raise TransferFailed(f"download cut short at {got} of {size} bytes")
-                sha.update(view[got:got + n])
                 got += n
                 if progress:
                     progress(got, size)
         except OSError as exc:
             raise TransferFailed(f"download failed: {exc}") from None
-    if sha.hexdigest() != digest:
-        raise TransferFailed("the downloaded weights are not the ones the site released",
-                             code="digest_mismatch", retry=False)
-    return bytes(out)
+    return out
 
 
 class Meter:

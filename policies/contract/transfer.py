@@ -136,7 +136,8 @@ def decode(blob: bytes | bytearray | memoryview) -> dict[str, np.ndarray]:
     from safetensors.numpy import load
 
     try:
-        return {k: np.array(v) for k, v in load(bytes(blob)).items()}
+        return {k: np.array(v) for k, v in load(blob if isinstance(blob, bytes)
+                                                else bytes(blob)).items()}
     except Exception as exc:  # safetensors raises its own SafetensorError
         raise TransferRefused("malformed", f"not a valid safetensors file: {exc}") from None
 

@@ -209,7 +209,7 @@ def check_params(params: Any, expected: dict[str, np.ndarray]) -> None:
             raise SiteFailed(f"returned parameter {name} is not finite")
 
 
-def attach_released(result: RoundResult, blob: bytes,
+def attach_released(result: RoundResult, blob: bytes | bytearray,
                     expected: dict[str, np.ndarray]) -> RoundResult:
     """`result` with the parameters fetched from the site's endpoint, checked: the bytes'
     SHA-256 must be the one the site's answer named, the arrays the model's.
