@@ -23,7 +23,7 @@ demo: $(STAMP)
 # Two workers, one test file each at a time: the real-site suites run side by side.
 # -rs prints why a test was skipped (the browser tests skip where Chromium is missing).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -rs -n 2 --dist loadfile
+	$(BIN)/python -m pytest -q -rs -n 2 --dist loadfile --durations=15
 
 # Benchmarks at a size that finishes in a few minutes here; BENCH_ARGS=--full for the big sizes.
 bench: $(STAMP)

@@ -2,8 +2,9 @@
 
 `Federation` logs into every site (passwords from the keyring), lists datasets
 and their mocks, submits a plan as the fixed syft template, reports request
-status, and runs all rounds: global weights out to every site concurrently,
-parameters + n_k + ε back, FedAvg, evaluation on the researcher's own
+status, and runs all rounds: global weights out to every site concurrently (streamed
+to each site's weights endpoint, `researcher.transfer`, with syft carrying only their
+digest), parameters + n_k + ε back, FedAvg, evaluation on the researcher's own
 validation data, a checkpoint per round, resume after a restart. A site that
 fails a round is retried once; the round goes on without it while the quorum
 holds, else the run stops with a clear error.

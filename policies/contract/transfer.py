@@ -166,13 +166,21 @@ def check_header(header: bytes, layouts: list[dict[str, tuple[int, ...]]]) -> in
         TransferRefused: `malformed` (not JSON, not safetensors), `wrong_names`,
             `wrong_shape`, `wrong_dtype`, or `malformed` offsets (gaps, overlaps).
     """
+    def unique(pairs: list[tuple[str, object]]) -> dict:
+        keys = [k for k, _ in pairs]
+        if len(set(keys)) != len(keys):  # parsers disagree on which one wins
+            raise ValueError("duplicate key")
+        return dict(pairs)
+
     try:
-        doc = json.loads(header.decode("utf-8"))
+        doc = json.loads(header.decode("utf-8"), object_pairs_hook=unique)
     except (UnicodeDecodeError, ValueError, RecursionError):
-        raise TransferRefused("malformed", "the safetensors header is not JSON") from None
+        raise TransferRefused("malformed", "the safetensors header is not JSON (or repeats "
+                                           "a key)") from None
     if not isinstance(doc, dict):
         raise TransferRefused("malformed", "the safetensors header is not a JSON object")
-    doc.pop("__metadata__", None)
+    if "__metadata__" in doc:  # nothing of the researcher's rides along with the weights
+        raise TransferRefused("malformed", "the safetensors header carries __metadata__")
     names = set(doc)
     layout = next((lay for lay in layouts if set(lay) == names), None)
     if layout is None:
@@ -190,13 +198,16 @@ def check_header(header: bytes, layouts: list[dict[str, tuple[int, ...]]]) -> in
             raise TransferRefused("wrong_dtype", f"tensor {name[:80]} is {str(entry['dtype'])[:8]}"
                                                  f", not {DTYPE}")
         shape = entry["shape"]
-        if not isinstance(shape, list) or tuple(shape) != tuple(layout[name]):
+        if not (isinstance(shape, list)
+                and all(type(d) is int for d in shape)):  # not 2.0, not True
+            raise TransferRefused("malformed", f"tensor {name[:80]}: its shape is not a list "
+                                               "of integers")
+        if tuple(shape) != tuple(layout[name]):
             raise TransferRefused("wrong_shape", f"tensor {name[:80]} has shape "
                                                  f"{str(shape)[:60]}, the plan's is "
                                                  f"{list(layout[name])}")
         off = entry["data_offsets"]
-        if not (isinstance(off, list) and len(off) == 2
-                and all(isinstance(o, int) and not isinstance(o, bool) for o in off)):
+        if not (isinstance(off, list) and len(off) == 2 and all(type(o) is int for o in off)):
             raise TransferRefused("malformed", f"tensor {name[:80]}: bad data offsets")
         size = 4 * int(np.prod(layout[name], dtype=np.int64))
         if off[1] - off[0] != size:

@@ -3,11 +3,15 @@
 Runs inside the syft server process, so it never executes researcher code
 itself: it checks the plan's approval and round budget in the governance DB,
 recognises syft's second call on the mock (returns at once, no training, no
-budget), takes the plan's validated training graph (`sites.runtime.graphs`: traced
-once in the sealed tracer, checked again here), hands the graph, the start weights
-and the private tensors to a sealed training process as in-memory files, filters
+budget), takes the start weights (from the upload a `WeightsRef` names,
+`sites.runtime.uploads`, or inline from syft), takes the plan's validated training
+graph (`sites.runtime.graphs`: traced once in the sealed tracer, checked again here),
+hands the graph, the start weights and the private tensors to a sealed training
+process as in-memory files, filters
 what comes back (the graph's parameter names, shapes and dtypes, finite values;
-nothing else) and returns parameters, n_k and the privacy accounting.
+nothing else), keeps the release (`sites.runtime.releases`, served by the weights
+endpoint) and returns its digest (or, inline, the parameters), n_k and the privacy
+accounting.
 
 What it returns is all a researcher ever sees of a run: failures become one
 short category from `sites.sandbox.job.CATEGORIES`; tracebacks and anything the
@@ -211,11 +215,11 @@ def _execute(site_dir: Path, plan_json: str, data: Any, weights: Any) -> dict:
 
     ref = _weights_ref(weights)
     if ref is not None:  # the weights came over the weights endpoint; syft carried their digest
-        weights = uploads.load(site.folder, plan.plan_hash, ref.sha256)
+        weights = uploads.load(site.folder, plan.plan_hash, ref.sha256, ref.round, ref.size)
         if weights is None:
-            raise Refused("no upload of these weights is waiting at the site (each round "
-                          "uses its upload once): upload them to the weights endpoint again",
-                          code=FailureCode.INVALID)
+            raise Refused(f"no upload of these weights for round {ref.round} is waiting at "
+                          "the site (each round uses its upload once): upload them to the "
+                          "weights endpoint again", code=FailureCode.INVALID)
     start = validate_weights(weights, dataset_policy.training.max_parameters)
     d_offered = {k[len(DISCRIMINATOR_PREFIX):]: start.pop(k) for k in list(start)
                  if k.startswith(DISCRIMINATOR_PREFIX)}
@@ -337,7 +341,7 @@ def _execute(site_dir: Path, plan_json: str, data: Any, weights: Any) -> dict:
             gov.finish_run(run.id, released=False, actor=ACTOR, category=category,
                            epsilon=eps)
         if ref is not None:  # the upload has served its round
-            uploads.forget(site.folder, plan.plan_hash, ref.sha256)
+            uploads.forget(site.folder, plan.plan_hash, ref.sha256, ref.round)
         if plan.adversarial is not None and (run.round >= plan.rounds
                                              or gov.approval(plan.plan_hash) is None):
             # the plan has ended here, or was revoked while this round ran (the revocation

@@ -2,7 +2,7 @@
 
 The weights endpoint (`sites.runtime.weights_api`) writes each upload here while it
 streams (`transfers/<plan hash>/<digest>.<nonce>.part`, mode 0600) and renames it to
-`<digest>.safetensors` only once every byte arrived and their SHA-256 is the digest the
+`<digest>-r<round>.safetensors` only once every byte arrived and their SHA-256 is the digest the
 researcher signed; the round that names that digest (`WeightsRef`) reads it and deletes
 it when it ends. A plan keeps at most `PER_PLAN` uploads (the oldest go first); what no
 round claimed is deleted after `MAX_AGE_S`, and half-written files at the site's start.
@@ -39,17 +39,20 @@ def _plan_dir(site_folder: Path, plan_hash: str) -> Path:
     return Path(site_folder) / FOLDER / plan_hash
 
 
-def path_of(site_folder: Path, plan_hash: str, digest: str) -> Path:
+def path_of(site_folder: Path, plan_hash: str, digest: str, round_no: int) -> Path:
+    """Where the upload signed for (plan, round, digest) is kept: a round's `WeightsRef`
+    finds only the upload signed for that very round."""
     if not transfer.HEX64.fullmatch(digest):
         raise ValueError("not a digest")
-    return _plan_dir(site_folder, plan_hash) / f"{digest}.safetensors"
+    return _plan_dir(site_folder, plan_hash) / f"{digest}-r{int(round_no)}.safetensors"
 
 
 class Upload:
     """One upload being written: `write` each chunk, then `finish` or `abort`."""
 
-    def __init__(self, site_folder: Path, plan_hash: str, digest: str, nonce: str) -> None:
-        self.final = path_of(site_folder, plan_hash, digest)
+    def __init__(self, site_folder: Path, plan_hash: str, digest: str, round_no: int,
+                 nonce: str) -> None:
+        self.final = path_of(site_folder, plan_hash, digest, round_no)
         self.final.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         if not transfer.NONCE.fullmatch(nonce):
             raise ValueError("not a nonce")
@@ -67,13 +70,23 @@ class Upload:
         self.size += len(chunk)
 
     def finish(self) -> Path:
-        """Keep the upload if its bytes are the digest; else delete it and refuse."""
+        """Keep the upload if its bytes are the digest and safetensors' own parser reads
+        them (the endpoint's header check is not the only judge); else delete it, refuse."""
         os.close(self._fd)
         self._fd = -1
         if self._hash.hexdigest() != self.digest:
             self.part.unlink(missing_ok=True)
             raise transfer.TransferRefused("digest_mismatch",
                                            "the bytes received are not the signed digest")
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(self.part), framework="numpy") as f:
+                f.keys()
+        except Exception:  # noqa: BLE001 - safetensors' own error type
+            self.part.unlink(missing_ok=True)
+            raise transfer.TransferRefused("malformed", "not a valid safetensors file"
+                                           ) from None
         os.replace(self.part, self.final)
         _trim(self.final.parent)
         return self.final
@@ -91,24 +104,33 @@ def _trim(folder: Path) -> None:
         old.unlink(missing_ok=True)
 
 
-def load(site_folder: Path, plan_hash: str, digest: str) -> dict[str, np.ndarray] | None:
-    """The arrays of the plan's upload with this digest, checked again against it (a file
-    changed on disk is refused), or None if there is none."""
-    path = path_of(site_folder, plan_hash, digest)
+def load(site_folder: Path, plan_hash: str, digest: str, round_no: int, size: int
+         ) -> dict[str, np.ndarray] | None:
+    """The arrays of the plan's upload signed for this round with this digest and size,
+    checked again against the digest (a file changed on disk is refused), or None if there
+    is none."""
+    path = path_of(site_folder, plan_hash, digest, round_no)
     try:
         blob = path.read_bytes()
     except FileNotFoundError:
+        return None
+    if len(blob) != size:
         return None
     if transfer.digest(blob) != digest:
         log.error("upload %s of plan %s does not match its digest: deleted", digest[:12],
                   plan_hash[:12])
         path.unlink(missing_ok=True)
         return None
-    return transfer.decode(blob)
+    try:
+        return transfer.decode(blob)
+    except transfer.TransferRefused:
+        log.error("upload %s of plan %s does not decode: deleted", digest[:12], plan_hash[:12])
+        path.unlink(missing_ok=True)
+        return None
 
 
-def forget(site_folder: Path, plan_hash: str, digest: str) -> None:
-    path_of(site_folder, plan_hash, digest).unlink(missing_ok=True)
+def forget(site_folder: Path, plan_hash: str, digest: str, round_no: int) -> None:
+    path_of(site_folder, plan_hash, digest, round_no).unlink(missing_ok=True)
 
 
 def sweep(site_folder: Path, at_start: bool = False, now: float | None = None) -> int:

@@ -23,11 +23,12 @@ upload it has not checked, and never read, name or write anything private.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,8 @@ UPLOAD = re.compile(rf"^{re.escape(transfer.PREFIX)}/weights/({_HEX})/([0-9]{{1,
 RELEASE = re.compile(rf"^{re.escape(transfer.PREFIX)}/releases/({_HEX})/([0-9]{{1,6}})/"
                      rf"({_HEX})$")
 CHUNK = 4 << 20
+#: Transfers one researcher may have in progress at once at a site.
+MAX_ACTIVE = 4
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,22 @@ class WeightsAPI:
         self.site_dir = Path(site_dir)
         self.moved_to = moved_to
         self._layouts: dict[tuple[str, str], list[dict[str, tuple[int, ...]]]] = {}
+        self._active: dict[str, int] = {}  # transfers in progress per researcher
+
+    @contextlib.contextmanager
+    def _slot(self, caller: Caller) -> Iterator[None]:
+        """One of the researcher's `MAX_ACTIVE` transfers at a time, or refused as busy:
+        connections held open (a stalled upload, a download never read) cannot pile up."""
+        if self._active.get(caller.email, 0) >= MAX_ACTIVE:
+            raise TransferRefused("busy", f"{MAX_ACTIVE} transfers of yours are in progress "
+                                          "here; try again when one ends", retry=True)
+        self._active[caller.email] = self._active.get(caller.email, 0) + 1
+        try:
+            yield
+        finally:
+            self._active[caller.email] -= 1
+            if not self._active[caller.email]:
+                del self._active[caller.email]
 
     def site(self) -> Site:
         return Site.open(self.site_dir)
@@ -182,6 +201,7 @@ class WeightsAPI:
         t0 = time.perf_counter()
         try:
             if self.moved_to is not None:
+                await self._spend(method, path, headers)
                 raise TransferRefused("use_tls", f"this site takes weights over TLS only, at "
                                                  f"{self.moved_to}")
             if (m := UPLOAD.fullmatch(path)) is not None:
@@ -197,26 +217,50 @@ class WeightsAPI:
                     raise TransferRefused("method", "use GET to fetch released weights")
                 caller = await _thread(self.authenticate, "GET", path, m.group(3), m.group(1),
                                        int(m.group(2)), headers)
-                file = await _thread(self.release_file, caller, m.group(1), int(m.group(2)),
-                                     m.group(3))
-                size = await _send_file(send, file, m.group(3))
+                with self._slot(caller):
+                    file = await _thread(self.release_file, caller, m.group(1),
+                                         int(m.group(2)), m.group(3))
+                    size = await _send_file(send, file, m.group(3),
+                                            self.site().config.transfer.idle_timeout_s)
                 log.info("release of plan %s round %s fetched: %d bytes in %.3f s",
                          m.group(1)[:12], m.group(2), size, time.perf_counter() - t0)
             else:
                 raise TransferRefused("not_found", "no such medsyft endpoint")
         except TransferRefused as exc:
-            log.warning("%s %s refused: %s", method, path[:120], exc)
+            # the path and the message quote what the client sent: escaped, one log line
+            log.warning("%s %s refused: %s", _escaped(method), _escaped(path), _escaped(exc))
             await _json(send, STATUS.get(exc.code, 400),
                         {"error": exc.code, "message": str(exc)})
+        except _Stalled:
+            log.warning("GET %s: the client stopped reading; cut off", _escaped(path))
+            raise  # the response has begun: only dropping the connection can end it
         except Exception:
-            log.exception("weights endpoint: internal error on %s", path[:120])
+            log.exception("weights endpoint: internal error on %s", _escaped(path))
             await _json(send, 500, {"error": "internal", "message": "internal error at the "
                                                                      "site; see its log"})
+
+    async def _spend(self, method: str, path: str, headers: dict[str, str]) -> None:
+        """A signed request sent in clear to a site that takes weights over TLS only: its
+        nonce is used up here, so that whoever saw it on the wire cannot replay it to the
+        TLS port (red team, issue 18)."""
+        m = UPLOAD.fullmatch(path) or RELEASE.fullmatch(path)
+        if m is None:
+            return
+        try:
+            await _thread(self.authenticate, method, path, m.group(3), m.group(1),
+                          int(m.group(2)), headers)
+        except TransferRefused:
+            pass
 
     async def _upload(self, plan_hash: str, round_no: int, digest: str, path: str,
                       headers: dict[str, str], receive: Receive) -> int:
         caller = await _thread(self.authenticate, "PUT", path, digest, plan_hash, round_no,
                                headers)
+        with self._slot(caller):
+            return await self._receive(caller, plan_hash, round_no, digest, headers, receive)
+
+    async def _receive(self, caller: Caller, plan_hash: str, round_no: int, digest: str,
+                       headers: dict[str, str], receive: Receive) -> int:
         layouts = await _thread(self.upload_target, caller, plan_hash, round_no)
         length = headers.get("content-length", "")
         if not length.isdigit():
@@ -238,7 +282,7 @@ class WeightsAPI:
             raise TransferRefused("too_large" if declared > 8 + n + data else "truncated",
                                   f"Content-Length {declared} is not the {8 + n + data} bytes "
                                   "the header describes")
-        upload = uploads.Upload(self.site_dir, plan_hash, digest, caller.nonce)
+        upload = uploads.Upload(self.site_dir, plan_hash, digest, round_no, caller.nonce)
         try:
             upload.write(head + header)
             async for chunk in body.rest():
@@ -248,6 +292,12 @@ class WeightsAPI:
             upload.abort()
             raise
         return declared
+
+
+def _escaped(value: object, limit: int = 200) -> str:
+    """`value` as one printable line for the site log (a newline in a path cannot forge a
+    log entry)."""
+    return str(value)[:limit].encode("unicode_escape").decode("ascii")
 
 
 def _numel(shape: tuple[int, ...]) -> int:
@@ -323,7 +373,9 @@ async def _json(send: Send, status: int, doc: dict) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-async def _send_file(send: Send, path: Path, digest: str) -> int:
+async def _send_file(send: Send, path: Path, digest: str, idle_s: float) -> int:
+    """Stream the file; a client that takes nothing for `idle_s` is cut off (raising after
+    the response began makes the server close the connection)."""
     size = path.stat().st_size
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-type", b"application/octet-stream"),
@@ -333,10 +385,18 @@ async def _send_file(send: Send, path: Path, digest: str) -> int:
         while True:
             chunk = f.read(CHUNK)
             more = len(chunk) == CHUNK
-            await send({"type": "http.response.body", "body": chunk, "more_body": more})
+            try:
+                await asyncio.wait_for(send({"type": "http.response.body", "body": chunk,
+                                             "more_body": more}), idle_s)
+            except asyncio.TimeoutError:
+                raise _Stalled() from None
             if not more:
                 break
     return size
+
+
+class _Stalled(Exception):
+    """A download's client stopped reading: the connection is dropped."""
 
 
 def tls_url(site: Site) -> str | None:

@@ -230,6 +230,25 @@ def test_bodies_that_are_not_the_plans_weights_are_refused_and_not_stored(env):
     header[second]["data_offsets"] = [0, header[second]["data_offsets"][1]
                                       - header[second]["data_offsets"][0]]
     assert _put(env, _header(header) + blob[8 + n:])[1]["error"] == "malformed"
+    # headers our check and safetensors' own parser could read differently (red team,
+    # issue 18): float or bool dimensions, metadata riding along, a key given twice
+    for mutate in ("float", "bool", "metadata"):
+        h = json.loads(blob[8:8 + n])
+        if mutate == "float":
+            h[first]["shape"] = [float(d) for d in h[first]["shape"]]
+        elif mutate == "bool":
+            one = next(k for k, v in h.items() if 1 in v["shape"])
+            h[one]["shape"] = [True if d == 1 else d for d in h[one]["shape"]]
+        else:
+            h["__metadata__"] = {"note": "x"}
+        status, doc = _put(env, _header(h) + blob[8 + n:])
+        assert (status, doc["error"]) == (400, "malformed"), mutate
+    raw = json.dumps(json.loads(blob[8:8 + n])).encode()
+    twice = raw[:-1] + b", " + json.dumps({first: json.loads(blob[8:8 + n])[first]}
+                                         ).encode()[1:]
+    twice += b" " * (-len(twice) % 8)
+    status, doc = _put(env, struct.pack("<Q", len(twice)) + twice + blob[8 + n:])
+    assert (status, doc["error"]) == (400, "malformed")
     # a Content-Length beyond what the plan's weights can be: refused before the body
     status, doc = _put(env, b"x" * 16, headers={"Content-Length": str(1 << 33)})
     assert (status, doc["error"]) == (413, "too_large")
@@ -259,7 +278,10 @@ def test_a_stalled_upload_is_cut_off_and_a_truncated_one_is_not_kept(env):
     before = _stored(env)
     sock = _open_upload(env, blob)
     t0 = time.monotonic()
-    answer = sock.recv(4096).decode("latin-1")  # the site speaks first: it gave up waiting
+    answer = b""  # the site speaks first (it gave up waiting), then closes
+    while chunk := sock.recv(4096):
+        answer += chunk
+    answer = answer.decode("latin-1")
     waited = time.monotonic() - t0
     sock.close()
     assert answer.startswith("HTTP/1.1 408") and '"timeout"' in answer
@@ -301,18 +323,47 @@ def test_a_crash_during_an_upload_loses_nothing_and_the_round_retries(env):
         assert results["juliet"].params[k].tobytes() == start[k].tobytes()
 
 
-def test_a_forged_reference_cannot_point_a_round_at_an_upload_that_is_not_there(env):
-    fed, plan = env["fed"], env["plan"]
-    client = fed.client("juliet")
-    fn = getattr(client.code, plan.function_name)
-    ref = WeightsRef(sha256="e" * 64, size=100, round=4).to_wire()
+def test_a_reference_finds_only_the_upload_signed_for_its_round_and_size(env):
     from sites.common.syft_client import quiet
 
+    fed, plan = env["fed"], env["plan"]
+    fn = getattr(fed.client("juliet").code, plan.function_name)
+    blob = transfer.encode(_weights(plan, 8))
+    assert _put(env, blob, round_no=4)[0] == 201
     before = Governance(env["dir"]).runs(plan.plan_hash)
-    with quiet():
-        payload = fn(data=fed._asset("juliet", plan.dataset), weights=ref).get()
-    assert payload["ok"] is False and "upload" in payload["error"]
+    digest = transfer.digest(blob)
+    for ref in (WeightsRef(sha256="e" * 64, size=len(blob), round=4),  # nothing uploaded
+                WeightsRef(sha256=digest, size=len(blob), round=5),  # signed for round 4
+                WeightsRef(sha256=digest, size=len(blob) + 8, round=4)):  # not its size
+        with quiet():
+            payload = fn(data=fed._asset("juliet", plan.dataset), weights=ref.to_wire()).get()
+        assert payload["ok"] is False and "upload" in payload["error"]
     assert Governance(env["dir"]).runs(plan.plan_hash) == before  # nothing ran, no charge
+
+
+def test_what_a_client_puts_in_a_path_cannot_forge_a_site_log_line(env):
+    status, _ = _send(env["port"], "GET", transfer.PREFIX + "/x%0A2099-01-01%20INFO%20"
+                      "medsyft.runtime:%20run%2099%20released%20FORGED", {})
+    assert status == 404
+    log = (env["dir"] / "logs" / "site.log").read_text()
+    assert "FORGED" in log  # it was logged, on the refusal's own line
+    assert not any(line.startswith("2099-01-01") for line in log.splitlines())
+
+
+def test_a_researcher_cannot_hold_more_than_a_few_transfers_open(env):
+    from sites.runtime.weights_api import MAX_ACTIVE
+
+    blob = transfer.encode(_weights(env["plan"], 9))
+    held = [_open_upload(env, blob) for _ in range(MAX_ACTIVE)]
+    try:
+        time.sleep(0.3)  # the site has taken each into its slot
+        status, doc = _put(env, blob)
+        assert (status, doc["error"]) == (503, "busy")
+    finally:
+        for sock in held:
+            sock.close()
+    time.sleep(0.5)
+    assert _put(env, blob)[0] == 201  # the slots come back as the connections end
 
 
 def _self_signed(folder) -> tuple:  # noqa: ANN001
@@ -365,6 +416,22 @@ def test_with_a_certificate_the_weights_travel_over_tls_and_never_in_clear(env):
     result = tls.run_site_round("juliet", plan, start, round_no=5)
     for k in start:
         assert result.params[k].tobytes() == start[k].tobytes()
+    # a signed request sent in clear is used up there: it cannot be replayed over TLS
+    released = Governance(d).released_weights(plan.plan_hash, 1)
+    path = transfer.release_path(plan.plan_hash, 1, released[1])
+    signed = transfer.sign_headers(env["ada"].signing_key, env["ada"].verify_key, "GET", path,
+                                   released[1], plan.plan_hash, 1)
+    assert _send(env["port"], "GET", path, signed)[1]["error"] == "use_tls"
+    import ssl
+
+    conn = http.client.HTTPSConnection("127.0.0.1", tls_port, timeout=30,
+                                       context=ssl.create_default_context(cafile=str(cert)))
+    try:
+        conn.request("GET", path, headers=signed)
+        resp = conn.getresponse()
+        assert resp.status == 401 and json.loads(resp.read())["error"] == "replayed"
+    finally:
+        conn.close()
     # a client that does not trust the certificate does not talk to it
     untrusted = client_transfer.Endpoint("127.0.0.1", tls_port, tls=True)
     with pytest.raises(client_transfer.TransferFailed):
