@@ -390,9 +390,10 @@ class Federation:
     def _endpoint(self, site: str) -> transfer.Endpoint:
         entry = self._entry(site)
         if entry.weights_url is None:
-            return transfer.Endpoint(entry.host, entry.port)
+            return transfer.Endpoint(entry.name, entry.host, entry.port)
         host, _, port = entry.weights_url.removeprefix("https://").rpartition(":")
-        return transfer.Endpoint(host.strip("[]"), int(port), tls=True, ca_file=entry.ca_file)
+        return transfer.Endpoint(entry.name, host.strip("[]"), int(port), tls=True,
+                                 ca_file=entry.ca_file)
 
     def run_round(self, plan: TrainingPlan, weights: dict[str, np.ndarray],
                   retries: int = 1, round_no: int = 1

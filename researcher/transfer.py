@@ -48,8 +48,10 @@ RETRYABLE = {"timeout", "busy", "truncated", "internal", "connection", "stale", 
 
 @dataclass(frozen=True)
 class Endpoint:
-    """Where a site's weights endpoint is: its syft host and port, TLS if it has one."""
+    """Where a site's weights endpoint is: its syft host and port, TLS if it has one, and
+    the site's name (every request is signed for that site only)."""
 
+    site: str
     host: str
     port: int
     tls: bool = False
@@ -77,10 +79,10 @@ class Signer:
         creds = client.credentials  # type: ignore[attr-defined]
         return cls(creds.signing_key, str(creds.verify_key))
 
-    def headers(self, method: str, path: str, digest: str, plan_hash: str, round_no: int
-                ) -> dict[str, str]:
+    def headers(self, method: str, path: str, digest: str, plan_hash: str, round_no: int,
+                site: str) -> dict[str, str]:
         return transfer.sign_headers(self.signing_key, self.verify_key, method, path, digest,
-                                     plan_hash, round_no)
+                                     plan_hash, round_no, site=site)
 
 
 def _head(method: str, path: str, host: str, headers: dict[str, str]) -> bytes:
@@ -108,8 +110,13 @@ def _read_response(reader) -> tuple[int, dict[str, str], bytes | None]:  # noqa:
         headers[k.strip().lower()] = v.strip()
     if status < 200 or status == 200:
         return status, headers, None
-    length = int(headers.get("content-length", "0") or 0)
-    return status, headers, reader.read(min(length, 1 << 16))
+    return status, headers, reader.read(max(0, min(_length(headers), 1 << 16)))
+
+
+def _length(headers: dict[str, str]) -> int:
+    """The answer's Content-Length (untrusted: a site may send anything), or -1."""
+    value = headers.get("content-length", "")
+    return int(value) if value.isdigit() and len(value) < 16 else -1
 
 
 def _refusal(status: int, body: bytes | None) -> TransferFailed:
@@ -133,7 +140,7 @@ def upload(endpoint: Endpoint, signer: Signer, plan_hash: str, round_no: int, bl
     """
     digest = digest or transfer.digest(blob)
     path = transfer.upload_path(plan_hash, round_no, digest)
-    headers = {**signer.headers("PUT", path, digest, plan_hash, round_no),
+    headers = {**signer.headers("PUT", path, digest, plan_hash, round_no, endpoint.site),
                "Content-Type": "application/octet-stream",
                "Content-Length": str(len(blob)), "Expect": "100-continue"}
     try:
@@ -181,7 +188,7 @@ def download(endpoint: Endpoint, signer: Signer, plan_hash: str, round_no: int, 
         TransferFailed: refused, or cut short.
     """
     path = transfer.release_path(plan_hash, round_no, digest)
-    headers = signer.headers("GET", path, digest, plan_hash, round_no)
+    headers = signer.headers("GET", path, digest, plan_hash, round_no, endpoint.site)
     try:
         sock = endpoint.connect()
     except OSError as exc:
@@ -192,7 +199,7 @@ def download(endpoint: Endpoint, signer: Signer, plan_hash: str, round_no: int, 
             status, head, body = _read_response(reader)
             if status != 200:
                 raise _refusal(status, body)
-            length = int(head.get("content-length", "-1"))
+            length = _length(head)
             if length != size:
                 raise TransferFailed(f"the site offers {length} bytes, its result said {size}",
                                      code="digest_mismatch", retry=False)

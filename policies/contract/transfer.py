@@ -8,8 +8,8 @@ tensor's dtype, shape and byte range, then the raw bytes. No pickle; the layout 
 checked against the approved plan from the header alone, before any tensor byte is read.
 
 Every request on the endpoint is signed with the researcher's syft signing key
-(Ed25519) over `signed_message`: method, path, digest, plan hash, round, time and a
-nonce. No new secret exists: the site checks the signature with the verify key it
+(Ed25519) over `signed_message`: method, path, digest, plan hash, round, time, a nonce
+and the site's name. No new secret exists: the site checks the signature with the verify key it
 recorded for the account (`sites.governance.registry`).
 
 Must never hold site logic (what is approved, who may fetch what): that is the site's.
@@ -84,26 +84,30 @@ def release_path(plan_hash: str, round_no: int, digest: str) -> str:
 
 
 def signed_message(method: str, path: str, digest: str, plan_hash: str, round_no: int,
-                   at: int, nonce: str) -> bytes:
-    """The bytes a request's signature is over (one field per line, nothing left out)."""
-    fields = [method.upper(), path, digest, plan_hash, str(int(round_no)), str(int(at)), nonce]
+                   at: int, nonce: str, site: str) -> bytes:
+    """The bytes a request's signature is over (one field per line, nothing left out):
+    `site` is the site it is meant for, so that no other site of the federation (which may
+    have approved the same plan) accepts it (red team, issue 18)."""
+    fields = [method.upper(), path, digest, plan_hash, str(int(round_no)), str(int(at)), nonce,
+              site]
     return CONTEXT + b"\n" + "\n".join(fields).encode()
 
 
 def sign_headers(signing_key: object, verify_key_hex: str, method: str, path: str,
-                 digest: str, plan_hash: str, round_no: int,
+                 digest: str, plan_hash: str, round_no: int, *, site: str,
                  at: int | None = None, nonce: str | None = None) -> dict[str, str]:
     """The four headers of a signed request.
 
     Args:
         signing_key: a `nacl.signing.SigningKey` (the syft account's, `client.credentials`).
         verify_key_hex: its verify key as syft writes it (hex).
+        site: the name of the site the request is for.
         at, nonce: the request's time and nonce (fresh ones by default; tests pin them).
     """
     at = int(time.time()) if at is None else int(at)
     nonce = secrets.token_hex(16) if nonce is None else nonce
     sig = signing_key.sign(  # type: ignore[attr-defined]
-        signed_message(method, path, digest, plan_hash, round_no, at, nonce)).signature
+        signed_message(method, path, digest, plan_hash, round_no, at, nonce, site)).signature
     return dict(zip(HEADERS, (verify_key_hex, str(at), nonce, sig.hex()), strict=True))
 
 

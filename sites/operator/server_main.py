@@ -31,6 +31,16 @@ def _redirect_output(log_file: Path) -> None:
     sys.stderr = os.fdopen(2, "w", buffering=1)
 
 
+def _raise_file_limit() -> None:
+    """Open files up to the hard limit: every connection to the site holds one, and the
+    soft default (often 1024) is what a crowd of idle connections exhausts first."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def _configure_logging(site_dir: Path, level: str) -> None:
     """medsyft's own records go to logs/site.log; uvicorn's and syft's to stderr (server.log)."""
     handler = logging.FileHandler(site_dir / "logs" / "site.log")
@@ -93,6 +103,7 @@ def main() -> int:
     from sites.runtime.rounds import SITE_DIR_ENV
 
     site_dir, cfg = load_site(site_dir)
+    _raise_file_limit()
     _redirect_output(site_dir / "logs" / "server.log")
     _configure_logging(site_dir, cfg.log_level)
     aborted = Governance(site_dir).abort_running(actor="site")

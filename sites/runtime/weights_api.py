@@ -36,7 +36,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from policies.contract import transfer
-from policies.contract.errors import Refused
+from policies.contract.errors import MedsyftError, Refused
 from policies.contract.plan import DISCRIMINATOR_PREFIX, TrainingPlan
 from policies.contract.transfer import TransferRefused
 from policies.schema import PolicyError
@@ -62,7 +62,13 @@ _HEX = r"[0-9a-f]{64}"
 UPLOAD = re.compile(rf"^{re.escape(transfer.PREFIX)}/weights/({_HEX})/([0-9]{{1,6}})/({_HEX})$")
 RELEASE = re.compile(rf"^{re.escape(transfer.PREFIX)}/releases/({_HEX})/([0-9]{{1,6}})/"
                      rf"({_HEX})$")
-CHUNK = 4 << 20
+#: What a download hands the server at a time (what a client that stops reading leaves
+#: in the server's buffer).
+CHUNK = 256 << 10
+#: Bytes a plan's safetensors header may take: per tensor its name and about 90 bytes of
+#: dtype, shape and offsets (room for 8 dimensions of 10 digits), plus padding.
+HEADER_PER_TENSOR = 256
+HEADER_SLACK = 64
 #: Transfers one researcher may have in progress at once at a site.
 MAX_ACTIVE = 4
 
@@ -139,7 +145,7 @@ class WeightsAPI:
                 and re.fullmatch(r"[0-9]{1,12}", at) and re.fullmatch(r"[0-9a-f]{128}", sig)):
             raise TransferRefused("bad_signature", "malformed signature headers")
         message = transfer.signed_message(method, path, digest, plan_hash, round_no,
-                                          int(at), nonce)
+                                          int(at), nonce, self.site().name)
         if not transfer.verify_signature(key, sig, message):
             raise TransferRefused("bad_signature", "the signature does not verify")
         skew = int(at) - time.time()
@@ -220,8 +226,16 @@ class WeightsAPI:
                 with self._slot(caller):
                     file = await _thread(self.release_file, caller, m.group(1),
                                          int(m.group(2)), m.group(3))
-                    size = await _send_file(send, file, m.group(3),
-                                            self.site().config.transfer.idle_timeout_s)
+                    try:
+                        size = await _send_file(send, file, m.group(3),
+                                                self.site().config.transfer.idle_timeout_s)
+                    except _Stalled:
+                        # the connection cannot be closed while its buffer is full: it keeps
+                        # the researcher's slot until the client goes (red team, issue 18)
+                        log.warning("GET %s: the client stopped reading; cut off",
+                                    _escaped(path))
+                        await _until_disconnect(receive)
+                        return
                 log.info("release of plan %s round %s fetched: %d bytes in %.3f s",
                          m.group(1)[:12], m.group(2), size, time.perf_counter() - t0)
             else:
@@ -231,9 +245,6 @@ class WeightsAPI:
             log.warning("%s %s refused: %s", _escaped(method), _escaped(path), _escaped(exc))
             await _json(send, STATUS.get(exc.code, 400),
                         {"error": exc.code, "message": str(exc)})
-        except _Stalled:
-            log.warning("GET %s: the client stopped reading; cut off", _escaped(path))
-            raise  # the response has begun: only dropping the connection can end it
         except Exception:
             log.exception("weights endpoint: internal error on %s", _escaped(path))
             await _json(send, 500, {"error": "internal", "message": "internal error at the "
@@ -276,8 +287,13 @@ class WeightsAPI:
         body = _Body(receive, cfg.idle_timeout_s, deadline, declared)
         head = await body.read_exactly(8)
         n = transfer.header_length(head)
+        most = max(HEADER_SLACK + sum(len(k) + HEADER_PER_TENSOR for k in lay)
+                   for lay in layouts)
+        if n > most:  # what the plan's own header can take, not safetensors' 100 MB
+            raise TransferRefused("malformed", f"a safetensors header of {n} bytes; the "
+                                               f"plan's takes at most {most}")
         header = await body.read_exactly(n)
-        data = transfer.check_header(header, layouts)
+        data = await _thread(transfer.check_header, header, layouts)  # off the event loop
         if declared != 8 + n + data:
             raise TransferRefused("too_large" if declared > 8 + n + data else "truncated",
                                   f"Content-Length {declared} is not the {8 + n + data} bytes "
@@ -395,8 +411,13 @@ async def _send_file(send: Send, path: Path, digest: str, idle_s: float) -> int:
     return size
 
 
-class _Stalled(Exception):
-    """A download's client stopped reading: the connection is dropped."""
+class _Stalled(MedsyftError):
+    """A download's client stopped reading."""
+
+
+async def _until_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 def tls_url(site: Site) -> str | None:

@@ -187,8 +187,15 @@ def test_discriminator_weights_sent_with_a_plain_plan_are_refused(site):
     bound = fed.bind(plan)
     weights = initial_weights(bound)
     extra = {DISCRIMINATOR_PREFIX + "x": np.zeros(3, np.float32)}
-    with pytest.raises(FederationError, match="weights do not match"):
+    # refused by the weights endpoint from the header, and by the runtime when inline
+    with pytest.raises(FederationError, match="not the plan's parameters.*wrong_names"):
         fed.run_site_round(SITE, bound, weights, extra=extra)
+    from researcher.federation import Federation
+
+    inline = Federation(fed.config, transport="syft")
+    inline._clients = fed._clients
+    with pytest.raises(FederationError, match="weights do not match"):
+        inline.run_site_round(SITE, bound, weights, extra=extra)
 
 
 def test_a_monai_unet_segments_at_the_site(site):

@@ -104,7 +104,7 @@ def _put(env, blob: bytes, signer=None, round_no: int = 1, digest: str | None = 
     path = transfer.upload_path(plan_hash, round_no, digest)
     signer = signer or env["ada"]
     signed = transfer.sign_headers(signer.signing_key, signer.verify_key, "PUT", path, digest,
-                                   plan_hash, round_no, **sign)
+                                   plan_hash, round_no, site=sign.pop("site", "juliet"), **sign)
     return _send(env["port"], "PUT", path, {**signed, **(headers or {})}, blob)
 
 
@@ -144,12 +144,12 @@ def test_unsigned_forged_unknown_and_replayed_uploads_are_refused(env):
     # signed by ada, but over another digest than the path's
     other = transfer.digest(b"something else")
     signed = transfer.sign_headers(env["ada"].signing_key, env["ada"].verify_key, "PUT", path,
-                                   other, env["plan"].plan_hash, 1)
+                                   other, env["plan"].plan_hash, 1, site="juliet")
     status, doc = _send(env["port"], "PUT", path, signed, blob)
     assert (status, doc["error"]) == (401, "bad_signature")
     # eve's signature under ada's verify key
     forged = transfer.sign_headers(env["eve"].signing_key, env["ada"].verify_key, "PUT", path,
-                                   transfer.digest(blob), env["plan"].plan_hash, 1)
+                                   transfer.digest(blob), env["plan"].plan_hash, 1, site="juliet")
     assert _send(env["port"], "PUT", path, forged, blob)[1]["error"] == "bad_signature"
     # a well-formed key of nobody the site registered
     from nacl.signing import SigningKey
@@ -163,6 +163,12 @@ def test_unsigned_forged_unknown_and_replayed_uploads_are_refused(env):
     assert _put(env, blob, nonce=nonce)[0] == 201
     status, doc = _put(env, blob, nonce=nonce)
     assert (status, doc["error"]) == (401, "replayed")
+
+
+def test_a_request_signed_for_another_site_is_refused(env):
+    blob = transfer.encode(_weights(env["plan"], 10))
+    status, doc = _put(env, blob, site="romeo")  # the same plan may be approved there too
+    assert (status, doc["error"]) == (401, "bad_signature")
 
 
 def test_stale_and_future_times_are_refused(env):
@@ -180,7 +186,7 @@ def test_another_researcher_cannot_upload_to_or_fetch_from_a_plan_not_theirs(env
     assert (status, doc["error"]) == (403, "not_approved")
     released = Governance(env["dir"]).released_weights(plan.plan_hash, 1)
     assert released is not None
-    endpoint = client_transfer.Endpoint("127.0.0.1", env["port"])
+    endpoint = client_transfer.Endpoint("juliet", "127.0.0.1", env["port"])
     size = releases.path_of(env["dir"], plan.plan_hash, 1).stat().st_size
     with pytest.raises(client_transfer.TransferFailed) as err:
         client_transfer.download(endpoint, env["eve"], plan.plan_hash, 1, released[1], size)
@@ -265,7 +271,7 @@ def _open_upload(env, blob: bytes, sent: int = 16) -> socket.socket:
     digest = transfer.digest(blob)
     path = transfer.upload_path(env["plan"].plan_hash, 1, digest)
     headers = transfer.sign_headers(env["ada"].signing_key, env["ada"].verify_key, "PUT",
-                                    path, digest, env["plan"].plan_hash, 1)
+                                    path, digest, env["plan"].plan_hash, 1, site="juliet")
     head = f"PUT {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(blob)}\r\n"
     head += "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
     sock = socket.create_connection(("127.0.0.1", env["port"]), timeout=30)
@@ -420,7 +426,7 @@ def test_with_a_certificate_the_weights_travel_over_tls_and_never_in_clear(env):
     released = Governance(d).released_weights(plan.plan_hash, 1)
     path = transfer.release_path(plan.plan_hash, 1, released[1])
     signed = transfer.sign_headers(env["ada"].signing_key, env["ada"].verify_key, "GET", path,
-                                   released[1], plan.plan_hash, 1)
+                                   released[1], plan.plan_hash, 1, site="juliet")
     assert _send(env["port"], "GET", path, signed)[1]["error"] == "use_tls"
     import ssl
 
@@ -433,7 +439,7 @@ def test_with_a_certificate_the_weights_travel_over_tls_and_never_in_clear(env):
     finally:
         conn.close()
     # a client that does not trust the certificate does not talk to it
-    untrusted = client_transfer.Endpoint("127.0.0.1", tls_port, tls=True)
+    untrusted = client_transfer.Endpoint("juliet", "127.0.0.1", tls_port, tls=True)
     with pytest.raises(client_transfer.TransferFailed):
         client_transfer.upload(untrusted, env["ada"], plan.plan_hash, 6,
                                transfer.encode(start))

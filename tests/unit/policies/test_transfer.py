@@ -82,15 +82,15 @@ def test_a_signature_binds_every_field_of_the_request():
     vk = key.verify_key.encode().hex()
     fields = dict(method="PUT", path="/medsyft/v1/weights/" + "a" * 64 + "/1/" + "b" * 64,
                   digest="b" * 64, plan_hash="a" * 64, round_no=1, at=1_700_000_000,
-                  nonce="c" * 32)
+                  nonce="c" * 32, site="juliet")
     headers = transfer.sign_headers(key, vk, fields["method"], fields["path"],
                                     fields["digest"], fields["plan_hash"], fields["round_no"],
-                                    at=fields["at"], nonce=fields["nonce"])
+                                    site=fields["site"], at=fields["at"], nonce=fields["nonce"])
     sig = headers["X-Medsyft-Signature"]
     assert transfer.verify_signature(vk, sig, transfer.signed_message(**fields))
     for name, other in [("method", "GET"), ("path", "/x"), ("digest", "d" * 64),
                         ("plan_hash", "e" * 64), ("round_no", 2), ("at", 1_700_000_001),
-                        ("nonce", "f" * 32)]:
+                        ("nonce", "f" * 32), ("site", "romeo")]:
         changed = {**fields, name: other}
         assert not transfer.verify_signature(vk, sig, transfer.signed_message(**changed)), name
     stranger = SigningKey.generate().verify_key.encode().hex()
