@@ -59,11 +59,15 @@ class Endpoint:
     timeout_s: float = 120.0
 
     def connect(self) -> socket.socket:
-        sock = socket.create_connection((self.host, self.port), timeout=self.timeout_s)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self.tls:
-            ctx = ssl.create_default_context(cafile=self.ca_file)
-            sock = ctx.wrap_socket(sock, server_hostname=self.host)
+        """A connected socket (TLS-wrapped when the endpoint has TLS), or `TransferFailed`."""
+        try:
+            sock = socket.create_connection((self.host, self.port), timeout=self.timeout_s)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.tls:
+                ctx = ssl.create_default_context(cafile=self.ca_file)
+                sock = ctx.wrap_socket(sock, server_hostname=self.host)
+        except OSError as exc:
+            raise TransferFailed(f"cannot reach the weights endpoint: {exc}") from None
         return sock
 
 
@@ -143,10 +147,7 @@ def upload(endpoint: Endpoint, signer: Signer, plan_hash: str, round_no: int, bl
     headers = {**signer.headers("PUT", path, digest, plan_hash, round_no, endpoint.site),
                "Content-Type": "application/octet-stream",
                "Content-Length": str(len(blob)), "Expect": "100-continue"}
-    try:
-        sock = endpoint.connect()
-    except OSError as exc:
-        raise TransferFailed(f"cannot reach the weights endpoint: {exc}") from None
+    sock = endpoint.connect()
     with sock, sock.makefile("rb") as reader:
         try:
             sock.sendall(_head("PUT", path, endpoint.host, headers))
@@ -189,10 +190,7 @@ def download(endpoint: Endpoint, signer: Signer, plan_hash: str, round_no: int, 
     """
     path = transfer.release_path(plan_hash, round_no, digest)
     headers = signer.headers("GET", path, digest, plan_hash, round_no, endpoint.site)
-    try:
-        sock = endpoint.connect()
-    except OSError as exc:
-        raise TransferFailed(f"cannot reach the weights endpoint: {exc}") from None
+    sock = endpoint.connect()
     with sock, sock.makefile("rb") as reader:
         try:
             sock.sendall(_head("GET", path, endpoint.host, headers))
