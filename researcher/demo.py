@@ -103,8 +103,9 @@ def run_demo(workdir: Path, report_path: Path, rounds: int | None = None,
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
     keychain.use_folder_keyring(workdir / "keyring")
-    con.print(f"[dim]demo secrets are kept in a keyring file scoped to {workdir / 'keyring'}; "
-              "a real site uses the system keyring[/dim]")
+    con.print(f"[dim]demo secrets are kept in CLEAR in a keyring file scoped to "
+              f"{workdir / 'keyring'} (the demo's --allow-plaintext-keyring, recorded in each "
+              "site's status and audit log); a real site uses an encrypted keyring[/dim]")
 
     site_dirs = {name: workdir / "sites" / name for name, _, _ in HOSPITALS}
     for name, _, _ in HOSPITALS:

@@ -37,6 +37,12 @@ SiteDir = typer.Option(Path("."), "--site", "-s", help="site folder (holds site.
                        envvar="MEDSYFT_SITE")
 
 
+PlaintextKeyringOption = typer.Option(
+    False, "--allow-plaintext-keyring",
+    help="demo only: let a keyring that stores secrets in clear hold them (recorded in "
+         "`site status`, the site log and the audit log)")
+
+
 @site_app.command("init")
 def site_init(
     name: str = typer.Argument(..., help="site name, e.g. st-agnes"),
@@ -48,10 +54,16 @@ def site_init(
     policy: Path = typer.Option(None, "--policy", exists=True, dir_okay=False,
                                 help="policy file to copy into the site"),
     admin_email: str = typer.Option(None, "--admin-email", help="data owner's admin login"),
+    allow_plaintext_keyring: bool = PlaintextKeyringOption,
 ) -> None:
     """Create a site folder with site.yaml; its signing key and admin password go to the
-    keyring, never to a file."""
+    keyring, never to a file. A keyring that would keep them in clear, or that nobody
+    chose, is refused with the steps to set up the encrypted one."""
+    from sites.common.keychain import allow_plaintext_keyring as allow_plaintext
     from sites.operator.lifecycle import init_site
+
+    if allow_plaintext_keyring:
+        allow_plaintext()
 
     site_dir = dir or Path(name)
     cfg = init_site(name, site_dir, port=port or None, host=host, device=device,
@@ -63,13 +75,17 @@ def site_init(
 
 
 @site_app.command("up")
-def site_up(site_dir: Path = typer.Argument(Path("."), help="site folder")) -> None:
-    """Start the datasite; returns once it answers with the site's own identity."""
+def site_up(site_dir: Path = typer.Argument(Path("."), help="site folder"),
+            allow_plaintext_keyring: bool = PlaintextKeyringOption) -> None:
+    """Start the datasite; returns once it answers with the site's own identity. Refuses a
+    keyring backend that keeps secrets in clear or that nobody chose."""
     from sites.operator.lifecycle import up
 
     with err.status("starting datasite..."):
-        st = up(site_dir)
+        st = up(site_dir, allow_plaintext_keyring=allow_plaintext_keyring)
     out.print(f"site [bold]{st.name}[/bold] is up at {st.url} (pid {st.pid})")
+    if st.keyring_plaintext:
+        err.print(f"[yellow]warning:[/yellow] {esc(st.keyring)}")
     if st.console_url:
         out.print(f"approval console: {st.console_url} (reviewers log in with the accounts "
                   "from `medsyft site add-reviewer`)")
@@ -97,6 +113,9 @@ def site_status(site_dir: Path = typer.Argument(Path("."), help="site folder"),
         out.print(f"{st.name}: {state} at {st.url} (pid {st.pid}, answering={st.answering}, "
                   f"identity_ok={st.identity_ok})")
         out.print(f"sandbox: {esc(st.sandbox)}")
+        if st.keyring:
+            colour = "red" if st.keyring_plaintext else "green"
+            out.print(f"keyring: [{colour}]{esc(st.keyring)}[/{colour}]")
         if st.console_url:
             answer = "" if st.console_answering else " [red](not answering)[/red]"
             out.print(f"approval console: {st.console_url}{answer}")

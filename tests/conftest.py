@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from sites.common.keyring_backends import MemoryKeyring
 from tests.support.plans import TEST_POLICY, make_plan
-from tests.support.sites import MemoryKeyring
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 # CLI tables wrap at the terminal's width; xdist workers report 80 columns. One width for all

@@ -1,9 +1,14 @@
-"""Secrets in the OS keyring: site signing keys, admin and researcher passwords.
+"""Secrets in a keyring: site signing keys, admin and researcher passwords.
 
-Secrets never go to files, logs or exceptions. Where no usable keyring
-backend exists we fail with instructions rather than fall back to plaintext.
-The demo (and tests) may select a backend scoped to a folder explicitly with
-`use_folder_keyring`, and says so.
+Which backend: one selected from code (`use_backend`: tests, the demo), else the one
+configured through keyring's own configuration (PYTHON_KEYRING_BACKEND, keyringrc.cfg),
+else medsyft's encrypted keyring file when its passphrase source is present (a systemd
+credential or MEDSYFT_KEYRING_PASSFILE), else the best backend keyring recommends
+(priority >= 1, so no low-priority backend is chained in). Whatever it is, the backend
+must pass `keyring_policy.judge` before a secret is read or written; a plaintext one
+only where `allow_plaintext_keyring` was called (the demo, `--allow-plaintext-keyring`).
+
+Secrets never go to files, logs or exceptions.
 """
 
 from __future__ import annotations
@@ -13,32 +18,56 @@ import secrets
 from pathlib import Path
 
 import keyring
+import keyring.core
 import keyring.errors
 from keyring.backend import KeyringBackend
 
 from policies.contract.errors import MedsyftError
+from sites.common import cryptfile_keyring
+from sites.common.keyring_backends import FolderKeyring
+from sites.common.keyring_policy import BackendVerdict, judge
 
 SITE_SERVICE = "medsyft-site:{name}"
 RESEARCHER_SERVICE = "medsyft-researcher:{site}"
 
-NO_BACKEND_HELP = (
-    "No usable keyring backend: medsyft keeps passwords and signing keys only in a keyring. "
-    "On a desktop, unlock the system keyring (Secret Service / macOS Keychain / Windows). "
-    "On a headless server, install and configure a backend through keyring's own "
-    "configuration, e.g. `pip install keyrings.alt` and set "
-    "PYTHON_KEYRING_BACKEND=keyrings.alt.file.EncryptedKeyring (see `keyring --help`)."
-)
+_CRED = cryptfile_keyring.CREDENTIAL_NAME
+HEADLESS_STEPS = f"""\
+On a headless server, keep the secrets in medsyft's encrypted keyring file (Argon2id +
+AES-GCM), opened without a person by a passphrase only the site's user can read:
+
+  as a systemd service (the passphrase sealed by systemd-creds, with the TPM2 where the
+  server has one):
+    head -c 32 /dev/urandom | base64 | sudo systemd-creds encrypt \\
+        --name={_CRED} - /etc/credstore.encrypted/{_CRED}
+    medsyft site service SITE_DIR > /etc/systemd/system/medsyft-SITE.service
+  (the unit loads it with LoadCredentialEncrypted=; run admin commands in the same way:
+   systemd-run --pipe --wait -p User=USER \\
+       -p LoadCredentialEncrypted={_CRED}:/etc/credstore.encrypted/{_CRED} \\
+       -E {cryptfile_keyring.FILE_ENV}=KEYRING_FILE medsyft site ...)
+
+  or, without systemd, from a file:
+    (umask 077; head -c 32 /dev/urandom | base64 > ~/.medsyft-keyring-pass)
+    export {cryptfile_keyring.PASSFILE_ENV}=~/.medsyft-keyring-pass
+    export {cryptfile_keyring.FILE_ENV}=/var/lib/medsyft/keyring.cfg   # optional
+
+then `medsyft site doctor SITE_DIR` checks it. On a desktop, unlock the system keyring
+(Secret Service, macOS Keychain, Windows Credential Locker) instead."""
 
 
 class KeyringUnavailable(MedsyftError, RuntimeError):
     pass
 
 
-_explicit_backend = False
-_WEAK_MODULES = ("keyring.backends.fail", "keyring.backends.null", "keyrings.alt")
+class KeyringRefused(KeyringUnavailable):
+    """The backend in use is not one medsyft keeps secrets in."""
 
 
-def _configured_by_operator() -> bool:
+_selected: KeyringBackend | None = None
+_resolved: KeyringBackend | None = None
+_plaintext_allowed = False
+
+
+def configured_by_operator() -> bool:
     """True when the operator chose a backend through keyring's own configuration."""
     if os.environ.get("PYTHON_KEYRING_BACKEND"):
         return True
@@ -48,35 +77,79 @@ def _configured_by_operator() -> bool:
         return False
 
 
-def _is_weak(backend: KeyringBackend) -> bool:
-    children = getattr(backend, "backends", None)
-    if children is not None:  # ChainerBackend: weak when every child is weak
-        return all(_is_weak(b) for b in children)
-    return type(backend).__module__.startswith(_WEAK_MODULES)
+def active_backend() -> KeyringBackend:
+    """The backend secrets would go to (see the module docstring), not yet judged."""
+    global _resolved
+    if _selected is not None:
+        return _selected
+    if _resolved is None:
+        if configured_by_operator():
+            _resolved = keyring.get_keyring()
+        elif cryptfile_keyring.passphrase_source() is not None:
+            _resolved = cryptfile_keyring.EncryptedFileKeyring()
+        else:
+            keyring.core.init_backend(limit=keyring.core.recommended)
+            _resolved = keyring.get_keyring()
+    return _resolved
+
+
+def allow_plaintext_keyring(allowed: bool = True) -> None:
+    """Let a plaintext backend hold secrets in this process (the demo; never a real site)."""
+    global _plaintext_allowed
+    _plaintext_allowed = allowed
+
+
+def plaintext_allowed() -> bool:
+    return _plaintext_allowed
+
+
+def refusal_message(verdict: BackendVerdict) -> str:
+    chosen = "" if _selected is not None or configured_by_operator() else (
+        "no keyring backend is configured, and the one keyring picks by itself, ")
+    return (f"{chosen}keyring backend {verdict.backend} is refused: {verdict.reason}.\n"
+            + HEADLESS_STEPS)
+
+
+def check_backend() -> BackendVerdict:
+    """The verdict on the active backend; raises `KeyringRefused` naming the backend and
+    the fix when it is refused, and `KeyringUnavailable` when it cannot be opened."""
+    backend = active_backend()
+    verdict = judge(backend)
+    if not verdict.accepted and not (verdict.plaintext and _plaintext_allowed):
+        raise KeyringRefused(refusal_message(verdict))
+    if isinstance(backend, cryptfile_keyring.EncryptedFileKeyring):
+        try:
+            backend.check()
+        except keyring.errors.KeyringError as exc:
+            raise KeyringUnavailable(str(exc)) from None
+    return verdict
 
 
 def _backend() -> KeyringBackend:
-    """The active backend, refusing fallbacks nobody chose (fail, null, plaintext files)."""
-    backend = keyring.get_keyring()
-    if _explicit_backend or _configured_by_operator():
-        return backend
-    if _is_weak(backend):
-        raise KeyringUnavailable(NO_BACKEND_HELP)
-    return backend
+    check_backend()
+    return active_backend()
+
+
+def _failed(exc: keyring.errors.KeyringError) -> KeyringUnavailable:
+    own = (cryptfile_keyring.PassphraseUnavailable, cryptfile_keyring.WrongPassphrase,
+           cryptfile_keyring.DamagedKeyring)
+    if isinstance(exc, own):
+        return KeyringUnavailable(str(exc))
+    return KeyringUnavailable(f"the keyring failed ({type(exc).__name__}).\n{HEADLESS_STEPS}")
 
 
 def get_secret(service: str, key: str) -> str | None:
     try:
         return _backend().get_password(service, key)
     except keyring.errors.KeyringError as exc:
-        raise KeyringUnavailable(f"{NO_BACKEND_HELP} ({type(exc).__name__})") from None
+        raise _failed(exc) from None
 
 
 def set_secret(service: str, key: str, value: str) -> None:
     try:
         _backend().set_password(service, key, value)
     except keyring.errors.KeyringError as exc:
-        raise KeyringUnavailable(f"{NO_BACKEND_HELP} ({type(exc).__name__})") from None
+        raise _failed(exc) from None
 
 
 def delete_secret(service: str, key: str) -> None:
@@ -84,13 +157,15 @@ def delete_secret(service: str, key: str) -> None:
         _backend().delete_password(service, key)
     except keyring.errors.PasswordDeleteError:
         pass
+    except keyring.errors.KeyringError as exc:
+        raise _failed(exc) from None
 
 
 def require_secret(service: str, key: str) -> str:
     value = get_secret(service, key)
     if value is None:
         raise KeyringUnavailable(f"no secret {key!r} for {service!r} in the keyring "
-                                 f"({type(_backend()).__name__})")
+                                 f"({type(active_backend()).__name__})")
     return value
 
 
@@ -98,67 +173,24 @@ def generate_password() -> str:
     return secrets.token_urlsafe(18)
 
 
-class FolderKeyring(KeyringBackend):
-    """A plaintext keyring file in one folder: demo hospitals and tests only.
-
-    Select it through keyring's own configuration with
-    PYTHON_KEYRING_BACKEND=sites.common.keychain.FolderKeyring and MEDSYFT_KEYRING_DIR=FOLDER,
-    or from code with `use_folder_keyring`. Never for a real site: the file is
-    only protected by its permissions.
-    """
-
-    priority = 0.1  # never chosen automatically
-
-    def __init__(self, folder: Path | None = None) -> None:
-        super().__init__()
-        folder = folder or Path(os.environ.get("MEDSYFT_KEYRING_DIR", ".medsyft-keyring"))
-        self.file = Path(folder).resolve() / "keyring.json"
-
-    def _load(self) -> dict:
-        import json
-
-        try:
-            return json.loads(self.file.read_text())
-        except FileNotFoundError:
-            return {}
-
-    def _save(self, data: dict) -> None:
-        import json
-
-        self.file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = self.file.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f)
-        os.replace(tmp, self.file)
-
-    def get_password(self, service: str, username: str) -> str | None:
-        return self._load().get(service, {}).get(username)
-
-    def set_password(self, service: str, username: str, password: str) -> None:
-        data = self._load()
-        data.setdefault(service, {})[username] = password
-        self._save(data)
-
-    def delete_password(self, service: str, username: str) -> None:
-        data = self._load()
-        if username not in data.get(service, {}):
-            raise keyring.errors.PasswordDeleteError(username)
-        del data[service][username]
-        self._save(data)
+def use_backend(backend: KeyringBackend) -> None:
+    """Select a backend for this process from code (tests: in memory; the demo: a folder
+    file). It is judged like any other."""
+    global _selected
+    keyring.set_keyring(backend)
+    _selected = backend
 
 
 def use_folder_keyring(folder: Path) -> KeyringBackend:
-    """Select a `FolderKeyring` in `folder` for this process (demo/tests only)."""
-    global _explicit_backend
+    """Select a plaintext `FolderKeyring` in `folder` and allow it (the demo only)."""
     backend = FolderKeyring(folder)
-    keyring.set_keyring(backend)
-    _explicit_backend = True
+    use_backend(backend)
+    allow_plaintext_keyring()
     return backend
 
 
-def use_backend(backend: KeyringBackend) -> None:
-    """Select a backend explicitly (tests use an in-memory one)."""
-    global _explicit_backend
-    keyring.set_keyring(backend)
-    _explicit_backend = True
+def reset_selection() -> None:
+    """Forget what was selected or resolved (tests that change the environment)."""
+    global _selected, _resolved, _plaintext_allowed
+    _selected = _resolved = None
+    _plaintext_allowed = False

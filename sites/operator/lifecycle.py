@@ -24,6 +24,7 @@ from nacl.signing import SigningKey
 
 from policies.contract.errors import MedsyftError
 from sites.common import keychain
+from sites.common.keyring_policy import BackendVerdict
 from sites.common.syft_client import server_metadata
 from sites.operator.config import (
     ConsoleConfig,
@@ -34,6 +35,7 @@ from sites.operator.config import (
 )
 
 PID_FILE = "run/server.pid"
+KEYRING_FILE = "run/keyring.json"  # which backend the running site's secrets came from
 DEFAULT_POLICY = """\
 # Site policy. Nothing can be approved until you list datasets and researchers.
 # See `medsyft policy --help` and the examples shipped in policies/.
@@ -71,6 +73,7 @@ def init_site(name: str, site_dir: Path, port: int | None = None, host: str = "1
     site_dir = site_dir.resolve()
     if (site_dir / "site.yaml").exists():
         raise SiteError(f"{site_dir / 'site.yaml'} already exists; refusing to overwrite")
+    keychain.check_backend()  # a refused keyring: the steps, before anything is written
     service = site_service(name)
     if keychain.get_secret(service, "signing-key") is not None:
         raise SiteError(f"the keyring already holds secrets for a site named {name!r}")
@@ -128,6 +131,8 @@ class SiteStatus:
     sandbox: str = ""
     console_url: str | None = None  # None: the web console is off in site.yaml
     console_answering: bool = False
+    keyring: str = ""  # the backend the running site's secrets came from, and whether in clear
+    keyring_plaintext: bool = False
 
 
 def console_answers(cfg: SiteConfig) -> bool:
@@ -170,11 +175,27 @@ def status(site_dir: Path) -> SiteStatus:
     pid = _read_pid(site_dir)
     meta = server_metadata(cfg.host, cfg.port)
     identity_ok = bool(meta) and str(meta.get("id", "")).replace("-", "") == cfg.server_uid
+    keyring_used = _keyring_record(site_dir) if pid is not None else {}
     return SiteStatus(cfg.name, str(site_dir), f"http://{cfg.host}:{cfg.port}", cfg.server_uid,
                       pid, meta is not None, identity_ok, pid is not None and identity_ok,
                       sandbox_state(cfg),
                       cfg.console_url if cfg.console.enabled else None,
-                      pid is not None and console_answers(cfg))
+                      pid is not None and console_answers(cfg),
+                      keyring_used.get("summary", ""), bool(keyring_used.get("plaintext")))
+
+
+def _keyring_summary(verdict: BackendVerdict) -> str:
+    if verdict.plaintext:
+        return (f"{verdict.backend}: secrets in CLEAR, allowed with --allow-plaintext-keyring "
+                "(demo only)")
+    return f"{verdict.backend} ({verdict.description})"
+
+
+def _keyring_record(site_dir: Path) -> dict:
+    try:
+        return json.loads((site_dir / KEYRING_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def _log_tail(site_dir: Path, lines: int = 15) -> str:
@@ -185,7 +206,13 @@ def _log_tail(site_dir: Path, lines: int = 15) -> str:
         return "(no server log)"
 
 
-def up(site_dir: Path, timeout_s: float = 120.0) -> SiteStatus:
+def up(site_dir: Path, timeout_s: float = 120.0,
+       allow_plaintext_keyring: bool = False) -> SiteStatus:
+    """Start the site. A keyring backend medsyft refuses stops it here, naming the backend
+    and the fix; `allow_plaintext_keyring` (the demo) lets a plaintext one through and is
+    recorded in `site status`, the site log and the audit log."""
+    if allow_plaintext_keyring:
+        keychain.allow_plaintext_keyring()
     site_dir, cfg = load_site(site_dir)
     current = status(site_dir)
     if current.running:
@@ -195,13 +222,17 @@ def up(site_dir: Path, timeout_s: float = 120.0) -> SiteStatus:
     if cfg.console.enabled and port_in_use(cfg.console.host, cfg.console_port):
         raise SiteError(f"the console's port {cfg.console_port} on {cfg.console.host} is "
                         "already in use by another program (site.yaml: console.port)")
+    verdict = keychain.check_backend()
     service = site_service(cfg.name)
     secrets = json.dumps({
         "signing_key": keychain.require_secret(service, "signing-key"),
         "admin_password": keychain.require_secret(service, "admin-password"),
+        "keyring": verdict.model_dump(),
     })
     (site_dir / "logs").mkdir(exist_ok=True)
     (site_dir / "run").mkdir(exist_ok=True)
+    (site_dir / KEYRING_FILE).write_text(json.dumps(
+        {"summary": _keyring_summary(verdict), **verdict.model_dump()}))
     env = {k: v for k, v in os.environ.items()
            if k not in ("SERVER_PRIVATE_KEY", "DEFAULT_ROOT_PASSWORD", "SERVER_UID")}
     proc = subprocess.Popen(

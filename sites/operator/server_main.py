@@ -51,6 +51,21 @@ def _configure_logging(site_dir: Path, level: str) -> None:
     medsyft.propagate = False
 
 
+def _record_keyring(site_dir: Path, name: str, verdict: dict) -> None:
+    """The keyring backend the secrets came from goes to the site log; a plaintext one
+    (allowed only with --allow-plaintext-keyring) also to the audit log, at every start."""
+    from sites.governance.store import Governance
+
+    site_log = logging.getLogger("medsyft.site")
+    backend = verdict.get("backend", "unknown")
+    if verdict.get("plaintext"):
+        site_log.warning("keyring: %s keeps this site's secrets in CLEAR; allowed with "
+                         "--allow-plaintext-keyring (demo only, never a real site)", backend)
+        Governance(site_dir).audit("site", "keyring.plaintext_allowed", name, backend=backend)
+    else:
+        site_log.info("keyring: %s (%s)", backend, verdict.get("description", ""))
+
+
 def app_factory():  # called by uvicorn
     from syft.server.uvicorn import app_factory as syft_app_factory
 
@@ -106,6 +121,7 @@ def main() -> int:
     _raise_file_limit()
     _redirect_output(site_dir / "logs" / "server.log")
     _configure_logging(site_dir, cfg.log_level)
+    _record_keyring(site_dir, cfg.name, secrets.get("keyring") or {})
     aborted = Governance(site_dir).abort_running(actor="site")
     if aborted:
         logging.getLogger("medsyft.site").warning("%d run(s) left by a crash marked aborted",

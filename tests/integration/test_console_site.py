@@ -94,6 +94,9 @@ def test_site_status_prints_the_console_url(site):
     assert f"approval console: {site['url']}" in words
     assert st["console_url"] == site["url"] and st["console_answering"] is True
     assert site["url"].startswith("http://127.0.0.1:")
+    # the backend the running site's secrets came from (the tests' in-memory one)
+    assert st["keyring"].startswith("sites.common.keyring_backends.MemoryKeyring")
+    assert st["keyring_plaintext"] is False and "keyring: " in words
 
 
 def test_four_eyes_needs_two_accounts_over_the_served_console(site, webhook):

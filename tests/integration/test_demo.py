@@ -30,6 +30,7 @@ def test_demo_trains_across_three_hospitals_and_stops_its_servers(tmp_path, memo
                  console=Console(file=open(tmp_path / "out.txt", "w"), width=200))
     finally:
         keychain.use_backend(previous)
+        keychain.allow_plaintext_keyring(False)
     report = json.loads(report_path.read_text())
     assert [r["round"] for r in report["rounds"]] == [1, 2]
     for rnd in report["rounds"]:
@@ -50,8 +51,15 @@ def test_demo_trains_across_three_hospitals_and_stops_its_servers(tmp_path, memo
     # non-IID: different cohorts (riverside releases a DP-noised, rounded count, which may
     # meet another site's exact one by chance: compare the exact ones)
     assert sizes["st-agnes"] != sizes["northgate"]
+    from sites.governance.store import Governance
+
     for site_yaml in (tmp_path / "work" / "sites").glob("*/site.yaml"):
         assert not lifecycle.status(site_yaml.parent).running
+        # the demo's plaintext keyring file is on record: site log and audit log
+        events = [e["event"] for e in Governance(site_yaml.parent).audit_entries()]
+        assert "keyring.plaintext_allowed" in events
+        site_log = (site_yaml.parent / "logs" / "site.log").read_text()
+        assert "FolderKeyring keeps this site's secrets in CLEAR" in site_log
     out = (tmp_path / "out.txt").read_text()
     assert "keyring file" in out
     # each hospital's web console is named, and the reviewers approved through it over HTTP

@@ -1,32 +1,11 @@
 """Real datasites for tests: started on loopback through the product's own lifecycle, with
-an in-memory keyring backend (the product never uses it)."""
+the in-memory keyring backend (`sites.common.keyring_backends.MemoryKeyring`)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-
-from keyring.backend import KeyringBackend
-
-
-class MemoryKeyring(KeyringBackend):
-    """In-memory keyring backend for tests (the product never uses it)."""
-
-    priority = 0
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.store: dict[tuple[str, str], str] = {}
-
-    def get_password(self, service: str, username: str) -> str | None:
-        return self.store.get((service, username))
-
-    def set_password(self, service: str, username: str, password: str) -> None:
-        self.store[(service, username)] = password
-
-    def delete_password(self, service: str, username: str) -> None:
-        self.store.pop((service, username), None)
 
 
 @contextmanager

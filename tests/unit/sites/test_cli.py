@@ -37,16 +37,25 @@ def test_policy_validate_exit_codes(tmp_path):
     assert f"{bad}:4: datasets.x.acess" in r.stderr.replace("\n", "")
 
 
-def test_site_init_and_status_json_with_a_configured_keyring(tmp_path):
-    env = {"PYTHON_KEYRING_BACKEND": "sites.common.keychain.FolderKeyring",
-           "MEDSYFT_KEYRING_DIR": str(tmp_path / "kr")}
+def test_site_init_and_status_json_with_the_encrypted_keyring(tmp_path):
+    """The README's headless route: a passfile, and the secrets in the encrypted file."""
+    (tmp_path / "pass").write_text("a long passphrase for the test\n")
+    (tmp_path / "pass").chmod(0o600)
+    env = {"MEDSYFT_KEYRING_PASSFILE": str(tmp_path / "pass"),
+           "MEDSYFT_KEYRING_FILE": str(tmp_path / "kr" / "keyring.cfg")}
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHON_KEYRING_BACKEND"}, **env}
     r = medsyft("site", "init", "clinic-a", "--dir", str(tmp_path / "a"), env=env)
     assert r.returncode == 0, r.stderr
+    from sites.common.cryptfile_keyring import EncryptedFileKeyring
+
+    ring = EncryptedFileKeyring(tmp_path / "kr" / "keyring.cfg", "a long passphrase for the test")
+    secrets = {k: ring.get_password(s, k) for s, k in ring.entries()
+               if s == "medsyft-site:clinic-a"}
+    raw = (tmp_path / "kr" / "keyring.cfg").read_text()
     text = (tmp_path / "a" / "site.yaml").read_text()
-    secrets = json.loads((tmp_path / "kr" / "keyring.json").read_text())["medsyft-site:clinic-a"]
     assert set(secrets) == {"signing-key", "admin-password"}
-    for value in secrets.values():  # no secret in the site folder
-        assert value not in text
+    for value in secrets.values():  # no secret in the site folder, none in clear in the keyring
+        assert value and value not in text and value not in raw
     assert "host: 127.0.0.1" in text
     r = medsyft("site", "status", str(tmp_path / "a"), "--json", env=env)
     assert r.returncode == 1  # not running
