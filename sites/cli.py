@@ -91,6 +91,37 @@ def site_up(site_dir: Path = typer.Argument(Path("."), help="site folder"),
                   "from `medsyft site add-reviewer`)")
 
 
+@site_app.command("upgrade")
+def site_upgrade(
+    site_dir: Path = typer.Argument(Path("."), help="site folder (the site must be stopped)"),
+    dry_run: bool = typer.Option(False, "--dry-run",
+                                 help="migrate a temporary copy and report; change nothing"),
+    json_out: bool = typer.Option(False, "--json", help="machine-readable report"),
+) -> None:
+    """Bring the governance database to this release's schema: backs it up to
+    SITE_DIR/backups first, migrates in one transaction, then verifies the audit chain.
+    A database written by a later release is refused (restore a backup instead). Exit 1
+    if the audit chain does not verify afterwards."""
+    from sites.operator.upgrade import upgrade_site
+
+    with err.status("upgrading the governance database..."):
+        report = upgrade_site(site_dir, dry_run=dry_run)
+    if json_out:
+        print_json(report.model_dump())
+    else:
+        what = "would apply" if dry_run else "applied"
+        if report.applied:
+            out.print(f"{report.site}: schema {esc(str(report.from_revision))} → "
+                      f"{report.to_revision}; {what} {', '.join(report.applied)}")
+        else:
+            out.print(f"{report.site}: schema {report.to_revision} is current; nothing to do")
+        if report.backup:
+            out.print(f"backup taken first: {report.backup} (sha256 {report.backup_sha256})")
+        colour = "green" if report.audit_ok else "red"
+        out.print(f"audit chain: [{colour}]{esc(report.audit_message)}[/{colour}]")
+    raise typer.Exit(0 if report.audit_ok else 1)
+
+
 @site_app.command("down")
 def site_down(site_dir: Path = typer.Argument(Path("."), help="site folder")) -> None:
     """Stop the datasite and any training it runs."""

@@ -32,6 +32,7 @@ from keyrings.cryptfile.cryptfile import CryptFileKeyring
 from keyrings.cryptfile.escape import escape as escape_for_ini
 from keyrings.cryptfile.file_base import Keyring as FileKeyring
 
+from policies.contract.errors import MedsyftError
 from sites.common.locked_file import locked, replace_atomically
 
 CREDENTIAL_NAME = "medsyft-keyring"
@@ -40,15 +41,15 @@ FILE_ENV = "MEDSYFT_KEYRING_FILE"
 _REFERENCE = ("keyring-setting", "password reference", "password reference value")
 
 
-class PassphraseUnavailable(keyring.errors.InitError):
+class PassphraseUnavailable(MedsyftError, keyring.errors.InitError):
     """No passphrase source, or one that is not safe to read."""
 
 
-class WrongPassphrase(keyring.errors.KeyringLocked):
+class WrongPassphrase(MedsyftError, keyring.errors.KeyringLocked):
     """The passphrase does not open the keyring file."""
 
 
-class DamagedKeyring(keyring.errors.KeyringError):
+class DamagedKeyring(MedsyftError, keyring.errors.KeyringError):
     """The keyring file is not one this backend wrote, or an entry does not decrypt."""
 
 

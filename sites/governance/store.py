@@ -25,54 +25,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from policies.contract.errors import Refused
+from policies.contract.errors import MedsyftError, Refused
 from policies.contract.wire import FailureCode
-from sites.governance import audit
+from sites.governance import audit, schema
 
 DB_FILE = "governance.sqlite"
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS datasets (
-    name TEXT PRIMARY KEY, cohort_id TEXT NOT NULL UNIQUE, n INTEGER NOT NULL,
-    description TEXT NOT NULL, published_at REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS decisions (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, request_id TEXT NOT NULL, plan_hash TEXT NOT NULL,
-    researcher TEXT NOT NULL, institution TEXT, dataset TEXT NOT NULL, decision TEXT NOT NULL,
-    policy_hash TEXT NOT NULL, reviewer TEXT NOT NULL, actor TEXT NOT NULL,
-    note TEXT NOT NULL, method TEXT NOT NULL, overridden TEXT NOT NULL DEFAULT '[]',
-    approvals_required INTEGER NOT NULL DEFAULT 1, plan_json TEXT NOT NULL,
-    decided_at REAL NOT NULL, graph_digest TEXT);
-CREATE TABLE IF NOT EXISTS runs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, plan_hash TEXT NOT NULL, round INTEGER NOT NULL,
-    researcher TEXT NOT NULL DEFAULT '', dataset TEXT NOT NULL DEFAULT '',
-    status TEXT NOT NULL, started_at REAL NOT NULL, ended_at REAL,
-    noise_multiplier REAL NOT NULL, sample_rate REAL NOT NULL, steps INTEGER NOT NULL,
-    n_k INTEGER, epsilon REAL, category TEXT, adjacency TEXT NOT NULL DEFAULT 'replace_one',
-    accountant TEXT);
-CREATE TABLE IF NOT EXISTS verdicts (
-    request_id TEXT NOT NULL, policy_hash TEXT NOT NULL, plan_hash TEXT NOT NULL,
-    computed_at REAL NOT NULL, report TEXT NOT NULL, PRIMARY KEY (request_id, policy_hash));
-CREATE TABLE IF NOT EXISTS model_graphs (
-    trace_key TEXT PRIMARY KEY, graph_json TEXT, error TEXT, traced_at REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS researchers (
-    user_id TEXT PRIMARY KEY, verify_key TEXT NOT NULL UNIQUE, email TEXT NOT NULL UNIQUE,
-    name TEXT NOT NULL, institution TEXT NOT NULL DEFAULT '', created_at REAL NOT NULL,
-    updated_at REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS reviewers (
-    email TEXT PRIMARY KEY, name TEXT NOT NULL, name_key TEXT NOT NULL UNIQUE,
-    password_hash TEXT NOT NULL, created_at REAL NOT NULL, created_by TEXT NOT NULL,
-    failures INTEGER NOT NULL DEFAULT 0, locked_until REAL NOT NULL DEFAULT 0,
-    disabled INTEGER NOT NULL DEFAULT 0, last_login REAL);
-CREATE TABLE IF NOT EXISTS count_draws (
-    dataset TEXT NOT NULL, cohort_id TEXT NOT NULL, value INTEGER NOT NULL,
-    noise REAL NOT NULL, drawn_at REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS transfer_nonces (
-    nonce TEXT PRIMARY KEY, seen_at REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS audit (
-    seq INTEGER PRIMARY KEY, at REAL NOT NULL, actor TEXT NOT NULL,
-    event TEXT NOT NULL, subject TEXT NOT NULL, details TEXT NOT NULL,
-    prev_hash TEXT NOT NULL, hash TEXT NOT NULL);
-"""
 
 #: Runs charged to the ledger and counted as rounds: every run that began (it reached the
 #: private data), whatever its end. "aborted": the site stopped during it.
@@ -83,6 +40,10 @@ RUN_FINISHED = ("released", "failed", "aborted")
 REFUSED = "refused"
 #: The reviewer name of the steward's own decisions (automatic approvals and refusals).
 AUTO_REVIEWER = "policy:auto"
+class SiteMismatch(MedsyftError, RuntimeError):
+    """The database belongs to another site (another syft server id)."""
+
+
 @dataclass(frozen=True)
 class Approval:
     """A plan that is runnable: enough distinct reviewers approved it since any denial."""
@@ -140,40 +101,12 @@ def noisy_count(n: int, noise: float, seed: int) -> int:
 
 class Governance:
     def __init__(self, site_dir: str | Path) -> None:
-        self.path = Path(site_dir) / DB_FILE
-        db = sqlite3.connect(self.path, timeout=30)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(SCHEMA)
-            columns = {r[1] for r in db.execute("PRAGMA table_info(datasets)")}
-            if "volume_shape" not in columns:  # sites created before the training graph
-                db.execute("ALTER TABLE datasets ADD COLUMN volume_shape TEXT NOT NULL "
-                           "DEFAULT ''")
-            if "mask_classes" not in columns:  # sites created before segmentation
-                db.execute("ALTER TABLE datasets ADD COLUMN mask_classes INTEGER NOT NULL "
-                           "DEFAULT 0")
-            decided = {r[1] for r in db.execute("PRAGMA table_info(decisions)")}
-            if "graph_digest" not in decided:  # approvals from before the training graph
-                db.execute("ALTER TABLE decisions ADD COLUMN graph_digest TEXT")
-            # parameter counts of the retired inspect child: the graph cache replaces them
-            db.execute("DROP TABLE IF EXISTS model_facts")
-            for column, kind in (("count_value", "INTEGER"), ("count_noise", "REAL"),
-                                 ("holdout_seed", "INTEGER"), ("holdout_fraction", "REAL"),
-                                 # earlier descriptions stated N (or N rounded): disclosed
-                                 ("n_disclosed", "INTEGER NOT NULL DEFAULT 1")):
-                if column not in columns:  # sites from before the stated relation
-                    db.execute(f"ALTER TABLE datasets ADD COLUMN {column} {kind}")
-            ran = {r[1] for r in db.execute("PRAGMA table_info(runs)")}
-            if "adjacency" not in ran:
-                # every earlier release derived q = B/N from the exact N: N was public
-                db.execute("ALTER TABLE runs ADD COLUMN adjacency TEXT NOT NULL "
-                           "DEFAULT 'replace_one'")
-            if "accountant" not in ran:
-                db.execute("ALTER TABLE runs ADD COLUMN accountant TEXT")
-            if "weights_sha256" not in ran:  # releases from before the weights endpoint
-                db.execute("ALTER TABLE runs ADD COLUMN weights_sha256 TEXT")
-        finally:
-            db.close()
+        """Open the site's database: created at this code's schema when there is none,
+        refused (`SchemaMismatch`, naming both revisions and the command) when it is at
+        another (`sites.governance.schema`)."""
+        self.site_dir = Path(site_dir)
+        self.path = self.site_dir / DB_FILE
+        schema.require_current(self.path, self.site_dir)
 
     @contextmanager
     def _connect(self, immediate: bool = True) -> Iterator[sqlite3.Connection]:
@@ -192,6 +125,27 @@ class Governance:
             db.execute("COMMIT")
         finally:
             db.close()
+
+    # -- which site this database belongs to ------------------------------------
+    def server_uid(self) -> str | None:
+        """The syft server id recorded in the database (None: not recorded yet)."""
+        with self._connect(immediate=False) as db:
+            row = db.execute("SELECT value FROM site_meta WHERE key = 'server_uid'").fetchone()
+        return row[0] if row else None
+
+    def bind_server(self, server_uid: str, actor: str) -> None:
+        """Record the site's server id once; a database already bound to another site's
+        id is refused (`SiteMismatch`)."""
+        with self._connect() as db:
+            row = db.execute("SELECT value FROM site_meta WHERE key = 'server_uid'").fetchone()
+            if row is not None:
+                if row[0] != server_uid:
+                    raise SiteMismatch(f"{self.path} belongs to the site with server id "
+                                       f"{row[0]}, not {server_uid} (site.yaml)")
+                return
+            db.execute("INSERT INTO site_meta (key, value) VALUES ('server_uid', ?)",
+                       (server_uid,))
+            self._audit(db, actor, "site.bound", server_uid)
 
     # -- audit (the chain itself is `sites.governance.audit`) -------------------
     _audit = staticmethod(audit.append)

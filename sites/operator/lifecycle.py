@@ -26,6 +26,7 @@ from policies.contract.errors import MedsyftError
 from sites.common import keychain
 from sites.common.keyring_policy import BackendVerdict
 from sites.common.syft_client import server_metadata
+from sites.governance.store import Governance
 from sites.operator.config import (
     ConsoleConfig,
     SiteConfig,
@@ -97,6 +98,7 @@ def init_site(name: str, site_dir: Path, port: int | None = None, host: str = "1
                         SigningKey.generate().encode(encoder=HexEncoder).decode())
     keychain.set_secret(service, "admin-password", keychain.generate_password())
     save_site(site_dir, cfg)
+    Governance(site_dir).bind_server(cfg.server_uid, actor="operator")
     return cfg
 
 
@@ -223,6 +225,9 @@ def up(site_dir: Path, timeout_s: float = 120.0,
         raise SiteError(f"the console's port {cfg.console_port} on {cfg.console.host} is "
                         "already in use by another program (site.yaml: console.port)")
     verdict = keychain.check_backend()
+    # a database at another schema (SchemaMismatch names the command) or another site's
+    gov = Governance(site_dir)
+    gov.bind_server(cfg.server_uid, actor="site")
     service = site_service(cfg.name)
     secrets = json.dumps({
         "signing_key": keychain.require_secret(service, "signing-key"),

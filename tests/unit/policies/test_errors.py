@@ -20,6 +20,8 @@ def project_exceptions() -> list[type[BaseException]]:
         for info in pkgutil.walk_packages(root.__path__, package + "."):
             if ".examples" in info.name or info.name.endswith("__main__"):
                 continue
+            if ".migrations" in info.name:  # alembic scripts: run by alembic, not imported
+                continue
             module = importlib.import_module(info.name)
             for _, obj in inspect.getmembers(module, inspect.isclass):
                 if issubclass(obj, BaseException) and obj.__module__ == info.name:
