@@ -131,7 +131,8 @@ def run_demo(workdir: Path, report_path: Path, rounds: int | None = None,
         password = keychain.generate_password()
         pp = Preprocessing(**GRID)
         for name, n, seed in HOSPITALS:
-            n = max(40, round(n * cohort_scale))
+            # never so small that a DP count (σ 10) could leave too few for a batch of 48
+            n = max(100, round(n * cohort_scale))
             admin.add_researcher(site_dirs[name], email, full_name, password, institution)
             if task == "segment":
                 exports = workdir / "imaging" / name

@@ -1,0 +1,180 @@
+"""The encrypted container of a site backup: a header in clear, then the archive in
+AES-256-GCM chunks (the STREAM construction of Hoang, Reyhanitabar, Rogaway and Vizár,
+as in Tink's streaming AEAD), so a backup of many gigabytes of imaging is encrypted
+and checked without holding it in memory.
+
+Layout::
+
+    MAGIC (8 bytes) | header length (4, big-endian) | header (JSON, UTF-8) | chunk 0 | ...
+
+The header names the site, the key's id and a fresh 32-byte salt and 7-byte nonce
+prefix; it is authenticated as every chunk's associated data. With the site's backup
+key K (32 bytes, in the keyring), the file key is ``HKDF-SHA256(K, salt, info)`` and
+chunk ``i`` of at most ``chunk_size`` plaintext bytes is sealed under the nonce
+``prefix ‖ i (4 bytes) ‖ last (1 byte)``. A changed byte fails that chunk's tag, a
+reordered or dropped chunk fails its counter, a truncated file fails because no chunk
+carries the last flag, and a header edit fails every chunk.
+
+Must never write plaintext anywhere, and never put a key or plaintext in an error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from typing import BinaryIO
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from policies.contract.errors import MedsyftError
+
+MAGIC = b"MEDSYBK\x01"
+INFO = b"medsyft site backup v1"
+CHUNK = 1 << 20
+TAG = 16
+MAX_HEADER = 64 * 1024
+
+
+class ArchiveDamaged(MedsyftError, ValueError):
+    """The archive is not one of ours, was altered, or is cut short."""
+
+
+def key_id(key: bytes) -> str:
+    """A short public name of a backup key (what the header records)."""
+    return hashlib.sha256(b"medsyft backup key id\0" + key).hexdigest()[:16]
+
+
+def _file_key(key: bytes, salt: bytes) -> AESGCM:
+    if len(key) != 32:
+        raise ValueError("a backup key is 32 bytes")
+    okm = HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=INFO).derive(key)
+    return AESGCM(okm)
+
+
+def _nonce(prefix: bytes, i: int, last: bool) -> bytes:
+    if i >= 1 << 32:
+        raise ValueError("archive too large for one key derivation (4 PiB)")
+    return prefix + struct.pack(">IB", i, 1 if last else 0)
+
+
+def read_header(f: BinaryIO, name: str) -> tuple[dict, bytes]:
+    """(header, its raw bytes) from the start of an archive; `name` goes in errors."""
+    magic = f.read(len(MAGIC))
+    if magic != MAGIC:
+        raise ArchiveDamaged(f"{name} is not a medsyft site backup (wrong first bytes)")
+    raw_len = f.read(4)
+    if len(raw_len) != 4:
+        raise ArchiveDamaged(f"{name} is cut short inside its header")
+    (n,) = struct.unpack(">I", raw_len)
+    if n > MAX_HEADER:
+        raise ArchiveDamaged(f"{name}: header of {n} bytes is not one of ours")
+    raw = f.read(n)
+    try:
+        header = json.loads(raw)
+        bytes.fromhex(header["salt"])
+        bytes.fromhex(header["nonce_prefix"])
+        int(header["chunk_size"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise ArchiveDamaged(f"{name}: its header does not parse ({type(e).__name__})") from None
+    return header, MAGIC + raw_len + raw
+
+
+class EncryptingWriter:
+    """A write-only file object: what is written goes out sealed in chunks to `out`."""
+
+    def __init__(self, out: BinaryIO, key: bytes, header: dict) -> None:
+        self._out = out
+        salt, self._prefix = os.urandom(32), os.urandom(7)
+        header = dict(header, format=1, key_id=key_id(key), salt=salt.hex(),
+                      nonce_prefix=self._prefix.hex(), chunk_size=CHUNK)
+        raw = json.dumps(header, sort_keys=True).encode()
+        self._aad = MAGIC + struct.pack(">I", len(raw)) + raw
+        out.write(self._aad)
+        self._aead = _file_key(key, salt)
+        self._buf = bytearray()
+        self._i = 0
+        self.header = header
+        self.closed = False
+
+    def write(self, data: bytes) -> int:
+        self._buf += data
+        while len(self._buf) > CHUNK:  # keep at least one byte back for the last chunk
+            self._seal(bytes(self._buf[:CHUNK]), last=False)
+            del self._buf[:CHUNK]
+        return len(data)
+
+    def _seal(self, chunk: bytes, last: bool) -> None:
+        self._out.write(self._aead.encrypt(_nonce(self._prefix, self._i, last), chunk,
+                                           self._aad))
+        self._i += 1
+
+    def flush(self) -> None:
+        self._out.flush()
+
+    def close(self) -> None:
+        if not self.closed:
+            self._seal(bytes(self._buf), last=True)
+            self._buf.clear()
+            self._out.flush()
+            self.closed = True
+
+
+class DecryptingReader:
+    """A read-only file object over an archive's body: every byte it returns has passed
+    its chunk's tag; at the end, the last flag must have been seen."""
+
+    def __init__(self, f: BinaryIO, key: bytes, header: dict, aad: bytes, name: str) -> None:
+        if header.get("key_id") != key_id(key):
+            raise ArchiveDamaged(f"{name} was made with backup key {header.get('key_id')}, "
+                                 f"the keyring holds key {key_id(key)}")
+        self._f, self._aad, self._name = f, aad, name
+        self._prefix = bytes.fromhex(header["nonce_prefix"])
+        self._size = int(header["chunk_size"]) + TAG
+        self._aead = _file_key(key, bytes.fromhex(header["salt"]))
+        self._pending = f.read(self._size)
+        self._plain = b""
+        self._i = 0
+        self._done = False
+        self.position = 0  # plaintext bytes returned so far (for error messages)
+
+    def _next(self) -> None:
+        sealed, self._pending = self._pending, self._f.read(self._size)
+        last = not self._pending
+        if not sealed:
+            raise ArchiveDamaged(f"{self._name} is cut short (no closing chunk)")
+        try:
+            self._plain = self._aead.decrypt(_nonce(self._prefix, self._i, last), sealed,
+                                             self._aad)
+        except InvalidTag:
+            where = "is cut short or altered" if last else "was altered"
+            raise ArchiveDamaged(f"{self._name} {where}: chunk {self._i} (near byte "
+                                 f"{self._i * (self._size - TAG)} of the archive) fails "
+                                 "its authentication tag") from None
+        self._i += 1
+        self._done = last
+
+    def read(self, n: int = -1) -> bytes:
+        out = bytearray()
+        while n < 0 or len(out) < n:
+            if not self._plain:
+                if self._done:
+                    break
+                self._next()
+                continue
+            take = len(self._plain) if n < 0 else min(n - len(out), len(self._plain))
+            out += self._plain[:take]
+            self._plain = self._plain[take:]
+        self.position += len(out)
+        return bytes(out)
+
+    def finish(self) -> None:
+        """Read to the end: the archive is whole only once the last chunk has verified."""
+        while self.read(CHUNK):
+            pass
+        if not self._done:
+            raise ArchiveDamaged(f"{self._name} is cut short (no closing chunk)")
