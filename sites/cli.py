@@ -194,6 +194,36 @@ def site_restore(
                   "starting it[/yellow]")
 
 
+@site_app.command("doctor")
+def site_doctor(
+    site_dir: Path = typer.Argument(Path("."), help="site folder"),
+    json_out: bool = typer.Option(False, "--json", help="machine-readable report"),
+) -> None:
+    """Say whether this site is safe to run and what to fix: keyring, secrets, database
+    and schema, server id, syft's store, policy, audit chain, disk, TLS certificates,
+    GPU, ports, sandbox, permissions; each pass, warn or fail with its fix. Exit 1 on any
+    fail. `site up` runs the checks that would make a start unsafe first."""
+    from sites.operator.doctor import diagnose
+
+    report = diagnose(site_dir)
+    if json_out:
+        print_json(report.model_dump())
+    else:
+        colours = {"pass": "green", "warn": "yellow", "fail": "red"}
+        out.print(f"{report.site} ({esc(report.site_dir)}), "
+                  f"{'running' if report.running else 'stopped'}")
+        for c in report.checks:
+            colour = colours[c.status]
+            out.print(f"  [{colour}]{c.status:4}[/{colour}]  {c.name:12} {esc(c.detail)}")
+            if c.fix:
+                out.print(f"        {'':12} fix: {esc(c.fix)}")
+        fails = sum(c.status == "fail" for c in report.checks)
+        warns = sum(c.status == "warn" for c in report.checks)
+        out.print("[green]safe to run[/green]" if not fails else
+                  f"[red]{fails} check(s) failed[/red]", f"({warns} warning(s))")
+    raise typer.Exit(0 if report.ok else 1)
+
+
 @site_app.command("down")
 def site_down(site_dir: Path = typer.Argument(Path("."), help="site folder")) -> None:
     """Stop the datasite and any training it runs."""

@@ -11,6 +11,7 @@ ledger rows or decisions.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from dataclasses import dataclass
 from functools import lru_cache
@@ -144,6 +145,8 @@ def upgrade(path: Path, *, actor: str, server_uid: str | None = None,
     if st.up_to_date:
         return st.current, st.head
     Path(path).parent.mkdir(parents=True, exist_ok=True)
+    if not Path(path).exists():  # SQLite gives its -wal and -shm files the same mode
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     wal = sqlite3.connect(path, timeout=30)
     try:
         wal.execute("PRAGMA journal_mode=WAL")  # kept by the file; outside any transaction

@@ -39,8 +39,11 @@ PID_FILE = "run/server.pid"
 KEYRING_FILE = "run/keyring.json"  # which backend the running site's secrets came from
 DEFAULT_POLICY = """\
 # Site policy. Nothing can be approved until you list datasets and researchers.
-# See `medsyft policy --help` and the examples shipped in policies/.
+# See `medsyft policy --help` and the examples shipped in policies/. Reviewers are the
+# names of the accounts `medsyft site add-reviewer` creates.
 version: 1
+approval: manual
+reviewers: [data-owner]
 datasets: {}
 """
 
@@ -78,7 +81,8 @@ def init_site(name: str, site_dir: Path, port: int | None = None, host: str = "1
     service = site_service(name)
     if keychain.get_secret(service, "signing-key") is not None:
         raise SiteError(f"the keyring already holds secrets for a site named {name!r}")
-    site_dir.mkdir(parents=True, exist_ok=True)
+    site_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    site_dir.chmod(0o700)  # imaging, ledgers and logs: the site's user only
     for sub in ("logs", "run", "storage", "runs"):
         (site_dir / sub).mkdir(exist_ok=True, mode=0o700)
     if policy_file is not None:
@@ -210,21 +214,24 @@ def _log_tail(site_dir: Path, lines: int = 15) -> str:
 
 def up(site_dir: Path, timeout_s: float = 120.0,
        allow_plaintext_keyring: bool = False) -> SiteStatus:
-    """Start the site. A keyring backend medsyft refuses stops it here, naming the backend
-    and the fix; `allow_plaintext_keyring` (the demo) lets a plaintext one through and is
-    recorded in `site status`, the site log and the audit log."""
+    """Start the site, after the doctor's start checks (`sites.operator.doctor`): any that
+    fails stops it here with its fix. A keyring backend medsyft refuses is named with the
+    steps to a safe one; `allow_plaintext_keyring` (the demo) lets a plaintext one through
+    and is recorded in `site status`, the site log and the audit log."""
     if allow_plaintext_keyring:
         keychain.allow_plaintext_keyring()
     site_dir, cfg = load_site(site_dir)
     current = status(site_dir)
     if current.running:
         return current
-    if port_in_use(cfg.host, cfg.port):
-        raise SiteError(f"port {cfg.port} on {cfg.host} is already in use by another program")
-    if cfg.console.enabled and port_in_use(cfg.console.host, cfg.console_port):
-        raise SiteError(f"the console's port {cfg.console_port} on {cfg.console.host} is "
-                        "already in use by another program (site.yaml: console.port)")
-    verdict = keychain.check_backend()
+    verdict = keychain.check_backend()  # refused: the steps to a safe one (HEADLESS_STEPS)
+    from sites.operator.doctor import diagnose
+
+    failed = [c for c in diagnose(site_dir, for_start=True).checks if c.status == "fail"]
+    if failed:
+        raise SiteError(f"site {cfg.name} not started; `medsyft site doctor {site_dir}` "
+                        "found:\n" + "\n".join(f"  {c.name}: {c.detail}\n    fix: {c.fix}"
+                                                for c in failed))
     # a database at another schema (SchemaMismatch names the command) or another site's
     gov = Governance(site_dir)
     gov.bind_server(cfg.server_uid, actor="site")
