@@ -224,6 +224,38 @@ def site_doctor(
     raise typer.Exit(0 if report.ok else 1)
 
 
+@site_app.command("service")
+def site_service_unit(
+    site_dir: Path = typer.Argument(Path("."), help="site folder"),
+    user: str = typer.Option(None, "--user", help="the account the site runs as (not root; "
+                                                   "default: you)"),
+    keyring_file: Path = typer.Option(None, "--keyring-file",
+                                      help="medsyft's encrypted keyring file "
+                                           "(default: $MEDSYFT_KEYRING_FILE or the user's)"),
+    credential: Path = typer.Option(None, "--credential",
+                                    help="the sealed passphrase (default: "
+                                         "/etc/credstore.encrypted/medsyft-keyring)"),
+) -> None:
+    """Print a hardened systemd unit for this site: runs as USER, the keyring passphrase
+    from an encrypted systemd credential, no new privileges, read-only system with only
+    the site folder and the keyring's folder writable, private /tmp, restarted on
+    failure. Save it as /etc/systemd/system/medsyft-NAME.service."""
+    import getpass
+    import os
+
+    from sites.common import cryptfile_keyring
+    from sites.operator.service import unit
+
+    user = user or getpass.getuser()
+    if user == "root":
+        raise typer.BadParameter("a site must not run as root: give --user ACCOUNT "
+                                 "(e.g. a system user made with `useradd --system medsyft`)",
+                                 param_hint="--user")
+    if keyring_file is None and os.environ.get(cryptfile_keyring.FILE_ENV):
+        keyring_file = Path(os.environ[cryptfile_keyring.FILE_ENV])
+    sys.stdout.write(unit(site_dir, user, keyring_file=keyring_file, credential=credential))
+
+
 @site_app.command("down")
 def site_down(site_dir: Path = typer.Argument(Path("."), help="site folder")) -> None:
     """Stop the datasite and any training it runs."""

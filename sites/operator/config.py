@@ -101,6 +101,11 @@ class SiteConfig(BaseModel):
     server_uid: str = Field(pattern=r"^[0-9a-f]{32}$")
     admin_email: str
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = Field(
+        "text", description="logs/site.log as text lines, or as JSON lines for a collector")
+    log_max_mb: int = Field(50, ge=1, le=100_000,
+                            description="a log file is rotated when it reaches this size")
+    log_keep: int = Field(5, ge=1, le=1000, description="rotated log files kept (.1 … .N)")
     training_timeout_s: int = Field(3600, ge=10)
     train_threads: int = Field(0, ge=0, le=256,
                                description="CPU threads per training run; 0 = all cores")

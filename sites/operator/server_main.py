@@ -41,13 +41,16 @@ def _raise_file_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def _configure_logging(site_dir: Path, level: str) -> None:
-    """medsyft's own records go to logs/site.log; uvicorn's and syft's to stderr (server.log)."""
-    handler = logging.FileHandler(site_dir / "logs" / "site.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+def _configure_logging(site_dir: Path, cfg) -> None:
+    """medsyft's own records go to logs/site.log (rotated by size, text or JSON lines as
+    site.yaml says); uvicorn's and syft's to stderr (server.log)."""
+    from sites.operator.site_logging import handler
+
     medsyft = logging.getLogger("medsyft")
-    medsyft.handlers[:] = [handler]
-    medsyft.setLevel(getattr(logging, level.upper()))
+    for old in medsyft.handlers:
+        old.close()
+    medsyft.handlers[:] = [handler(site_dir / "logs" / "site.log", cfg)]
+    medsyft.setLevel(getattr(logging, cfg.log_level.upper()))
     medsyft.propagate = False
 
 
@@ -79,7 +82,7 @@ def app_factory():  # called by uvicorn
     guarded = apply_syft_guard(refusal)  # raises if it cannot be installed: no unguarded site
     app = syft_app_factory()
     site_dir, cfg = load_site(os.environ[SITE_DIR_ENV])
-    _configure_logging(site_dir, cfg.log_level)  # after syft, which configures logging too
+    _configure_logging(site_dir, cfg)  # after syft, which configures logging too
     site_log = logging.getLogger("medsyft.site")
     site_log.info("syft speed patches: %s", ", ".join(patched) or "none")
     site_log.info("syft request guard: %s", ", ".join(guarded))
@@ -119,8 +122,11 @@ def main() -> int:
 
     site_dir, cfg = load_site(site_dir)
     _raise_file_limit()
+    from sites.operator.site_logging import rotate_at_start
+
+    rotate_at_start(site_dir / "logs" / "server.log", cfg)
     _redirect_output(site_dir / "logs" / "server.log")
-    _configure_logging(site_dir, cfg.log_level)
+    _configure_logging(site_dir, cfg)
     _record_keyring(site_dir, cfg.name, secrets.get("keyring") or {})
     aborted = Governance(site_dir).abort_running(actor="site")
     if aborted:
