@@ -87,6 +87,16 @@ def _safe_name(name: str, archive: str) -> PurePosixPath:
     return p
 
 
+def _make_dirs(root: Path, folder: Path) -> None:
+    """Create `folder` and every missing parent below `root`, each mode 0700 (mkdir's
+    `parents=True` would give the parents the umask's mode)."""
+    here = root
+    for part in folder.relative_to(root).parts:
+        here = here / part
+        if not here.is_dir():
+            here.mkdir(mode=0o700)
+
+
 def _unpack(reader: archive_crypto.DecryptingReader, staging: Path, archive: str
             ) -> tuple[dict[str, tuple[str, int]], dict[str, bytes]]:
     """Unpack regular files into `staging`; returns ({path: (sha256, size)}, {name: bytes}
@@ -109,7 +119,7 @@ def _unpack(reader: archive_crypto.DecryptingReader, staging: Path, archive: str
                 small[key] = src.read()
                 continue
             target = staging.joinpath(*name.parts)
-            target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            _make_dirs(staging, target.parent)
             sha = hashlib.sha256()
             fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
             with os.fdopen(fd, "wb") as out:

@@ -88,6 +88,11 @@ def test_a_backup_during_a_round_restores_whole_and_a_new_round_runs(backed_up):
     assert report["blob_paths_rewritten"] >= 1  # syft's absolute paths now point here
     assert report["ledger"] == [line.model_dump() for line in b["report"].ledger]
 
+    import stat
+
+    opened = [p for p in [target, *target.rglob("*")]
+              if p.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO)]
+    assert opened == []  # imaging and ledgers: the site's user only
     gov = Governance(target)
     assert gov.dataset(DATASET)["cohort_id"] == b["report"].datasets[0].cohort_id
     assert gov.approval(b["bound"].plan_hash) is not None  # the approval came back
