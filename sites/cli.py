@@ -131,6 +131,10 @@ def site_backup(
         False, "--include-secrets",
         help="also carry the site's signing key and admin password (for a new machine "
              "whose keyring will not hold them)"),
+    recipient: list[str] = typer.Option(
+        None, "--recipient",
+        help="an age X25519 public key (age1…) that can open the archive too, with its "
+             "identity kept offline (repeatable)"),
     json_out: bool = typer.Option(False, "--json", help="machine-readable report"),
 ) -> None:
     """Back the site up into one encrypted archive, while it runs: the databases (online
@@ -150,7 +154,7 @@ def site_backup(
             bar.update(task, completed=done, description=f"backing up {path[-48:]}")
 
         report = backup_site(site_dir, out_file, include_secrets=include_secrets,
-                             progress=tick)
+                             progress=tick, recipients=recipient or [])
     if json_out:
         print_json(report.model_dump())
         return
@@ -161,6 +165,8 @@ def site_backup(
               f"{len(report.ledger)} ledger(s); {len(report.datasets)} dataset(s)")
     out.print("keyring secrets: " + ("included" if report.secrets_included else
                                      "not included (restore needs this site's keyring)"))
+    if report.recipients:
+        out.print(f"also opens with the identity of: {', '.join(report.recipients)}")
     for line in report.left_out:
         out.print(f"[yellow]not archived:[/yellow] {esc(line)}")
 
@@ -170,6 +176,9 @@ def site_restore(
     archive: Path = typer.Argument(..., help="an archive written by `site backup`",
                                    exists=True, dir_okay=False),
     site_dir: Path = typer.Argument(..., help="a new or empty folder for the site"),
+    identity: Path = typer.Option(
+        None, "--identity", help="an age identity file (mode 0600) for an archive made "
+                                 "with --recipient; default: the keyring's backup key"),
     json_out: bool = typer.Option(False, "--json", help="machine-readable report"),
 ) -> None:
     """Restore a site from its backup into a new folder, then prove it whole: every
@@ -179,7 +188,7 @@ def site_restore(
     from sites.operator.restore import restore_site
 
     with err.status("restoring (checking every file)...") if not json_out else nullcontext():
-        report = restore_site(archive, site_dir)
+        report = restore_site(archive, site_dir, identity=identity)
     if json_out:
         print_json(report.model_dump())
         return

@@ -7,23 +7,28 @@ Layout::
 
     MAGIC (8 bytes) | header length (4, big-endian) | header (JSON, UTF-8) | chunk 0 | ...
 
-The header names the site, the key's id and a fresh 32-byte salt and 7-byte nonce
-prefix; it is authenticated as every chunk's associated data. With the site's backup
-key K (32 bytes, in the keyring), the file key is ``HKDF-SHA256(K, salt, info)`` and
-chunk ``i`` of at most ``chunk_size`` plaintext bytes is sealed under the nonce
-``prefix ‖ i (4 bytes) ‖ last (1 byte)``. A changed byte fails that chunk's tag, a
-reordered or dropped chunk fails its counter, a truncated file fails because no chunk
-carries the last flag, and a header edit fails every chunk.
+Each archive has its own random 32-byte archive key A. The header carries A wrapped for
+whoever may open the archive: under the site's backup key K from the keyring
+(AES-256-GCM, K's id beside it), and with `--recipient` also for age X25519 recipients
+(`pyrage`, the age format: the matching identity can be kept offline, away from the
+server). The header also holds a fresh 32-byte salt and a 7-byte nonce prefix, and is
+authenticated as every chunk's associated data. The file key is
+``HKDF-SHA256(A, salt, info)`` and chunk ``i`` of at most ``chunk_size`` plaintext bytes is
+sealed under the nonce ``prefix ‖ i (4 bytes) ‖ last (1 byte)``. A changed byte fails
+that chunk's tag, a reordered or dropped chunk fails its counter, a truncated file
+fails because no chunk carries the last flag, and a header edit fails every chunk.
 
 Must never write plaintext anywhere, and never put a key or plaintext in an error.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
 import struct
+from pathlib import Path
 from typing import BinaryIO
 
 from cryptography.exceptions import InvalidTag
@@ -38,6 +43,8 @@ INFO = b"medsyft site backup v1"
 CHUNK = 1 << 20
 TAG = 16
 MAX_HEADER = 64 * 1024
+MAX_CHUNK = 16 * CHUNK  # a header asking for more is not one of ours (memory on restore)
+WRAP_AAD = b"medsyft backup: archive key v1\0"
 
 
 class ArchiveDamaged(MedsyftError, ValueError):
@@ -49,9 +56,90 @@ def key_id(key: bytes) -> str:
     return hashlib.sha256(b"medsyft backup key id\0" + key).hexdigest()[:16]
 
 
+class CannotOpen(MedsyftError, ValueError):
+    """Neither the keyring's backup key nor a given identity opens the archive."""
+
+
+def parse_recipients(values: list[str]) -> list:
+    """age X25519 recipients (`age1…`), each checked; errors name the value."""
+    from pyrage import RecipientError, x25519
+
+    out = []
+    for v in values:
+        try:
+            out.append(x25519.Recipient.from_str(v.strip()))
+        except RecipientError:
+            raise CannotOpen(f"recipient {v.strip()[:80]!r} is not an age X25519 public "
+                             "key (age1…)") from None
+    return out
+
+
+def read_identities(path: Path) -> list:
+    """The age identities (`AGE-SECRET-KEY-1…` lines) of a file only its owner can read."""
+    import stat
+
+    from pyrage import IdentityError, x25519
+
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except OSError as e:
+        raise CannotOpen(f"identity file {path}: {e.strerror}") from None
+    if not stat.S_ISREG(st.st_mode) or st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise CannotOpen(f"identity file {path} must be a regular file only its owner can "
+                         f"read (chmod 600 {path})")
+    found = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            found.append(x25519.Identity.from_str(line))
+        except IdentityError:
+            raise CannotOpen(f"identity file {path}, line {n}: not an age X25519 identity "
+                             "(AGE-SECRET-KEY-1…)") from None
+    if not found:
+        raise CannotOpen(f"identity file {path} holds no age identity")
+    return found
+
+
+def archive_key(header: dict, name: str, keyring_key: bytes | None = None,
+                identities: list | None = None) -> bytes:
+    """Unwrap the archive key: with the identities when given, else with the keyring's
+    backup key."""
+    wrapped = header.get("wrapped") or {}
+    if identities:
+        import pyrage
+
+        if "age" not in wrapped:
+            raise CannotOpen(f"{name} was made without an age recipient: open it with the "
+                             "site's backup key from the keyring")
+        try:
+            key = pyrage.decrypt(base64.b64decode(wrapped["age"]), identities)
+        except (pyrage.DecryptError, ValueError):
+            raise CannotOpen(f"no identity given opens {name} (its recipients: "
+                             f"{', '.join(header.get('recipients', []))})") from None
+        if len(key) != 32:
+            raise ArchiveDamaged(f"{name}: its wrapped key is not one of ours")
+        return key
+    ring = wrapped.get("keyring")
+    if keyring_key is None or ring is None:
+        raise CannotOpen(f"{name}: no key to open it (the keyring holds no backup key of "
+                         "its site; an archive made with --recipient opens with --identity)")
+    if ring.get("key_id") != key_id(keyring_key):
+        raise CannotOpen(f"{name} was made with backup key {ring.get('key_id')}, the keyring "
+                         f"holds key {key_id(keyring_key)}")
+    try:
+        key = AESGCM(keyring_key).decrypt(bytes.fromhex(ring["nonce"]),
+                                          bytes.fromhex(ring["sealed"]),
+                                          WRAP_AAD + str(header.get("site", "")).encode())
+    except (InvalidTag, ValueError, KeyError):
+        raise ArchiveDamaged(f"{name}: its wrapped archive key was altered") from None
+    return key
+
+
 def _file_key(key: bytes, salt: bytes) -> AESGCM:
     if len(key) != 32:
-        raise ValueError("a backup key is 32 bytes")
+        raise ValueError("an archive key is 32 bytes")
     okm = HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=INFO).derive(key)
     return AESGCM(okm)
 
@@ -78,24 +166,43 @@ def read_header(f: BinaryIO, name: str) -> tuple[dict, bytes]:
         header = json.loads(raw)
         bytes.fromhex(header["salt"])
         bytes.fromhex(header["nonce_prefix"])
-        int(header["chunk_size"])
+        size = int(header["chunk_size"])
     except (ValueError, KeyError, TypeError) as e:
         raise ArchiveDamaged(f"{name}: its header does not parse ({type(e).__name__})") from None
+    if not 1 <= size <= MAX_CHUNK:
+        raise ArchiveDamaged(f"{name}: chunk size {size} is not one of ours")
     return header, MAGIC + raw_len + raw
 
 
 class EncryptingWriter:
     """A write-only file object: what is written goes out sealed in chunks to `out`."""
 
-    def __init__(self, out: BinaryIO, key: bytes, header: dict) -> None:
+    def __init__(self, out: BinaryIO, key: bytes | None, header: dict,
+                 recipients: list | None = None) -> None:
+        """`key`: the site's backup key (the archive key is wrapped under it);
+        `recipients`: age recipients it is also wrapped for. At least one of them."""
+        if key is None and not recipients:
+            raise ValueError("an archive needs a backup key or a recipient")
         self._out = out
+        archive = os.urandom(32)
         salt, self._prefix = os.urandom(32), os.urandom(7)
-        header = dict(header, format=1, key_id=key_id(key), salt=salt.hex(),
+        wrapped: dict = {}
+        if key is not None:
+            nonce = os.urandom(12)
+            wrapped["keyring"] = {"key_id": key_id(key), "nonce": nonce.hex(), "sealed": (
+                AESGCM(key).encrypt(nonce, archive,
+                                    WRAP_AAD + str(header.get("site", "")).encode()).hex())}
+        if recipients:
+            import pyrage
+
+            wrapped["age"] = base64.b64encode(pyrage.encrypt(archive, recipients)).decode()
+        header = dict(header, format=1, wrapped=wrapped, salt=salt.hex(),
+                      recipients=[str(r) for r in recipients or []],
                       nonce_prefix=self._prefix.hex(), chunk_size=CHUNK)
         raw = json.dumps(header, sort_keys=True).encode()
         self._aad = MAGIC + struct.pack(">I", len(raw)) + raw
         out.write(self._aad)
-        self._aead = _file_key(key, salt)
+        self._aead = _file_key(archive, salt)
         self._buf = bytearray()
         self._i = 0
         self.header = header
@@ -128,14 +235,13 @@ class DecryptingReader:
     """A read-only file object over an archive's body: every byte it returns has passed
     its chunk's tag; at the end, the last flag must have been seen."""
 
-    def __init__(self, f: BinaryIO, key: bytes, header: dict, aad: bytes, name: str) -> None:
-        if header.get("key_id") != key_id(key):
-            raise ArchiveDamaged(f"{name} was made with backup key {header.get('key_id')}, "
-                                 f"the keyring holds key {key_id(key)}")
+    def __init__(self, f: BinaryIO, archive: bytes, header: dict, aad: bytes,
+                 name: str) -> None:
+        """`archive`: the archive key (`archive_key`)."""
         self._f, self._aad, self._name = f, aad, name
         self._prefix = bytes.fromhex(header["nonce_prefix"])
         self._size = int(header["chunk_size"]) + TAG
-        self._aead = _file_key(key, bytes.fromhex(header["salt"]))
+        self._aead = _file_key(archive, bytes.fromhex(header["salt"]))
         self._pending = f.read(self._size)
         self._plain = b""
         self._i = 0

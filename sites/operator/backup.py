@@ -94,6 +94,7 @@ class BackupReport(BaseModel):
     archive: str
     site: str
     key_id: str
+    recipients: list[str] = Field(description="age recipients that can open it as well")
     bytes: int
     files: int
     audit_entries: int
@@ -217,8 +218,10 @@ def _walk(root: Path, skip: set[Path]) -> list[Path]:
 
 
 def backup_site(site_dir: Path, out: Path, include_secrets: bool = False,
-                progress: Progress | None = None) -> BackupReport:
-    """Archive the site (running or not) into `out`, sealed with its backup key."""
+                progress: Progress | None = None,
+                recipients: list[str] | None = None) -> BackupReport:
+    """Archive the site (running or not) into `out`, sealed with its backup key and, for
+    each age `recipients` (`age1…`), openable with that recipient's identity too."""
     started = time.monotonic()
     site_dir, cfg = load_site(site_dir)
     out = out.resolve()
@@ -233,6 +236,7 @@ def backup_site(site_dir: Path, out: Path, include_secrets: bool = False,
     gov_file = site_dir / DB_FILE
     if not gov_file.exists():
         raise SiteError(f"{gov_file} does not exist: not a site that has run")
+    age = archive_crypto.parse_recipients(recipients or [])
     keychain.check_backend()
     key = backup_key(cfg.name, create=True)
     assert key is not None
@@ -267,11 +271,15 @@ def backup_site(site_dir: Path, out: Path, include_secrets: bool = False,
         ledgers = ledger_lines(facts)
         datasets = dataset_lines(facts / DB_FILE)
         syft_db = syft_store.database(storage, cfg.server_uid)
+        if datasets and syft_db not in snaps:
+            raise SiteError(f"{syft_db} is missing while {len(datasets)} dataset(s) are "
+                            "published: a backup of this site would not restore "
+                            "(`medsyft site doctor` says more)")
         users = syft_store.count_users(snaps[syft_db]) if syft_db in snaps else 0
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as raw:
             writer = archive_crypto.EncryptingWriter(raw, key, {
-                "site": cfg.name, "created_at": time.time()})
+                "site": cfg.name, "created_at": time.time()}, recipients=age)
             with tarfile.open(fileobj=writer, mode="w|", format=tarfile.PAX_FORMAT) as tar:
                 arc = _Archive(tar, progress)
                 arc.add_file(DB_FILE, gov_snap, "sqlite")
@@ -298,6 +306,7 @@ def backup_site(site_dir: Path, out: Path, include_secrets: bool = False,
         partial.unlink(missing_ok=True)
         shutil.rmtree(work, ignore_errors=True)
     return BackupReport(archive=str(out), site=cfg.name, key_id=archive_crypto.key_id(key),
+                        recipients=[str(r) for r in age],
                         bytes=out.stat().st_size, files=len(manifest.files),
                         audit_entries=n_audit, audit_head=head, ledger=ledgers,
                         datasets=datasets, secrets_included=include_secrets,

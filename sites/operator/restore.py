@@ -239,7 +239,10 @@ def _verify(staging: Path, manifest: BackupManifest) -> tuple[list[Check], bool,
     return checks, upgrade, ledgers
 
 
-def restore_site(archive: Path, site_dir: Path) -> RestoreReport:
+def restore_site(archive: Path, site_dir: Path, identity: Path | None = None
+                 ) -> RestoreReport:
+    """Restore `archive` into the new or empty `site_dir`; opened with the keyring's
+    backup key of its site, or with the age identities in the file `identity`."""
     started = time.monotonic()
     archive, site_dir = archive.resolve(), site_dir.resolve()
     name = str(archive)
@@ -249,15 +252,25 @@ def restore_site(archive: Path, site_dir: Path) -> RestoreReport:
         if not site_dir.is_dir() or any(site_dir.iterdir()):
             raise SiteError(f"{site_dir} is not an empty folder: restore into a new one")
     keychain.check_backend()
+    identities = archive_crypto.read_identities(identity) if identity else None
     with open(archive, "rb") as f:
         header, aad = archive_crypto.read_header(f, name)
         site = str(header.get("site", ""))
-        key = backup_key(site, create=False)
-        if key is None:
-            raise SiteError(f"the keyring holds no {BACKUP_KEY} for site {site!r} (the archive "
-                            f"needs key {header.get('key_id')}): restore on a machine with "
-                            "that site's keyring")
+        if identities:
+            key = archive_crypto.archive_key(header, name, identities=identities)
+        else:
+            ring = backup_key(site, create=False)
+            if ring is None:
+                needs = (header.get("wrapped") or {}).get("keyring", {}).get("key_id")
+                raise SiteError(
+                    f"the keyring holds no {BACKUP_KEY} for site {site!r} (the archive needs "
+                    f"key {needs}): restore on a machine with that site's keyring"
+                    + (", or give --identity (it was also sealed for "
+                       f"{', '.join(header['recipients'])})" if header.get("recipients")
+                       else ""))
+            key = archive_crypto.archive_key(header, name, keyring_key=ring)
         reader = archive_crypto.DecryptingReader(f, key, header, aad, name)
+        del key
         staging = site_dir.parent / f".{site_dir.name}.restoring-{secrets.token_hex(4)}"
         staging.mkdir(mode=0o700, parents=True)
         try:
@@ -295,7 +308,8 @@ def restore_site(archive: Path, site_dir: Path) -> RestoreReport:
     if not upgrade:
         Governance(site_dir).audit("operator", "site.restored", site, archive=name,
                                    backup_created_at=manifest.created_at,
-                                   audit_head=manifest.audit_head, key_id=header["key_id"])
+                                   audit_head=manifest.audit_head,
+                                   opened_with="identity" if identities else "keyring")
     return RestoreReport(archive=name, site=site, site_dir=str(site_dir),
                          backup_created_at=manifest.created_at, files=len(files),
                          bytes=reader.position, blob_paths_rewritten=rewritten, secrets=how,

@@ -115,13 +115,15 @@ def test_a_backup_during_a_round_restores_whole_and_a_new_round_runs(backed_up):
         assert gov.verify_audit()[0]
     finally:
         lifecycle.down(target)
+        (b["dir"] / "storage.elsewhere").rename(b["dir"] / "storage")
 
 
 def _members(archive, key):
     """(header, [(TarInfo, bytes)]) of an archive, decrypted with the site's key."""
     with open(archive, "rb") as f:
         header, aad = archive_crypto.read_header(f, "a")
-        reader = archive_crypto.DecryptingReader(f, key, header, aad, "a")
+        inner = archive_crypto.archive_key(header, "a", keyring_key=key)
+        reader = archive_crypto.DecryptingReader(f, inner, header, aad, "a")
         out = []
         with tarfile.open(fileobj=reader, mode="r|") as tar:
             for m in tar:
@@ -220,6 +222,34 @@ def test_secrets_travel_only_with_include_secrets(backed_up, tmp_path):
         keychain.use_backend(original)
 
 
+def test_an_offline_age_identity_restores_on_a_machine_without_the_keyring(backed_up,
+                                                                          tmp_path):
+    from pyrage import x25519
+
+    ident = x25519.Identity.generate()
+    (tmp_path / "offline.key").write_text(f"{ident}\n")
+    (tmp_path / "offline.key").chmod(0o600)
+    archive = tmp_path / "for-age.medsyft-backup"
+    original = backed_up["keyring"]
+    backed = backup_site(backed_up["dir"], archive, include_secrets=True,
+                         recipients=[str(ident.to_public())])
+    assert backed.recipients == [str(ident.to_public())]
+    fresh = MemoryKeyring()  # a new machine: not even the backup key
+    keychain.use_backend(fresh)
+    try:
+        with pytest.raises(lifecycle.SiteError, match="or give --identity"):
+            restore_site(archive, tmp_path / "nokey")
+        ran = CliRunner().invoke(app, ["site", "restore", str(archive), str(tmp_path / "r"),
+                                       "--identity", str(tmp_path / "offline.key"), "--json"])
+        assert ran.exit_code == 0, ran.output
+        assert json.loads(ran.stdout)["ok"] is True
+        service = lifecycle.site_service(NAME)
+        assert fresh.get_password(service, "signing-key") == original.get_password(
+            service, "signing-key")
+    finally:
+        keychain.use_backend(original)
+
+
 def test_a_keyring_without_the_backup_key_cannot_open_it(backed_up, tmp_path):
     original = backed_up["keyring"]
     keychain.use_backend(MemoryKeyring())
@@ -240,3 +270,14 @@ def test_the_archive_holds_no_secret_or_pixel_in_clear(backed_up):
     for clear in (b"policy.yaml", b"SQLite format 3", cfg.server_uid.encode(),
                   EMAIL.encode()):
         assert clear not in data
+
+
+def test_a_site_whose_syft_store_is_gone_is_not_backed_up(backed_up, tmp_path):
+    d = backed_up["dir"]
+    (d / "storage").rename(d / "storage.gone")
+    try:
+        with pytest.raises(lifecycle.SiteError, match="would not restore"):
+            backup_site(d, tmp_path / "x.medsyft-backup")
+        assert not (tmp_path / "x.medsyft-backup").exists()
+    finally:
+        (d / "storage.gone").rename(d / "storage")

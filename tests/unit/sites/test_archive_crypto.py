@@ -4,7 +4,9 @@ archive without the key is refused, and nothing is returned before its chunk ver
 from __future__ import annotations
 
 import io
+import json
 import os
+import struct
 
 import pytest
 
@@ -13,19 +15,20 @@ from sites.operator import archive_crypto as ac
 KEY = bytes(range(32))
 
 
-def seal(data: bytes, key: bytes = KEY) -> bytes:
+def seal(data: bytes, key: bytes | None = KEY, recipients=None) -> bytes:
     out = io.BytesIO()
-    w = ac.EncryptingWriter(out, key, {"site": "st-test"})
+    w = ac.EncryptingWriter(out, key, {"site": "st-test"}, recipients=recipients)
     for i in range(0, len(data), 7777):  # writes that straddle chunk boundaries
         w.write(data[i:i + 7777])
     w.close()
     return out.getvalue()
 
 
-def open_(blob: bytes, key: bytes = KEY) -> bytes:
+def open_(blob: bytes, key: bytes | None = KEY, identities=None) -> bytes:
     f = io.BytesIO(blob)
     header, aad = ac.read_header(f, "x.bak")
-    r = ac.DecryptingReader(f, key, header, aad, "x.bak")
+    archive = ac.archive_key(header, "x.bak", keyring_key=key, identities=identities)
+    r = ac.DecryptingReader(f, archive, header, aad, "x.bak")
     data = r.read()
     r.finish()
     return data
@@ -68,8 +71,62 @@ def test_a_header_edit_fails_every_chunk():
 
 def test_another_key_is_named_not_tried():
     blob = seal(b"private")
-    with pytest.raises(ac.ArchiveDamaged, match="made with backup key"):
+    with pytest.raises(ac.CannotOpen, match="made with backup key"):
         open_(blob, key=bytes(32))
+
+
+def test_each_archive_has_its_own_key():
+    a, b = seal(b"same"), seal(b"same")
+    assert _chunks(a)[1] != _chunks(b)[1]
+
+
+def test_an_age_recipient_opens_it_without_the_keyring(tmp_path):
+    from pyrage import x25519
+
+    ident = x25519.Identity.generate()
+    other = x25519.Identity.generate()
+    blob = seal(b"private imaging", recipients=ac.parse_recipients([str(ident.to_public())]))
+    assert open_(blob, key=None, identities=[ident]) == b"private imaging"
+    assert open_(blob) == b"private imaging"  # and still with the site's backup key
+    with pytest.raises(ac.CannotOpen, match="no identity given opens"):
+        open_(blob, key=None, identities=[other])
+    with pytest.raises(ac.CannotOpen, match="without an age recipient"):
+        open_(seal(b"x"), key=None, identities=[ident])
+    only_age = seal(b"y", key=None, recipients=[ident.to_public()])
+    with pytest.raises(ac.CannotOpen, match="no key to open it"):
+        open_(only_age)
+
+
+def test_recipients_and_identity_files_are_checked(tmp_path):
+    from pyrage import x25519
+
+    with pytest.raises(ac.CannotOpen, match="not an age X25519 public key"):
+        ac.parse_recipients(["ssh-rsa AAAA"])
+    ident = x25519.Identity.generate()
+    f = tmp_path / "id.txt"
+    f.write_text(f"# offline key\n{ident}\n")
+    f.chmod(0o644)
+    with pytest.raises(ac.CannotOpen, match="only its owner can read"):
+        ac.read_identities(f)
+    f.chmod(0o600)
+    assert len(ac.read_identities(f)) == 1
+    f.write_text("AGE-SECRET-KEY-1NOTAKEY\n")
+    with pytest.raises(ac.CannotOpen, match="line 1"):
+        ac.read_identities(f)
+    link = tmp_path / "link.txt"
+    link.symlink_to(f)
+    with pytest.raises(ac.CannotOpen, match="regular file"):
+        ac.read_identities(link)
+
+
+def test_a_header_asking_for_huge_chunks_is_refused():
+    blob = seal(b"x")
+    f = io.BytesIO(blob)
+    header, aad = ac.read_header(f, "x")
+    raw = json.dumps(dict(header, chunk_size=1 << 40)).encode()
+    forged = ac.MAGIC + struct.pack(">I", len(raw)) + raw + blob[len(aad):]
+    with pytest.raises(ac.ArchiveDamaged, match="chunk size"):
+        ac.read_header(io.BytesIO(forged), "x")
 
 
 def test_not_an_archive():
