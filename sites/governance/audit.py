@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 import time
 from typing import Any
 
@@ -28,7 +27,7 @@ def entry_hash(seq: int, at: float, actor: str, event: str, subject: str, detail
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def append(db: sqlite3.Connection, actor: str, event: str, subject: str,
+def append(db: Any, actor: str, event: str, subject: str,
            **details: Any) -> None:
     """Append one entry in `db`'s open transaction (which must be `BEGIN IMMEDIATE`, so
     that two writers never fork the chain).
@@ -50,7 +49,7 @@ def append(db: sqlite3.Connection, actor: str, event: str, subject: str,
                 entry_hash(seq, at, actor, event, subject, text, prev)))
 
 
-def verify(db: sqlite3.Connection) -> tuple[bool, int, str]:
+def verify(db: Any) -> tuple[bool, int, str]:
     """Check the whole chain.
 
     Returns:
@@ -73,14 +72,14 @@ def verify(db: sqlite3.Connection) -> tuple[bool, int, str]:
     return True, n, f"entries 1–{n}, chain intact, head of entry #{n} {prev[:16]}"
 
 
-def entries(db: sqlite3.Connection, since: float = 0.0) -> list[dict[str, Any]]:
+def entries(db: Any, since: float = 0.0) -> list[dict[str, Any]]:
     """Entries recorded at or after `since` (Unix time), oldest first, details decoded."""
-    cur = db.execute("SELECT seq, at, actor, event, subject, details, prev_hash, hash "
-                     "FROM audit WHERE at >= ? ORDER BY seq", (since,))
-    names = [c[0] for c in cur.description]
+    names = ["seq", "at", "actor", "event", "subject", "details", "prev_hash", "hash"]
+    cur = db.execute(f"SELECT {', '.join(names)} FROM audit WHERE at >= ? ORDER BY seq",
+                     (since,))
     out = []
     for row in cur:
-        entry = dict(zip(names, row, strict=True))
+        entry = dict(zip(names, tuple(row), strict=True))
         entry["details"] = json.loads(entry["details"])
         out.append(entry)
     return out

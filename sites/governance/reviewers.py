@@ -93,7 +93,7 @@ class Reviewers:
         self.gov = gov  # the `reviewers` table is part of the governance schema
 
     @staticmethod
-    def _row(r) -> Reviewer:  # noqa: ANN001 - sqlite3.Row
+    def _row(r) -> Reviewer:  # noqa: ANN001 - a database.Rec
         return Reviewer(email=r["email"], name=r["name"], created_at=r["created_at"],
                         locked_until=r["locked_until"], disabled=bool(r["disabled"]),
                         last_login=r["last_login"], credential=_tag(r["password_hash"]))

@@ -18,16 +18,17 @@ Never store pixel values, labels or secrets here.
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy.exc import IntegrityError
+
 from policies.contract.errors import MedsyftError, Refused
 from policies.contract.wire import FailureCode
-from sites.governance import audit, schema
+from sites.governance import audit, database, schema
 
 DB_FILE = "governance.sqlite"
 
@@ -107,24 +108,14 @@ class Governance:
         self.site_dir = Path(site_dir)
         self.path = self.site_dir / DB_FILE
         schema.require_current(self.path, self.site_dir)
+        self._engine = database.engine_for(database.sqlite_url(self.path))
 
     @contextmanager
-    def _connect(self, immediate: bool = True) -> Iterator[sqlite3.Connection]:
-        """One transaction. IMMEDIATE by default: every writer is serialised, so the audit
-        chain never forks and reservations never race."""
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        try:
-            db.execute("PRAGMA synchronous=FULL")
-            db.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
-            try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
-        finally:
-            db.close()
+    def _connect(self, immediate: bool = True) -> Iterator[database.Tx]:
+        """One transaction (`sites.governance.database`). A writer by default: every
+        writer is serialised, so the audit chain never forks and reservations never race."""
+        with database.transaction(self._engine, write=immediate) as tx:
+            yield tx
 
     # -- which site this database belongs to ------------------------------------
     def server_uid(self) -> str | None:
@@ -184,8 +175,9 @@ class Governance:
             mask_classes: classes of the voxel mask published with it (0: no mask).
         """
         with self._connect() as db:
+            db.execute("DELETE FROM datasets WHERE name = ? OR cohort_id = ?", (name, cohort_id))
             db.execute(
-                "INSERT OR REPLACE INTO datasets (name, cohort_id, n, description, "
+                "INSERT INTO datasets (name, cohort_id, n, description, "
                 "published_at, volume_shape, count_value, count_noise, holdout_seed, "
                 "holdout_fraction, n_disclosed, mask_classes) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 (name, cohort_id, n, description, time.time(),
@@ -239,7 +231,7 @@ class Governance:
         (a dataset published again gets a new draw; every draw was released through q)."""
         with self._connect() as db:
             return [float(r[0]) for r in db.execute(
-                "SELECT noise FROM count_draws WHERE dataset = ? ORDER BY rowid", (name,))]
+                "SELECT noise FROM count_draws WHERE dataset = ? ORDER BY drawn_at", (name,))]
 
     def private_cohort_ids(self) -> set[str]:
         """Cohort ids of every published private asset (to tell them from mocks)."""
@@ -285,7 +277,7 @@ class Governance:
                         failing=[v["rule"] for v in (verdict or []) if v["status"] == "fail"])
 
     @staticmethod
-    def _current_approvers(db: sqlite3.Connection, request_id: str) -> list[str]:
+    def _current_approvers(db: database.Tx, request_id: str) -> list[str]:
         rows = db.execute("SELECT decision, reviewer FROM decisions WHERE request_id = ?"
                           " AND method != ? ORDER BY id", (request_id, REFUSED)).fetchall()
         approvers: list[str] = []
@@ -376,7 +368,8 @@ class Governance:
         at every listing or round (until its failure is old: `cached_graph`). The graph is
         validated again whenever it is used."""
         with self._connect() as db:
-            db.execute("INSERT OR REPLACE INTO model_graphs VALUES (?, ?, ?, ?)",
+            db.execute("DELETE FROM model_graphs WHERE trace_key = ?", (trace_key,))
+            db.execute("INSERT INTO model_graphs VALUES (?, ?, ?, ?)",
                        (trace_key, graph_json, error, time.time()))
 
     # -- verdicts -------------------------------------------------------------
@@ -394,7 +387,9 @@ class Governance:
         with self._connect(immediate=True) as db:
             first = db.execute("SELECT 1 FROM verdicts WHERE request_id = ?",
                                (request_id,)).fetchone() is None
-            db.execute("INSERT OR REPLACE INTO verdicts VALUES (?,?,?,?,?)",
+            db.execute("DELETE FROM verdicts WHERE request_id = ? AND policy_hash = ?",
+                       (request_id, policy_hash))
+            db.execute("INSERT INTO verdicts VALUES (?,?,?,?,?)",
                        (request_id, policy_hash, plan_hash, time.time(), json.dumps(report)))
             if first:
                 self._audit(db, "steward", "request.received", request_id,
@@ -453,19 +448,19 @@ class Governance:
                                f"{after:.2f}")
             if refusal is None:
                 now = time.time()
-                cur = db.execute(
+                run_id = db.execute(
                     "INSERT INTO runs (plan_hash, round, researcher, dataset, status, started_at,"
                     " noise_multiplier, sample_rate, steps, adjacency, accountant)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?) RETURNING id",
                     (plan_hash, used + 1, budget.researcher if budget else "",
                      budget.dataset if budget else "", "running", now, noise_multiplier,
-                     sample_rate, steps, adjacency, accountant))
+                     sample_rate, steps, adjacency, accountant)).scalar()
                 self._audit(db, actor, "run.started", plan_hash, round=used + 1,
-                            run=cur.lastrowid)
-                self._audit(db, actor, "budget.reserved", plan_hash, run=cur.lastrowid,
+                            run=run_id)
+                self._audit(db, actor, "budget.reserved", plan_hash, run=run_id,
                             noise_multiplier=noise_multiplier, sample_rate=sample_rate,
                             steps=steps, adjacency=adjacency, accountant=accountant)
-                record = RunRecord(cur.lastrowid, plan_hash, used + 1, "running",
+                record = RunRecord(run_id, plan_hash, used + 1, "running",
                                    noise_multiplier, sample_rate, steps, None, None, now, None,
                                    adjacency)
         if refusal is not None:
@@ -545,7 +540,7 @@ class Governance:
         return [self._run(r) for r in rows]
 
     @staticmethod
-    def _run(r: sqlite3.Row) -> RunRecord:
+    def _run(r: database.Rec) -> RunRecord:
         return RunRecord(r["id"], r["plan_hash"], r["round"], r["status"], r["noise_multiplier"],
                          r["sample_rate"], r["steps"], r["n_k"], r["epsilon"], r["started_at"],
                          r["ended_at"], r["adjacency"], r["category"])
@@ -569,7 +564,7 @@ class Governance:
             db.execute("DELETE FROM transfer_nonces WHERE seen_at < ?", (now - window_s,))
             try:
                 db.execute("INSERT INTO transfer_nonces VALUES (?, ?)", (nonce, now))
-            except sqlite3.IntegrityError:
+            except IntegrityError:
                 return False
         return True
 
