@@ -161,6 +161,8 @@ def site_backup(
     out.print(f"{report.site}: {report.files} files, {report.bytes / 1e6:.1f} MB sealed "
               f"in {esc(report.archive)} ({report.seconds:.1f} s; backup key "
               f"{report.key_id})")
+    out.print(f"site verify key: {report.verify_key} (the manifest is signed with the site's "
+              "key; keep this with any age identity)")
     out.print(f"audit: {report.audit_entries} entries, head {report.audit_head[:16]}; "
               f"{len(report.ledger)} ledger(s); {len(report.datasets)} dataset(s)")
     out.print("keyring secrets: " + ("included" if report.secrets_included else
@@ -179,6 +181,13 @@ def site_restore(
     identity: Path = typer.Option(
         None, "--identity", help="an age identity file (mode 0600) for an archive made "
                                  "with --recipient; default: the keyring's backup key"),
+    verify_key: str = typer.Option(
+        None, "--verify-key", help="the site's verify key (hex, printed by `site backup`): "
+                                   "required with --identity where the keyring lacks the "
+                                   "site's signing key"),
+    allow_older: bool = typer.Option(
+        False, "--allow-older", help="restore although a newer backup of the site is on "
+                                     "record (recorded in the audit log)"),
     json_out: bool = typer.Option(False, "--json", help="machine-readable report"),
 ) -> None:
     """Restore a site from its backup into a new folder, then prove it whole: every
@@ -188,10 +197,18 @@ def site_restore(
     from sites.operator.restore import restore_site
 
     with err.status("restoring (checking every file)...") if not json_out else nullcontext():
-        report = restore_site(archive, site_dir, identity=identity)
+        report = restore_site(archive, site_dir, identity=identity, verify_key=verify_key,
+                              allow_older=allow_older)
     if json_out:
         print_json(report.model_dump())
         return
+    import time as _time
+
+    made = _time.strftime("%Y-%m-%d %H:%M UTC", _time.gmtime(report.backup_created_at))
+    out.print(f"backup of {report.site} made {made}, {report.audit_entries} audit entries; "
+              f"manifest {esc(report.signature)}")
+    if report.older_than_newest_backup:
+        out.print("[yellow]older than the newest backup on record (--allow-older)[/yellow]")
     out.print(f"{report.site} restored into {esc(report.site_dir)}: {report.files} files, "
               f"{report.blob_paths_rewritten} blob path(s) rewritten, secrets "
               f"{report.secrets} ({report.seconds:.1f} s)")

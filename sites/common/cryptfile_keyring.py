@@ -77,8 +77,8 @@ def read_passphrase(source: Path | None = None) -> str:
             f"{CREDENTIAL_NAME} (systemd LoadCredentialEncrypted=) nor {PASSFILE_ENV} is set")
     is_credential = source.name == CREDENTIAL_NAME and \
         str(source.parent) == os.environ.get("CREDENTIALS_DIRECTORY")
-    try:
-        fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
+    try:  # O_NONBLOCK: a FIFO planted as the passfile must not hang the site
+        fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
         raise PassphraseUnavailable(f"keyring passphrase file {source} does not exist") from None
     except OSError as exc:
@@ -88,19 +88,24 @@ def read_passphrase(source: Path | None = None) -> str:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise PassphraseUnavailable(f"keyring passphrase file {source} is not a file")
-        if not is_credential:
-            if st.st_uid != os.geteuid():
-                raise PassphraseUnavailable(
-                    f"keyring passphrase file {source} is owned by uid {st.st_uid}, not by the "
-                    f"user running the site (uid {os.geteuid()}): chown it")
-            if st.st_mode & 0o077:
-                raise PassphraseUnavailable(
-                    f"keyring passphrase file {source} is readable by others "
-                    f"(mode {stat.S_IMODE(st.st_mode):04o}): chmod 600 {source}")
+        # systemd writes a credential owned by the service's user (or root), mode 0400
+        owners = (os.geteuid(), 0) if is_credential else (os.geteuid(),)
+        if st.st_uid not in owners:
+            raise PassphraseUnavailable(
+                f"keyring passphrase file {source} is owned by uid {st.st_uid}, not by the "
+                f"user running the site (uid {os.geteuid()}): chown it")
+        if st.st_mode & 0o077:
+            raise PassphraseUnavailable(
+                f"keyring passphrase file {source} is readable by others "
+                f"(mode {stat.S_IMODE(st.st_mode):04o}): chmod 600 {source}")
         raw = os.read(fd, 65536)
     finally:
         os.close(fd)
-    text = raw.decode("utf-8", errors="strict").rstrip("\r\n")
+    try:
+        text = raw.decode("utf-8", errors="strict").rstrip("\r\n")
+    except UnicodeDecodeError:  # never the byte: it is part of the passphrase
+        raise PassphraseUnavailable(f"keyring passphrase file {source} is not UTF-8 "
+                                    "text") from None
     if not text.strip():
         raise PassphraseUnavailable(f"keyring passphrase file {source} is empty")
     return text

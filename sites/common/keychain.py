@@ -24,7 +24,7 @@ from keyring.backend import KeyringBackend
 
 from policies.contract.errors import MedsyftError
 from sites.common import cryptfile_keyring
-from sites.common.keyring_backends import FolderKeyring
+from sites.common.keyring_backends import FolderKeyring, MemoryKeyring
 from sites.common.keyring_policy import BackendVerdict, judge
 
 SITE_SERVICE = "medsyft-site:{name}"
@@ -115,6 +115,11 @@ def check_backend() -> BackendVerdict:
     the fix when it is refused, and `KeyringUnavailable` when it cannot be opened."""
     backend = active_backend()
     verdict = judge(backend)
+    if isinstance(backend, MemoryKeyring) and backend is not _selected:
+        # configured by PYTHON_KEYRING_BACKEND or keyringrc: secrets would vanish at exit
+        verdict = BackendVerdict(backend=verdict.backend, accepted=False, plaintext=False,
+                                 reason="the in-memory backend forgets every secret when the "
+                                        "process exits (tests select it from code only)")
     if not verdict.accepted and not (verdict.plaintext and _plaintext_allowed):
         raise KeyringRefused(refusal_message(verdict))
     if isinstance(backend, cryptfile_keyring.EncryptedFileKeyring):

@@ -43,7 +43,6 @@ INFO = b"medsyft site backup v1"
 CHUNK = 1 << 20
 TAG = 16
 MAX_HEADER = 64 * 1024
-MAX_CHUNK = 16 * CHUNK  # a header asking for more is not one of ours (memory on restore)
 WRAP_AAD = b"medsyft backup: archive key v1\0"
 
 
@@ -81,14 +80,22 @@ def read_identities(path: Path) -> list:
     from pyrage import IdentityError, x25519
 
     try:
-        st = os.stat(path, follow_symlinks=False)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError as e:
-        raise CannotOpen(f"identity file {path}: {e.strerror}") from None
-    if not stat.S_ISREG(st.st_mode) or st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise CannotOpen(f"identity file {path} must be a regular file only its owner can "
-                         f"read (chmod 600 {path})")
+                         f"read ({e.strerror}; a symlink is refused)") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise CannotOpen(f"identity file {path} must be a regular file only its owner "
+                             f"can read (chmod 600 {path})")
+        raw = f.read(1 << 20)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:  # never the bytes: they are part of a secret key
+        raise CannotOpen(f"identity file {path} is not UTF-8 text") from None
     found = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(text.splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
@@ -164,13 +171,17 @@ def read_header(f: BinaryIO, name: str) -> tuple[dict, bytes]:
     raw = f.read(n)
     try:
         header = json.loads(raw)
-        bytes.fromhex(header["salt"])
-        bytes.fromhex(header["nonce_prefix"])
-        size = int(header["chunk_size"])
+        salt = bytes.fromhex(header["salt"])
+        prefix = bytes.fromhex(header["nonce_prefix"])
+        size, fmt = header["chunk_size"], header["format"]
     except (ValueError, KeyError, TypeError) as e:
         raise ArchiveDamaged(f"{name}: its header does not parse ({type(e).__name__})") from None
-    if not 1 <= size <= MAX_CHUNK:
-        raise ArchiveDamaged(f"{name}: chunk size {size} is not one of ours")
+    if fmt != 1 or type(fmt) is not int:
+        raise ArchiveDamaged(f"{name}: archive format {fmt!r} is not one this release reads")
+    if type(size) is not int or size != CHUNK:
+        raise ArchiveDamaged(f"{name}: chunk size {size!r} is not one of ours")
+    if len(salt) != 32 or len(prefix) != 7:
+        raise ArchiveDamaged(f"{name}: its header's salt or nonce prefix has the wrong length")
     return header, MAGIC + raw_len + raw
 
 

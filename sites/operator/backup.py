@@ -23,6 +23,7 @@ import json
 import os
 import secrets
 import shutil
+import stat
 import tarfile
 import tempfile
 import time
@@ -30,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO, Literal
 
+from nacl.signing import SigningKey
 from pydantic import BaseModel, Field
 
 from sites.common import keychain
@@ -42,8 +44,10 @@ from sites.operator.upgrade import snapshot
 
 FORMAT = 1
 MANIFEST = "manifest.json"
+SIGNATURE = "manifest.sig"  # Ed25519, the site's signing key, over manifest.json
 SECRETS = "secrets.json"
 BACKUP_KEY = "backup-key"
+WATERMARK = "last-backup"  # keyring: when the newest backup was made (restore's rollback check)
 SITE_SECRETS = ("signing-key", "admin-password")
 SKIP_TOP = {"run", "transfers", "backups"}  # pids and sockets, half-uploads, old backups
 SKIP_SUFFIX = ("-wal", "-shm", "-journal", ".partial")
@@ -78,6 +82,7 @@ class BackupManifest(BaseModel):
     site: str
     server_uid: str
     created_at: float
+    storage: str = Field("storage", description="syft's storage folder, relative to the site")
     schema_revision: str | None
     audit_entries: int
     audit_head: str = Field(description="hash of the last audit entry (64 zeros: none)")
@@ -93,7 +98,10 @@ class BackupManifest(BaseModel):
 class BackupReport(BaseModel):
     archive: str
     site: str
+    created_at: float
     key_id: str
+    verify_key: str = Field(description="the site's Ed25519 verify key the manifest is "
+                                        "signed for (keep it with any age identity)")
     recipients: list[str] = Field(description="age recipients that can open it as well")
     bytes: int
     files: int
@@ -178,20 +186,32 @@ class _Archive:
                 self._progress(self.bytes, path)
         return tick
 
-    def add_file(self, path: str, source: Path, kind: str = "file") -> bool:
-        try:
-            f = open(source, "rb")  # noqa: SIM115 - closed below
+    def add_file(self, path: str, source: Path, kind: str = "file") -> str | None:
+        """Archive one regular file; returns why it was left out, or None."""
+        try:  # never through a symlink swapped in after the walk; never a FIFO's wait
+            fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except FileNotFoundError:
-            return False  # deleted while we walked (a swept upload, a rotated log)
-        with f:
-            size = os.fstat(f.fileno()).st_size  # a growing log: its first `size` bytes
+            return "deleted while the backup ran"  # a swept upload, a rotated log
+        except OSError as e:
+            return f"not opened ({e.strerror}; a symlink is never followed)"
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                return "not a regular file"
+            if st.st_nlink != 1:
+                return "hard-linked to a file elsewhere: not archived"
+            size = st.st_size  # a growing log: its first `size` bytes
             info = tarfile.TarInfo(path)
             info.size, info.mode, info.mtime = size, 0o600, int(time.time())
             reader = _Hashing(f, size, self._tick(path))
-            self.tar.addfile(info, reader)
+            try:
+                self.tar.addfile(info, reader)
+            except OSError:
+                raise SiteError(f"{source} shrank while it was archived (rotated or "
+                                "truncated?): run the backup again") from None
         self.files.append(ArchivedFile(path=path, sha256=reader.sha.hexdigest(), size=size,
                                        kind=kind))
-        return True
+        return None
 
     def add_bytes(self, path: str, data: bytes, record: bool = True) -> None:
         info = tarfile.TarInfo(path)
@@ -244,6 +264,8 @@ def backup_site(site_dir: Path, out: Path, include_secrets: bool = False,
     if include_secrets:
         for k in SITE_SECRETS:
             site_secrets[k] = keychain.require_secret(site_service(cfg.name), k)
+    signer = SigningKey(bytes.fromhex(keychain.require_secret(site_service(cfg.name),
+                                                              "signing-key")))
     left_out = [f"{p}: outside the site folder" for p in _external_files(site_dir, cfg)]
     # the snapshots stay inside the site folder (run/ is never archived), mode 0700
     work = Path(tempfile.mkdtemp(prefix="backup-", dir=site_dir / "run"))
@@ -287,25 +309,34 @@ def backup_site(site_dir: Path, out: Path, include_secrets: bool = False,
                     arc.add_file(db.relative_to(site_dir).as_posix(), snap, "sqlite")
                 skip = {gov_file, *snaps, out, partial}
                 for p in _walk(site_dir, skip):
-                    arc.add_file(p.relative_to(site_dir).as_posix(), p)
+                    why = arc.add_file(p.relative_to(site_dir).as_posix(), p)
+                    if why is not None:
+                        left_out.append(f"{p.relative_to(site_dir)}: {why}")
                 if include_secrets:
                     arc.add_bytes(SECRETS, json.dumps(site_secrets).encode())
                 site_secrets.clear()
+                created = time.time()
                 manifest = BackupManifest(
-                    site=cfg.name, server_uid=cfg.server_uid, created_at=time.time(),
+                    site=cfg.name, server_uid=cfg.server_uid, created_at=created,
+                    storage=storage.relative_to(site_dir).as_posix(),
                     schema_revision=revision, audit_entries=n_audit, audit_head=head,
                     ledger=ledgers, datasets=datasets, syft_users=users,
                     secrets_included=include_secrets, files=arc.files, left_out=left_out)
-                arc.add_bytes(MANIFEST, manifest.model_dump_json(indent=1).encode(),
-                              record=False)
+                text = manifest.model_dump_json(indent=1).encode()
+                arc.add_bytes(MANIFEST, text, record=False)
+                arc.add_bytes(SIGNATURE, signer.sign(text).signature, record=False)
             writer.close()
             raw.flush()
             os.fsync(raw.fileno())
         os.replace(partial, out)
+        keychain.set_secret(site_service(cfg.name), WATERMARK, json.dumps(
+            {"created_at": created, "audit_entries": n_audit}))
     finally:
         partial.unlink(missing_ok=True)
         shutil.rmtree(work, ignore_errors=True)
-    return BackupReport(archive=str(out), site=cfg.name, key_id=archive_crypto.key_id(key),
+    return BackupReport(archive=str(out), site=cfg.name, created_at=created,
+                        verify_key=signer.verify_key.encode().hex(),
+                        key_id=archive_crypto.key_id(key),
                         recipients=[str(r) for r in age],
                         bytes=out.stat().st_size, files=len(manifest.files),
                         audit_entries=n_audit, audit_head=head, ledger=ledgers,

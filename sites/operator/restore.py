@@ -39,7 +39,11 @@ from sites.operator.backup import (
     BACKUP_KEY,
     MANIFEST,
     SECRETS,
+    SIGNATURE,
     SITE_SECRETS,
+    SKIP_SUFFIX,
+    SKIP_TOP,
+    WATERMARK,
     BackupManifest,
     DatasetLine,
     LedgerLine,
@@ -48,7 +52,7 @@ from sites.operator.backup import (
     dataset_lines,
     ledger_lines,
 )
-from sites.operator.config import load_site
+from sites.operator.config import load_site, save_site
 from sites.operator.lifecycle import SiteError, _read_pid, site_service
 
 MAX_SMALL = 16 * 1024 * 1024  # manifest and secrets are read into memory, never larger
@@ -75,6 +79,9 @@ class RestoreReport(BaseModel):
     ledger: list[LedgerLine]
     datasets: list[DatasetLine]
     checks: list[Check]
+    signature: str = Field(description="what vouches for the archive's manifest")
+    older_than_newest_backup: bool
+    stale_restores_removed: int
     ok: bool
     seconds: float
 
@@ -111,9 +118,11 @@ def _unpack(reader: archive_crypto.DecryptingReader, staging: Path, archive: str
                 raise ArchiveDamaged(f"{archive}: member {key} is not a regular file")
             if key in files or key in small:
                 raise ArchiveDamaged(f"{archive}: member {key} appears twice")
+            if name.parts[0] in SKIP_TOP or name.name.endswith(SKIP_SUFFIX):
+                raise ArchiveDamaged(f"{archive}: member {key} is never part of a backup")
             src = tar.extractfile(member)
             assert src is not None
-            if key in (MANIFEST, SECRETS):
+            if key in (MANIFEST, SECRETS, SIGNATURE):
                 if member.size > MAX_SMALL:
                     raise ArchiveDamaged(f"{archive}: member {key} is too large")
                 small[key] = src.read()
@@ -155,6 +164,106 @@ def _check_sums(manifest: BackupManifest, files: dict[str, tuple[str, int]],
     extra = sorted(set(got) - set(listed))
     if extra:
         raise ArchiveDamaged(f"{archive}: {extra[0]} is not listed in the manifest")
+
+
+def _check_signature(manifest_bytes: bytes, signature: bytes | None, site: str,
+                     verify_key: str | None, opened_with_identity: bool, archive: str) -> str:
+    """Check the manifest's Ed25519 signature against the site's verify key: the one given,
+    else the one of the signing key in the keyring. An archive opened with an age identity
+    must pass it (anyone can seal an archive for a public recipient); one opened with the
+    keyring's backup key is authentic already, and is checked when a key is at hand."""
+    from nacl.exceptions import BadSignatureError
+    from nacl.signing import SigningKey, VerifyKey
+
+    if verify_key is None:
+        signing = keychain.get_secret(site_service(site), "signing-key")
+        if signing is not None:
+            verify_key = SigningKey(bytes.fromhex(signing)).verify_key.encode().hex()
+    if verify_key is None:
+        if opened_with_identity:
+            raise SiteError(f"{archive} was opened with an age identity, which anyone who "
+                            "knows its public key could have sealed it for: give the site's "
+                            "verify key (--verify-key, printed by `site backup`) so the "
+                            "archive is checked against it")
+        return "not checked (no verify key; the backup key authenticates the archive)"
+    if signature is None:
+        raise ArchiveDamaged(f"{archive} carries no signature of its manifest")
+    try:
+        VerifyKey(bytes.fromhex(verify_key)).verify(manifest_bytes, signature)
+    except (BadSignatureError, ValueError):
+        raise ArchiveDamaged(f"{archive}: its manifest is not signed by verify key "
+                             f"{verify_key[:16]}… (another site's archive, or forged)") from None
+    return f"signed by verify key {verify_key[:16]}…"
+
+
+def _check_identity(manifest: BackupManifest, cfg, staging: Path, site: str,
+                    has_secrets: bool, archive: str) -> None:
+    """Header, manifest, site.yaml and the governance database name one site."""
+    import sqlite3
+
+    if cfg.name != site or manifest.site != site:
+        raise ArchiveDamaged(f"{archive}: the header names site {site}, the manifest "
+                             f"{manifest.site}, site.yaml {cfg.name}")
+    if cfg.server_uid != manifest.server_uid:
+        raise ArchiveDamaged(f"{archive}: site.yaml's server id differs from the manifest's")
+    con = sqlite3.connect(f"file:{staging / DB_FILE}?mode=ro", uri=True)
+    try:
+        has_meta = con.execute("SELECT 1 FROM sqlite_master WHERE name='site_meta'"
+                               ).fetchone()
+        row = con.execute("SELECT value FROM site_meta WHERE key='server_uid'").fetchone() \
+            if has_meta else None
+    finally:
+        con.close()
+    if row is not None and row[0] != manifest.server_uid:
+        raise ArchiveDamaged(f"{archive}: the governance database belongs to server "
+                             f"{row[0]}, not {manifest.server_uid}")
+    if has_secrets != manifest.secrets_included:
+        said = "included" if manifest.secrets_included else "not included"
+        raise ArchiveDamaged(f"{archive}: secrets {'present' if has_secrets else 'absent'}, "
+                             f"the manifest says {said}")
+    p = PurePosixPath(manifest.storage)
+    if not manifest.storage or p.is_absolute() or ".." in p.parts:
+        raise ArchiveDamaged(f"{archive}: storage {manifest.storage!r} is not a folder inside "
+                             "the site")
+
+
+def _check_rollback(site: str, manifest: BackupManifest, allow_older: bool) -> bool:
+    """True when a newer backup of this site is on record in the keyring (and
+    `allow_older` lets it through); refused otherwise."""
+    raw = keychain.get_secret(site_service(site), WATERMARK)
+    if raw is None:
+        return False
+    try:
+        newest = float(json.loads(raw)["created_at"])
+    except (ValueError, KeyError, TypeError):
+        return False
+    if manifest.created_at >= newest - 1e-6:
+        return False
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(newest))
+    made = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(manifest.created_at))
+    if not allow_older:
+        raise SiteError(f"this backup of {site} was made {made}, but a newer one was made "
+                        f"{when}: restoring it would forget every approval, ledger charge "
+                        "and audit entry since. Give --allow-older if that is what you mean "
+                        "(it is recorded)")
+    return True
+
+
+def _sweep_stale(site_dir: Path) -> int:
+    """Remove what restores killed mid-way left beside `site_dir` (decrypted files)."""
+    swept = 0
+    for stale in site_dir.parent.glob(f".{site_dir.name}.restoring-*"):
+        try:
+            pid = int(stale.name.rsplit("-", 2)[-2])
+            os.kill(pid, 0)
+            continue  # that restore is still running
+        except (ValueError, IndexError, ProcessLookupError):
+            pass
+        except PermissionError:
+            continue
+        shutil.rmtree(stale, ignore_errors=True)
+        swept += 1
+    return swept
 
 
 def _place_secrets(site: str, small: dict[str, bytes]) -> tuple[str, dict[str, str]]:
@@ -213,7 +322,7 @@ def _verify(staging: Path, manifest: BackupManifest) -> tuple[list[Check], bool,
         f"{len(restored)} registered, as in the backup" if restored == manifest.datasets
         else "the registered datasets differ from the backup's")))
     _, cfg = load_site(staging)
-    storage_rel = Path(cfg.storage)
+    storage_rel = Path(manifest.storage)
     syft_db = syft_store.database(staging / storage_rel, cfg.server_uid)
     if syft_db.exists():
         users = syft_store.count_users(syft_db)
@@ -239,10 +348,12 @@ def _verify(staging: Path, manifest: BackupManifest) -> tuple[list[Check], bool,
     return checks, upgrade, ledgers
 
 
-def restore_site(archive: Path, site_dir: Path, identity: Path | None = None
-                 ) -> RestoreReport:
+def restore_site(archive: Path, site_dir: Path, identity: Path | None = None,
+                 verify_key: str | None = None, allow_older: bool = False) -> RestoreReport:
     """Restore `archive` into the new or empty `site_dir`; opened with the keyring's
-    backup key of its site, or with the age identities in the file `identity`."""
+    backup key of its site, or with the age identities in the file `identity` (then
+    checked against the site's `verify_key`). An archive older than the newest backup on
+    record is refused unless `allow_older`."""
     started = time.monotonic()
     archive, site_dir = archive.resolve(), site_dir.resolve()
     name = str(archive)
@@ -252,6 +363,7 @@ def restore_site(archive: Path, site_dir: Path, identity: Path | None = None
         if not site_dir.is_dir() or any(site_dir.iterdir()):
             raise SiteError(f"{site_dir} is not an empty folder: restore into a new one")
     keychain.check_backend()
+    swept = _sweep_stale(site_dir)
     identities = archive_crypto.read_identities(identity) if identity else None
     with open(archive, "rb") as f:
         header, aad = archive_crypto.read_header(f, name)
@@ -271,21 +383,26 @@ def restore_site(archive: Path, site_dir: Path, identity: Path | None = None
             key = archive_crypto.archive_key(header, name, keyring_key=ring)
         reader = archive_crypto.DecryptingReader(f, key, header, aad, name)
         del key
-        staging = site_dir.parent / f".{site_dir.name}.restoring-{secrets.token_hex(4)}"
+        staging = (site_dir.parent /
+                   f".{site_dir.name}.restoring-{os.getpid()}-{secrets.token_hex(4)}")
         staging.mkdir(mode=0o700, parents=True)
         try:
             files, small = _unpack(reader, staging, name)
             manifest = _manifest(small, name)
-            if manifest.site != site:
-                raise ArchiveDamaged(f"{name}: header names site {site}, manifest "
-                                     f"{manifest.site}")
+            signed = _check_signature(small[MANIFEST], small.get(SIGNATURE), site,
+                                      verify_key, bool(identities), name)
             _check_sums(manifest, files, small, name)
+            _, cfg = load_site(staging)
+            _check_identity(manifest, cfg, staging, site, SECRETS in small, name)
+            older = _check_rollback(site, manifest, allow_older)
             how, to_write = _place_secrets(site, small)
             small.clear()
-            _, cfg = load_site(staging)
-            storage = cfg.path(site_dir, cfg.storage)
+            if cfg.storage != manifest.storage:  # an absolute path: made relative here
+                save_site(staging, cfg.model_copy(update={"storage": manifest.storage}))
+                _, cfg = load_site(staging)
+            storage = site_dir / manifest.storage
             rewritten = 0
-            syft_db = syft_store.database(staging / cfg.storage, cfg.server_uid)
+            syft_db = syft_store.database(staging / manifest.storage, cfg.server_uid)
             if syft_db.exists():
                 rewritten = syft_store.rewrite_blob_paths(
                     syft_db, syft_store.blob_dir(storage, cfg.server_uid))
@@ -308,6 +425,7 @@ def restore_site(archive: Path, site_dir: Path, identity: Path | None = None
     if not upgrade:
         Governance(site_dir).audit("operator", "site.restored", site, archive=name,
                                    backup_created_at=manifest.created_at,
+                                   older_than_newest_backup=older,
                                    audit_head=manifest.audit_head,
                                    opened_with="identity" if identities else "keyring")
     return RestoreReport(archive=name, site=site, site_dir=str(site_dir),
@@ -315,5 +433,7 @@ def restore_site(archive: Path, site_dir: Path, identity: Path | None = None
                          bytes=reader.position, blob_paths_rewritten=rewritten, secrets=how,
                          schema_revision=manifest.schema_revision, upgrade_needed=upgrade,
                          audit_entries=manifest.audit_entries, ledger=ledgers,
-                         datasets=manifest.datasets, checks=checks, ok=True,
+                         datasets=manifest.datasets, checks=checks, signature=signed,
+                         older_than_newest_backup=older, stale_restores_removed=swept,
+                         ok=True,
                          seconds=round(time.monotonic() - started, 2))

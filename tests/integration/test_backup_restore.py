@@ -77,10 +77,16 @@ def test_a_backup_during_a_round_restores_whole_and_a_new_round_runs(backed_up):
     assert b["report"].datasets and len(b["report"].ledger) == 1
     assert b["report"].ledger[0].reserved > 0  # the backup really was taken mid-round
     target = b["root"] / "restored"
+    # a second backup was made after this one (the fixture's): a rollback must be asked for
+    refused = CliRunner().invoke(app, ["site", "restore", str(b["archive"]), str(target)])
+    assert refused.exit_code == 1 and "--allow-older" in refused.output
+    assert not target.exists()
     ran = CliRunner().invoke(app, ["site", "restore", str(b["archive"]), str(target),
-                                   "--json"])
+                                   "--allow-older", "--json"])
     assert ran.exit_code == 0, ran.output
     report = json.loads(ran.stdout)
+    assert report["older_than_newest_backup"] is True
+    assert report["signature"].startswith("signed by verify key")
     assert report["ok"] and all(c["ok"] for c in report["checks"])
     names = {c["name"] for c in report["checks"]}
     assert {"audit chain", "audit head", "ledger", "syft accounts", "datasets",
@@ -96,8 +102,10 @@ def test_a_backup_during_a_round_restores_whole_and_a_new_round_runs(backed_up):
     gov = Governance(target)
     assert gov.dataset(DATASET)["cohort_id"] == b["report"].datasets[0].cohort_id
     assert gov.approval(b["bound"].plan_hash) is not None  # the approval came back
-    events = [e["event"] for e in gov.audit_entries()]
+    entries = gov.audit_entries()
+    events = [e["event"] for e in entries]
     assert events[-1] == "site.restored"
+    assert entries[-1]["details"]["older_than_newest_backup"] is True
     assert len(events) == b["report"].audit_entries + 1
     verified = CliRunner().invoke(app, ["console", "audit", "--verify", "--site", str(target)])
     assert verified.exit_code == 0, verified.output
@@ -239,8 +247,11 @@ def test_an_offline_age_identity_restores_on_a_machine_without_the_keyring(backe
     try:
         with pytest.raises(lifecycle.SiteError, match="or give --identity"):
             restore_site(archive, tmp_path / "nokey")
-        ran = CliRunner().invoke(app, ["site", "restore", str(archive), str(tmp_path / "r"),
-                                       "--identity", str(tmp_path / "offline.key"), "--json"])
+        args = ["site", "restore", str(archive), str(tmp_path / "r"),
+                "--identity", str(tmp_path / "offline.key"), "--json"]
+        ran = CliRunner().invoke(app, args)  # anyone can seal for a public recipient
+        assert ran.exit_code == 1 and "--verify-key" in ran.output
+        ran = CliRunner().invoke(app, args + ["--verify-key", backed.verify_key])
         assert ran.exit_code == 0, ran.output
         assert json.loads(ran.stdout)["ok"] is True
         service = lifecycle.site_service(NAME)
@@ -281,3 +292,146 @@ def test_a_site_whose_syft_store_is_gone_is_not_backed_up(backed_up, tmp_path):
         assert not (tmp_path / "x.medsyft-backup").exists()
     finally:
         (d / "storage.gone").rename(d / "storage")
+
+
+def _resign(members, signer):
+    """The members with the manifest's sums made to match and the manifest signed by
+    `signer` (or unsigned): all an attacker who knows no key of the site can do."""
+    import hashlib
+
+    from sites.operator.backup import BackupManifest
+
+    files = {m.name: d for m, d in members}
+    manifest = BackupManifest.model_validate_json(files["manifest.json"])
+    for f in manifest.files:
+        f.sha256 = hashlib.sha256(files[f.path]).hexdigest()
+        f.size = len(files[f.path])
+    text = manifest.model_dump_json(indent=1).encode()
+    out = []
+    for m, d in members:
+        if m.name == "manifest.sig":
+            continue
+        out.append((m, text if m.name == "manifest.json" else d))
+    if signer is not None:
+        out.append((tarfile.TarInfo("manifest.sig"), signer.sign(text).signature))
+    return out
+
+
+@pytest.mark.parametrize("signed", ["by another key", "not at all"])
+def test_an_archive_forged_for_the_public_age_recipient_is_refused(backed_up, tmp_path,
+                                                                   signed):
+    """The attacker knows the recipient's public key (every archive shows it) but no key of
+    the site: they seal a self-consistent archive with a policy of their own."""
+    from nacl.signing import SigningKey
+    from pyrage import x25519
+
+    ident = x25519.Identity.generate()
+    (tmp_path / "offline.key").write_text(f"{ident}\n")
+    (tmp_path / "offline.key").chmod(0o600)
+    key = backup_key(NAME, create=False)
+    _, members = _members(backed_up["with_secrets"], key)
+    members = [(m, d.replace(b"approval: auto", b"approval: auto  # attacker")
+                if m.name == "policy.yaml" else d) for m, d in members]
+    forged = _resign(members, SigningKey.generate() if signed == "by another key" else None)
+    bad = tmp_path / "forged.medsyft-backup"
+    with open(bad, "wb") as raw:  # sealed for the recipient only: no backup key needed
+        writer = archive_crypto.EncryptingWriter(raw, None, {"site": NAME},
+                                                 recipients=[ident.to_public()])
+        with tarfile.open(fileobj=writer, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+            for info, data in forged:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        writer.close()
+    _, cfg = load_site(backed_up["dir"])
+    from nacl.signing import SigningKey as SK
+
+    real = SK(bytes.fromhex(backed_up["keyring"].get_password(
+        lifecycle.site_service(NAME), "signing-key"))).verify_key.encode().hex()
+    target = tmp_path / "victim"
+    with pytest.raises(ArchiveDamaged, match="not signed by verify key|carries no signature"):
+        restore_site(bad, target, identity=tmp_path / "offline.key", verify_key=real)
+    assert not target.exists()
+
+
+def test_members_a_backup_never_holds_are_refused(backed_up, tmp_path):
+    key = backup_key(NAME, create=False)
+    _, members = _members(backed_up["archive"], key)
+    members.insert(1, (tarfile.TarInfo("run/server.pid"), b"1"))
+    bad = tmp_path / "pid.medsyft-backup"
+    _reseal(bad, key, members)
+    _refused(bad, tmp_path / "r7", "never part of a backup")
+
+
+def test_a_renamed_site_yaml_is_refused(backed_up, tmp_path):
+    key = backup_key(NAME, create=False)
+    _, members = _members(backed_up["archive"], key)
+    members = [(m, d.replace(f"name: {NAME}".encode(), b"name: other-site")
+                if m.name == "site.yaml" else d) for m, d in members]
+    from nacl.signing import SigningKey
+
+    signer = SigningKey(bytes.fromhex(backed_up["keyring"].get_password(
+        lifecycle.site_service(NAME), "signing-key")))  # even a holder of every key
+    bad = tmp_path / "renamed.medsyft-backup"
+    _reseal(bad, key, _resign(members, signer))
+    with pytest.raises(ArchiveDamaged, match="site.yaml other-site"):
+        restore_site(bad, tmp_path / "r8", allow_older=True)
+
+
+def test_an_absolute_storage_path_restores_into_the_new_folder(backed_up, tmp_path):
+    import hashlib
+
+    from sites.operator.config import save_site
+    from sites.operator.syft_store import database
+
+    d, cfg = load_site(backed_up["dir"])
+    save_site(d, cfg.model_copy(update={"storage": str(d / "storage")}))
+    original_db = database(d / "storage", cfg.server_uid)
+    before = hashlib.sha256(original_db.read_bytes()).hexdigest()
+    try:
+        archive = tmp_path / "abs.medsyft-backup"
+        backup_site(d, archive)
+        report = restore_site(archive, tmp_path / "moved")
+        assert report.ok
+    finally:
+        save_site(d, cfg)
+    _, restored = load_site(tmp_path / "moved")
+    assert restored.storage == "storage"
+    assert hashlib.sha256(original_db.read_bytes()).hexdigest() == before  # untouched
+
+
+def test_hard_links_and_fifos_are_left_out_and_a_shrinking_file_stops_the_backup(
+        backed_up, tmp_path):
+    import os
+
+    d = backed_up["dir"]
+    outside = tmp_path / "outside-secret.txt"
+    outside.write_text("not the site's")
+    os.link(outside, d / "logs" / "linked.txt")
+    os.mkfifo(d / "logs" / "pipe")
+    try:
+        report = backup_site(d, tmp_path / "links.medsyft-backup")
+        assert any("linked.txt: hard-linked" in x for x in report.left_out)
+        big = d / "logs" / "big.log"
+        big.write_bytes(b"x" * (3 << 20))
+
+        def truncate(done, path):
+            if path == "logs/big.log" and big.stat().st_size:
+                big.write_bytes(b"")  # copytruncate, mid-read
+
+        with pytest.raises(lifecycle.SiteError, match="big.log shrank"):
+            backup_site(d, tmp_path / "shrunk.medsyft-backup", progress=truncate)
+        assert not (tmp_path / "shrunk.medsyft-backup").exists()
+    finally:
+        for name in ("linked.txt", "pipe", "big.log"):
+            (d / "logs" / name).unlink(missing_ok=True)
+
+
+def test_what_a_killed_restore_left_is_swept(backed_up, tmp_path):
+    stale = tmp_path / ".r9.restoring-999999999-abcd"  # no such process
+    stale.mkdir()
+    (stale / "governance.sqlite").write_bytes(b"decrypted")
+    live = tmp_path / f".r9.restoring-{__import__('os').getpid()}-beef"  # still running
+    live.mkdir()
+    report = restore_site(backed_up["with_secrets"], tmp_path / "r9")
+    assert report.stale_restores_removed == 1
+    assert not stale.exists() and live.exists()

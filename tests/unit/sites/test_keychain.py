@@ -244,7 +244,8 @@ def test_a_passphrase_source_selects_the_encrypted_file_and_it_never_prompts(tmp
     assert "no passphrase for the encrypted keyring" in stderr
 
 
-@pytest.mark.parametrize("problem", ["group-readable", "symlink", "empty", "missing"])
+@pytest.mark.parametrize("problem", ["group-readable", "symlink", "empty", "missing",
+                                     "fifo", "not-utf8"])
 def test_an_unsafe_passfile_is_refused_naming_it(tmp_path, problem):
     target = passfile(tmp_path / "pass")
     named = target
@@ -255,6 +256,11 @@ def test_an_unsafe_passfile_is_refused_naming_it(tmp_path, problem):
         named.symlink_to(target)
     elif problem == "empty":
         target.write_text("\n")
+    elif problem == "fifo":  # a planted FIFO must not hang the site at start
+        named = tmp_path / "fifo"
+        os.mkfifo(named, 0o600)
+    elif problem == "not-utf8":
+        target.write_bytes(b"secret-\xe9-passphrase\n")
     else:
         named = tmp_path / "absent"
     with pytest.raises(cryptfile_keyring.PassphraseUnavailable) as info:
@@ -262,6 +268,30 @@ def test_an_unsafe_passfile_is_refused_naming_it(tmp_path, problem):
     assert str(named) in str(info.value)
     if problem == "group-readable":
         assert "chmod 600" in str(info.value)
+    if problem == "not-utf8":
+        assert "xe9" not in str(info.value) and "position" not in str(info.value)
+
+
+def test_a_systemd_credential_others_can_read_is_refused(tmp_path, monkeypatch):
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    cred = passfile(creds / cryptfile_keyring.CREDENTIAL_NAME)
+    cred.chmod(0o644)
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    assert cryptfile_keyring.passphrase_source() == cred
+    with pytest.raises(cryptfile_keyring.PassphraseUnavailable, match="readable by others"):
+        cryptfile_keyring.read_passphrase()
+    cred.chmod(0o400)  # what systemd writes
+    assert cryptfile_keyring.read_passphrase() == "correct horse battery staple"
+
+
+def test_the_memory_backend_is_refused_unless_selected_from_code(tmp_path):
+    env = clean_env(tmp_path, PYTHON_KEYRING_BACKEND=(
+        "sites.common.keyring_backends.MemoryKeyring"))
+    ran = medsyft("site", "init", "clinic-mem", "--dir", str(tmp_path / "s"), env=env)
+    assert ran.returncode != 0
+    assert "forgets every secret" in ran.stderr + ran.stdout
+    assert not (tmp_path / "s").exists()
 
 
 def test_site_init_and_up_refuse_a_keyring_the_operator_did_not_allow(tmp_path, selection):
