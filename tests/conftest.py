@@ -61,3 +61,38 @@ def plan_factory():
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Run unit tests first, integration (real datasites) last."""
     items.sort(key=lambda it: 1 if it.get_closest_marker("integration") else 0)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One real PostgreSQL server for this test process (skipped, saying so, where
+    PostgreSQL is not installed: Debian's `postgresql` package)."""
+    from tests.support.postgres import PostgresServer, binaries
+
+    found = binaries()
+    if found is None:
+        pytest.skip("PostgreSQL is not installed (Debian: apt-get install postgresql): "
+                    "the PostgreSQL tests did not run")
+    server = PostgresServer(found)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def open_governance(request, tmp_path):
+    """Open a site's governance store on each database: SQLite in the site folder, or a
+    fresh database on the real PostgreSQL server. Call it (with a folder) for a store;
+    calling it again with the same folder opens the same database."""
+    from sites.governance.store import Governance
+
+    urls: dict[Path, str | None] = {}
+
+    def open_(folder: Path = tmp_path) -> Governance:
+        folder = Path(folder)
+        if folder not in urls:
+            urls[folder] = (None if request.param == "sqlite" else
+                            request.getfixturevalue("postgres_server").new_database())
+        return Governance(folder, url=urls[folder])
+
+    open_.database = request.param
+    return open_

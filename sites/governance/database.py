@@ -29,6 +29,11 @@ def sqlite_url(path: Any) -> str:
     return f"sqlite:///{path}"
 
 
+def redact(url: str | URL) -> str:
+    """The URL as it may be shown: never its password."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
 def engine_for(url: str | URL) -> Engine:
     """The engine of one database (cached per URL). SQLite connections are opened per
     transaction (no pool: a site forks, and a SQLite handle must not cross a fork)."""

@@ -65,9 +65,32 @@ def head() -> str:
     return _revisions()[-1]
 
 
-def current_revision(path: Path) -> str | None:
+def is_url(target: Path | str) -> bool:
+    """A database URL (PostgreSQL) rather than a SQLite file's path."""
+    return isinstance(target, str) and "://" in target
+
+
+def _url_revision(url: str) -> str | None:
+    from sqlalchemy import inspect, text
+
+    from sites.governance.database import engine_for
+
+    engine = engine_for(url)
+    with engine.connect() as conn:
+        tables = set(inspect(conn).get_table_names())
+        if "alembic_version" in tables:
+            row = conn.execute(text("SELECT version_num FROM alembic_version")).fetchone()
+            conn.rollback()
+            return row[0] if row else UNVERSIONED
+        conn.rollback()
+    return UNVERSIONED if tables else None
+
+
+def current_revision(path: Path | str) -> str | None:
     """The revision recorded in the database (None: empty; `UNVERSIONED`: tables, no
     version table)."""
+    if is_url(path):
+        return _url_revision(str(path))
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
     try:
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
@@ -79,9 +102,9 @@ def current_revision(path: Path) -> str | None:
         db.close()
 
 
-def state(path: Path) -> SchemaState:
+def state(path: Path | str) -> SchemaState:
     revisions = _revisions()
-    current = current_revision(path) if Path(path).exists() else None
+    current = current_revision(path) if is_url(path) or Path(path).exists() else None
     if current is None or current == UNVERSIONED:
         return SchemaState(current, revisions[-1], revisions, True)
     if current not in revisions:
@@ -89,7 +112,11 @@ def state(path: Path) -> SchemaState:
     return SchemaState(current, revisions[-1], revisions[revisions.index(current) + 1:], True)
 
 
-def mismatch_message(path: Path, st: SchemaState, site_dir: Path) -> str:
+def mismatch_message(path: Path | str, st: SchemaState, site_dir: Path) -> str:
+    if is_url(path):
+        from sites.governance.database import redact
+
+        path = redact(str(path))
     if not st.known:
         return (f"the governance database {path} is at schema {st.current}, which this "
                 f"medsyft (schema {st.head}) does not know: a later release wrote it. Install "
@@ -100,16 +127,27 @@ def mismatch_message(path: Path, st: SchemaState, site_dir: Path) -> str:
             "up first)")
 
 
-def require_current(path: Path, site_dir: Path) -> None:
+def require_current(path: Path | str, site_dir: Path) -> None:
     """Create an empty database at `HEAD`; refuse one at any other revision."""
     revisions = _revisions()
-    if Path(path).exists():
+    if is_url(path) or Path(path).exists():
         current = current_revision(path)
         if current == revisions[-1]:
             return
         if current is not None:
             raise SchemaMismatch(mismatch_message(path, state(path), site_dir))
     upgrade(path, actor="site", create=True)
+
+
+def _prepare_sqlite(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():  # SQLite gives its -wal and -shm files the same mode
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    wal = sqlite3.connect(path, timeout=30)
+    try:
+        wal.execute("PRAGMA journal_mode=WAL")  # kept by the file; outside any transaction
+    finally:
+        wal.close()
 
 
 def _engine(path: Path):  # noqa: ANN202
@@ -130,7 +168,7 @@ def _engine(path: Path):  # noqa: ANN202
     return engine
 
 
-def upgrade(path: Path, *, actor: str, server_uid: str | None = None,
+def upgrade(path: Path | str, *, actor: str, server_uid: str | None = None,
             create: bool = False) -> tuple[str | None, str]:
     """Migrate the database to `HEAD` in one transaction; returns (from, to). The upgrade
     is appended to the audit chain in the same transaction (not a creation)."""
@@ -138,21 +176,19 @@ def upgrade(path: Path, *, actor: str, server_uid: str | None = None,
     from alembic.runtime.migration import MigrationContext
 
     from sites.governance import audit
+    from sites.governance.database import Tx, engine_for
 
     st = state(path)
     if not st.known:
-        raise SchemaMismatch(mismatch_message(path, st, Path(path).parent))
+        raise SchemaMismatch(mismatch_message(path, st, Path(".") if is_url(path)
+                                              else Path(path).parent))
     if st.up_to_date:
         return st.current, st.head
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    if not Path(path).exists():  # SQLite gives its -wal and -shm files the same mode
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-    wal = sqlite3.connect(path, timeout=30)
-    try:
-        wal.execute("PRAGMA journal_mode=WAL")  # kept by the file; outside any transaction
-    finally:
-        wal.close()
-    engine = _engine(path)
+    if is_url(path):
+        engine = engine_for(str(path))  # writers serialised by the advisory lock
+    else:
+        _prepare_sqlite(Path(path))
+        engine = _engine(Path(path))
     try:
         with engine.connect() as conn:
             with conn.begin():
@@ -164,9 +200,10 @@ def upgrade(path: Path, *, actor: str, server_uid: str | None = None,
                 config.attributes["server_uid"] = server_uid
                 command.upgrade(config, "head")
                 if not create:
-                    raw = conn.connection.driver_connection
-                    audit.append(raw, actor, "schema.upgraded", str(path.name),
+                    subject = "postgresql" if is_url(path) else Path(path).name
+                    audit.append(Tx(conn), actor, "schema.upgraded", subject,
                                  from_revision=st.current, to_revision=st.head)
     finally:
-        engine.dispose()
+        if not is_url(path):
+            engine.dispose()
     return st.current, st.head

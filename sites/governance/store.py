@@ -101,14 +101,17 @@ def noisy_count(n: int, noise: float, seed: int) -> int:
 
 
 class Governance:
-    def __init__(self, site_dir: str | Path) -> None:
-        """Open the site's database: created at this code's schema when there is none,
-        refused (`SchemaMismatch`, naming both revisions and the command) when it is at
-        another (`sites.governance.schema`)."""
+    def __init__(self, site_dir: str | Path, url: str | None = None) -> None:
+        """Open the site's database (SQLite in the site folder, or the PostgreSQL
+        database at `url`, password included): created at this code's schema when there
+        is none, refused (`SchemaMismatch`, naming both revisions and the command) when it
+        is at another (`sites.governance.schema`)."""
         self.site_dir = Path(site_dir)
-        self.path = self.site_dir / DB_FILE
-        schema.require_current(self.path, self.site_dir)
-        self._engine = database.engine_for(database.sqlite_url(self.path))
+        self.path = self.site_dir / DB_FILE if url is None else None
+        self.where = str(self.path) if url is None else database.redact(url)
+        target = self.path if url is None else url
+        schema.require_current(target, self.site_dir)
+        self._engine = database.engine_for(url or database.sqlite_url(self.path))
 
     @contextmanager
     def _connect(self, immediate: bool = True) -> Iterator[database.Tx]:
@@ -131,7 +134,7 @@ class Governance:
             row = db.execute("SELECT value FROM site_meta WHERE key = 'server_uid'").fetchone()
             if row is not None:
                 if row[0] != server_uid:
-                    raise SiteMismatch(f"{self.path} belongs to the site with server id "
+                    raise SiteMismatch(f"{self.where} belongs to the site with server id "
                                        f"{row[0]}, not {server_uid} (site.yaml)")
                 return
             db.execute("INSERT INTO site_meta (key, value) VALUES ('server_uid', ?)",

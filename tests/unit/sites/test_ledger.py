@@ -1,4 +1,5 @@
-"""The privacy ledger: composition across plans, reservation, give-back, atomic refusal."""
+"""The privacy ledger: composition across plans, reservation, give-back, atomic refusal;
+on SQLite and on a real PostgreSQL server (`open_governance`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 
 from policies.contract import privacy
 from policies.contract.errors import Refused
-from sites.governance.store import Budget, Governance
+from sites.governance.store import Budget
 from tests.support.reference import reference_epsilon
 
 DELTA = 1e-5
@@ -20,8 +21,8 @@ def budget(cap: float) -> Budget:
                   epsilon_of=lambda h: privacy.epsilon_spent(h, DELTA))
 
 
-def test_ledger_composes_every_released_run_of_all_plans(tmp_path):
-    gov = Governance(tmp_path)
+def test_ledger_composes_every_released_run_of_all_plans(tmp_path, open_governance):
+    gov = open_governance(tmp_path)
     shapes = {"plan-a": (1.1, 0.1, 20), "plan-b": (0.9, 0.05, 40)}
     for plan, (s, q, k) in shapes.items():
         for _ in range(2):
@@ -34,10 +35,10 @@ def test_ledger_composes_every_released_run_of_all_plans(tmp_path):
     assert privacy.epsilon_spent(history, DELTA) == pytest.approx(expected, rel=1e-9)
 
 
-def test_failed_and_aborted_runs_stay_charged_and_count_as_rounds(tmp_path):
+def test_failed_and_aborted_runs_stay_charged_and_count_as_rounds(tmp_path, open_governance):
     """A run that began reached the private data: whether it failed can depend on that data,
     so a failure is charged like a release and uses up a round (red team, issue 15)."""
-    gov = Governance(tmp_path)
+    gov = open_governance(tmp_path)
     failed = gov.begin_run("p", 3, 1.0, 0.1, 10, "t", budget=budget(100))
     gov.finish_run(failed.id, released=False, actor="t", category="model forward raised")
     gov.begin_run("p", 3, 1.0, 0.1, 10, "t", budget=budget(100))  # left running: a crash
@@ -56,8 +57,8 @@ def test_failed_and_aborted_runs_stay_charged_and_count_as_rounds(tmp_path):
     assert "budget.returned" not in events and events.count("budget.committed") == 3
 
 
-def test_a_failed_run_is_charged_against_the_cap(tmp_path):
-    gov = Governance(tmp_path)
+def test_a_failed_run_is_charged_against_the_cap(tmp_path, open_governance):
+    gov = open_governance(tmp_path)
     cap = privacy.epsilon_spent([(1.0, 0.1, 10)], DELTA) * 1.01  # room for one run only
     run = gov.begin_run("p", 5, 1.0, 0.1, 10, "t", budget=budget(cap))
     gov.finish_run(run.id, released=False, actor="t", category="timed out")
@@ -65,8 +66,8 @@ def test_a_failed_run_is_charged_against_the_cap(tmp_path):
         gov.begin_run("p", 5, 1.0, 0.1, 10, "t", budget=budget(cap))
 
 
-def test_run_beyond_the_budget_is_refused_with_a_readable_reason(tmp_path):
-    gov = Governance(tmp_path)
+def test_run_beyond_the_budget_is_refused_with_a_readable_reason(tmp_path, open_governance):
+    gov = open_governance(tmp_path)
     one = privacy.epsilon_spent([(1.0, 0.1, 10)], DELTA)
     cap = one * 1.01  # room for one run, not two (composition grows ε by more than 1%)
     run = gov.begin_run("p", 5, 1.0, 0.1, 10, "t", budget=budget(cap))
@@ -76,8 +77,8 @@ def test_run_beyond_the_budget_is_refused_with_a_readable_reason(tmp_path):
         gov.begin_run("q", 5, 1.0, 0.1, 10, "t", budget=budget(cap))
 
 
-def test_parallel_reservations_at_the_edge_never_overspend(tmp_path):
-    gov = Governance(tmp_path)
+def test_parallel_reservations_at_the_edge_never_overspend(tmp_path, open_governance):
+    gov = open_governance(tmp_path)
     per_run = privacy.epsilon_spent([(1.0, 0.1, 10)], DELTA)
     cap = privacy.epsilon_spent([(1.0, 0.1, 10)] * 3, DELTA) + 1e-6  # exactly 3 fit
     granted, refused = [], []
@@ -102,7 +103,8 @@ def test_parallel_reservations_at_the_edge_never_overspend(tmp_path):
     assert per_run > 0
 
 
-def test_a_plan_runs_one_round_at_a_time_and_each_states_every_run_before_it(tmp_path):
+def test_a_plan_runs_one_round_at_a_time_and_each_states_every_run_before_it(
+        tmp_path, open_governance):
     """Red team, issue 17: two rounds of one plan triggered together both started; the
     second stated the plan's ε from the finished runs only (5.31 after 8 steps that
     dp-accounting puts at 7.99), and a GAN's second round started from the researcher's
@@ -110,7 +112,7 @@ def test_a_plan_runs_one_round_at_a_time_and_each_states_every_run_before_it(tmp
     refused (retryable) while its first runs, and a run's history is every run up to it."""
     from policies.contract.wire import FailureCode
 
-    gov = Governance(tmp_path)
+    gov = open_governance(tmp_path)
     first = gov.begin_run("plan-a", 5, 1.0, 0.1, 10, "t", budget=budget(100))
     with pytest.raises(Refused, match="already running") as refused:
         gov.begin_run("plan-a", 5, 1.0, 0.1, 10, "t", budget=budget(100))
@@ -125,11 +127,12 @@ def test_a_plan_runs_one_round_at_a_time_and_each_states_every_run_before_it(tmp
     assert gov.history_through(first) == [(1.0, 0.1, 10)]
 
 
-def test_a_rounds_ledger_covers_the_researchers_other_plans_running_beside_it(tmp_path):
+def test_a_rounds_ledger_covers_the_researchers_other_plans_running_beside_it(
+        tmp_path, open_governance):
     """Red team, issue 17: a round's stated ledger ε composed the finished runs only, so a
     round of another plan of the same researcher, running at the same time, was left out
     (5.88 stated where both runs reaching the data make 7.90)."""
-    gov = Governance(tmp_path)
+    gov = open_governance(tmp_path)
     a = gov.begin_run("plan-a", 5, 1.0, 0.1, 10, "t", budget=budget(100))
     b = gov.begin_run("plan-b", 5, 0.9, 0.2, 10, "t", budget=budget(100))
     gov.finish_run(a.id, released=True, actor="t")
