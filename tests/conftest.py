@@ -30,6 +30,9 @@ def memory_keyring() -> MemoryKeyring:
     return backend
 
 
+_site_names = {"n": 0}
+
+
 @pytest.fixture()
 def site_dir(tmp_path: Path, memory_keyring: MemoryKeyring) -> Path:
     """An initialised (not started) site with the integration policy.
@@ -40,8 +43,11 @@ def site_dir(tmp_path: Path, memory_keyring: MemoryKeyring) -> Path:
     from sites.operator import lifecycle
     from sites.operator.config import load_site, save_site
 
-    name = f"unit-{tmp_path.name[-12:].replace('_', '-').lower().strip('-')}"
-    name = "u" + "".join(c for c in name if c.isalnum() or c == "-")[:30]
+    # Unique in this process's keyring: two tests' folders can end alike (`..._is_refused0`).
+    _site_names["n"] += 1
+    tail = "".join(c for c in tmp_path.name[-12:].replace("_", "-").lower()
+                   if c.isalnum() or c == "-")
+    name = f"u{_site_names['n']}-{tail.strip('-')}"[:40].rstrip("-")
     lifecycle.init_site(name, tmp_path / "site", policy_file=TEST_POLICY, train_threads=1)
     d, cfg = load_site(tmp_path / "site")
     save_site(d, cfg.model_copy(update={"warm_training_process": False}))

@@ -21,7 +21,7 @@ from sites.entrypoint import app
 from sites.governance.store import Governance
 from sites.operator import archive_crypto, lifecycle
 from sites.operator.archive_crypto import ArchiveDamaged
-from sites.operator.backup import backup_key, backup_site
+from sites.operator.backup import WATERMARK, backup_key, backup_site
 from sites.operator.config import load_site
 from sites.operator.restore import restore_site
 from tests.support.plans import make_plan
@@ -33,6 +33,20 @@ EMAIL = "ada@lovelace-institute.org"
 PASSWORD = "backup-site-pw-42"
 NAME = "bk-hospital"
 DATASET = "brain-mri-pet"
+
+
+@pytest.fixture(autouse=True)
+def _newest_backup_on_record_kept(memory_keyring):
+    """A test that makes a newer backup of the site would make every later restore of
+    the module's archives a rollback: put the record back as it was."""
+    service = lifecycle.site_service(NAME)
+    before = memory_keyring.get_password(service, WATERMARK)
+    yield
+    if before is None:
+        if memory_keyring.get_password(service, WATERMARK) is not None:
+            memory_keyring.delete_password(service, WATERMARK)
+    else:
+        memory_keyring.set_password(service, WATERMARK, before)
 
 
 @pytest.fixture(scope="module")

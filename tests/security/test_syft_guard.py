@@ -19,6 +19,14 @@ ATTACKS = ("deserialising_runs_a_shell", "custom_policy_submitted", "custom_poli
            "unsigned_cached_call_used", "aliased_pointers_copied")
 
 
+@pytest.fixture(autouse=True)
+def _site_side_reading(monkeypatch):
+    """These tests read as a site does: a researcher client created earlier in this
+    process (another test file) reads every message as untrusted, which would cap the
+    ordinary data read here. The subprocess tests set the client side themselves."""
+    monkeypatch.setitem(syft_guard._every_message_untrusted, "on", False)
+
+
 def _probe(mode: str, marks) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "tests.support.guard_probe", mode, str(marks)],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
